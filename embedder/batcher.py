@@ -1,0 +1,123 @@
+"""Asyncio micro-batching: items from concurrent callers share one model run.
+
+Callers ``await batcher.submit(items)``. One worker task takes the first queued item, waits up to
+``max_delay_s`` for the batch to fill to ``max_batch_size``, runs ``run_batch`` in a thread and hands each
+caller its own results. While a batch runs, new items queue up, so under load batches grow by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class BatcherClosedError(RuntimeError):
+    """The batcher was closed (its model was unloaded) before the items were queued."""
+
+
+@dataclass
+class BatchStats:
+    """Counters to see whether batching happens: batches run, items embedded, the largest batch."""
+
+    batches: int = 0
+    items: int = 0
+    largest_batch: int = 0
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.items / self.batches if self.batches else 0.0
+
+
+class MicroBatcher(Generic[T, R]):
+    """Collects items up to ``max_batch_size`` or ``max_delay_s``, runs one batch, fans results back."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch_size: int = 32,
+        max_delay_s: float = 0.005,
+        name: str = "batcher",
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.name = name
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._full = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def submit(self, items: Sequence[T]) -> list[R]:
+        """Queue the items and wait for their results, in the same order."""
+        if self._closed:
+            raise BatcherClosedError(f"{self.name} is closed")
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name=self.name)
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[R]] = []
+        for item in items:
+            future: asyncio.Future[R] = loop.create_future()
+            self._queue.put_nowait((item, future))
+            futures.append(future)
+        if self._queue.qsize() >= self.max_batch_size - 1:
+            self._full.set()
+        return list(await asyncio.gather(*futures))
+
+    async def close(self) -> None:
+        """Stop taking items, finish the queued ones, stop the worker."""
+        self._closed = True
+        if self._worker is None:
+            return
+        await self._queue.join()
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+
+    async def _work(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            if self._queue.qsize() < self.max_batch_size - 1:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.max_delay_s)
+            while len(batch) < self.max_batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._run(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        live = [(item, future) for item, future in batch if not future.done()]  # skip cancelled callers
+        if not live:
+            return
+        self.stats.batches += 1
+        self.stats.items += len(live)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(live))
+        try:
+            results = list(await asyncio.to_thread(self.run_batch, [item for item, _ in live]))
+            if len(results) != len(live):
+                raise RuntimeError(f"{self.name}: a batch of {len(live)} gave {len(results)} results")
+        except Exception as exc:
+            log.exception("%s: batch of %d failed", self.name, len(live))
+            for _, future in live:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(live, results, strict=True):
+            if not future.done():
+                future.set_result(result)

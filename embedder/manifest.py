@@ -1,0 +1,113 @@
+"""A model is a folder: ``model.onnx`` + ``manifest.json``.
+
+The manifest's ``version`` is derived from the content hash of ``model.onnx``, so two folders with the
+same version hold the same network, and a folder whose ONNX file changed after export is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+VERSION_HEX_CHARS = 16
+
+
+class ModelIntegrityError(RuntimeError):
+    """A model folder is missing a file, has a bad manifest, or its ONNX hash does not match."""
+
+
+class InputSpec(BaseModel):
+    """What the single graph input takes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = "image"
+    shape: list[int | None] = Field(default_factory=lambda: [None, 224, 224, 3])
+    dtype: str = "float32"
+    layout: str = "NHWC"
+    color: str = "RGB"
+    value_range: tuple[float, float] = (0.0, 255.0)
+    note: str = "raw pixel values; the backbone's own scaling is inside the graph"
+
+    @property
+    def image_size(self) -> int:
+        size = self.shape[1]
+        assert size is not None
+        return size
+
+
+class ModelManifest(BaseModel):
+    """Everything a server, an indexer or a reviewer needs to know about one exported model."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    format_version: int = FORMAT_VERSION
+    version: str
+    sha256: str
+    name: str
+    backbone: str
+    input: InputSpec = Field(default_factory=InputSpec)
+    output_name: str = "embedding"
+    embedding_dim: int
+    created_at: str
+    source: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    parity: dict[str, Any] = Field(default_factory=dict)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def version_from_sha256(sha256: str) -> str:
+    return sha256[:VERSION_HEX_CHARS]
+
+
+def write_manifest(folder: Path, **fields: Any) -> ModelManifest:
+    """Hash ``folder/model.onnx`` and write ``folder/manifest.json`` with the given fields."""
+    onnx_path = folder / MODEL_FILE
+    if not onnx_path.is_file():
+        raise ModelIntegrityError(f"{onnx_path}: missing")
+    sha = file_sha256(onnx_path)
+    fields.setdefault("created_at", datetime.now(UTC).isoformat(timespec="seconds"))
+    manifest = ModelManifest(version=version_from_sha256(sha), sha256=sha, **fields)
+    tmp = folder / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
+    tmp.replace(folder / MANIFEST_FILE)
+    return manifest
+
+
+def read_manifest(folder: str | Path, *, verify: bool = True) -> ModelManifest:
+    """Read a model folder's manifest; with ``verify`` the ONNX file's hash must match it."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST_FILE
+    onnx_path = folder / MODEL_FILE
+    if not manifest_path.is_file():
+        raise ModelIntegrityError(f"{folder}: not a model folder (no {MANIFEST_FILE})")
+    if not onnx_path.is_file():
+        raise ModelIntegrityError(f"{folder}: not a model folder (no {MODEL_FILE})")
+    try:
+        manifest = ModelManifest.model_validate(json.loads(manifest_path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise ModelIntegrityError(f"{manifest_path}: invalid manifest: {exc}") from None
+    if verify:
+        actual = file_sha256(onnx_path)
+        if actual != manifest.sha256:
+            raise ModelIntegrityError(
+                f"{onnx_path}: content hash {actual[:16]}… does not match manifest version "
+                f"{manifest.version} (sha256 {manifest.sha256[:16]}…): "
+                "the model file was changed or corrupted"
+            )
+    return manifest

@@ -1,0 +1,99 @@
+"""One ONNX model folder loaded into an onnxruntime session."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from embedder.manifest import MODEL_FILE, ModelManifest, read_manifest
+from embedder.preprocess import DEFAULT_MAX_PIXELS, preprocess
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROVIDERS: tuple[str, ...] = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "CPUExecutionProvider",
+)
+
+
+def select_providers(preferred: Sequence[str], available: Sequence[str] | None = None) -> list[str]:
+    """Keep the preferred providers that this onnxruntime build offers, in order; CPU is always last."""
+    offered = list(ort.get_available_providers() if available is None else available)
+    chosen = [p for p in preferred if p in offered]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class EmbeddingModel:
+    """An exported embedding model: ``(N, H, W, 3)`` uint8 RGB → ``(N, D)`` float32 unit vectors."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        providers: Sequence[str] = DEFAULT_PROVIDERS,
+        intra_op_threads: int = 0,
+        verify: bool = True,
+    ) -> None:
+        self.folder = Path(folder)
+        self.manifest: ModelManifest = read_manifest(self.folder, verify=verify)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads > 0:
+            options.intra_op_num_threads = intra_op_threads
+        self.session = ort.InferenceSession(
+            str(self.folder / MODEL_FILE), sess_options=options, providers=select_providers(providers)
+        )
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ValueError(
+                f"{self.folder}: the ONNX graph must have exactly one input, found {len(inputs)}"
+            )
+        self.input_name: str = inputs[0].name
+        self.provider: str = self.session.get_providers()[0]
+        log.info(
+            "loaded model %s (%s, %s-D) from %s on %s",
+            self.version,
+            self.manifest.backbone,
+            self.dimension,
+            self.folder,
+            self.provider,
+        )
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def dimension(self) -> int:
+        return self.manifest.embedding_dim
+
+    @property
+    def image_size(self) -> int:
+        return self.manifest.input.image_size
+
+    def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """``(N, H, W, 3)`` uint8 (or float 0..255) → ``(N, D)`` float32, re-normalised to unit length."""
+        if batch.ndim != 4 or batch.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(
+                f"expected a (N, {self.image_size}, {self.image_size}, 3) batch, got {tuple(batch.shape)}"
+            )
+        if len(batch) == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        (out,) = self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})
+        vectors = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, 1e-12)
+
+    def embed_images(self, images: Sequence[bytes], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """Encoded image files → ``(N, D)`` vectors; raises ``ImageDecodeError`` on the first bad one."""
+        arrays = [preprocess(data, size=self.image_size, max_pixels=max_pixels) for data in images]
+        if not arrays:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return self.embed_arrays(np.stack(arrays))

@@ -1,0 +1,60 @@
+"""The embedder's one settings object; every knob can be overridden by a ``RECIPELENS_EMBEDDER_*`` variable.
+
+Lists take JSON or commas: ``RECIPELENS_EMBEDDER_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from embedder.preprocess import DEFAULT_MAX_PIXELS
+from embedder.runtime import DEFAULT_PROVIDERS
+
+MiB = 1 << 20
+
+
+class EmbedderSettings(BaseSettings):
+    """Where to listen, which models to serve and how to batch them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECIPELENS_EMBEDDER_", env_nested_delimiter="__", protected_namespaces=()
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
+    model_dir: Path = Field(
+        Path("models"), description="a folder of model folders, or a single model folder"
+    )
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_PROVIDERS),
+        description="onnxruntime execution providers in order of preference; unavailable ones are skipped",
+    )
+    max_batch_size: int = Field(32, ge=1, description="images per onnxruntime run")
+    max_queue_delay_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill up")
+    max_message_bytes: int = Field(16 * MiB, ge=1024, description="gRPC send and receive limit")
+    max_images_per_request: int = Field(64, ge=1)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb limit per image")
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per session; 0 = its default")
+    decode_threads: int = Field(0, ge=0, description="image decoding threads; 0 = one per CPU, at most 8")
+    reload_interval_s: float = Field(2.0, ge=0, description="model folder polling period; 0 disables")
+    grace_period_s: float = Field(5.0, ge=0, description="how long in-flight calls may finish on stop")
+    log_level: str = "INFO"
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    def summary(self) -> str:
+        """One log line with every setting (none of them is secret)."""
+        return " ".join(f"{name}={value}" for name, value in self.model_dump().items())

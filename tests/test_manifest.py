@@ -1,0 +1,67 @@
+"""A model is a folder: model.onnx + manifest.json whose version is the content hash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedder.manifest import MANIFEST_FILE, MODEL_FILE, ModelIntegrityError, read_manifest
+from embedder.preprocess import preprocess
+from embedder.runtime import EmbeddingModel
+from tests.tinymodel import write_tiny_model
+
+
+def test_version_is_the_content_hash(tmp_path: Path) -> None:
+    a = write_tiny_model(tmp_path / "a", seed=0)
+    b = write_tiny_model(tmp_path / "b", seed=1)
+    again = write_tiny_model(tmp_path / "c", seed=0)
+    assert a != b
+    assert a == again
+    manifest = read_manifest(tmp_path / "a")
+    assert manifest.version == a
+    assert manifest.sha256.startswith(a)
+    assert manifest.input.shape == [None, 224, 224, 3]
+
+
+def test_a_changed_model_file_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    version = write_tiny_model(folder)
+    data = bytearray((folder / MODEL_FILE).read_bytes())
+    data[-1] ^= 0xFF
+    (folder / MODEL_FILE).write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match=version):
+        read_manifest(folder)
+    with pytest.raises(ModelIntegrityError):
+        EmbeddingModel(folder)
+
+
+@pytest.mark.parametrize("broken", ["missing-manifest", "missing-model", "bad-json"])
+def test_broken_folders_get_a_clear_error(tmp_path: Path, broken: str) -> None:
+    folder = tmp_path / "m"
+    write_tiny_model(folder)
+    if broken == "missing-manifest":
+        (folder / MANIFEST_FILE).unlink()
+    elif broken == "missing-model":
+        (folder / MODEL_FILE).unlink()
+    else:
+        (folder / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(ModelIntegrityError, match=str(folder)):
+        read_manifest(folder)
+
+
+def test_embedding_model_gives_unit_vectors_of_the_manifest_dimension(
+    tiny_model_dir: Path, photo_bytes: list[bytes]
+) -> None:
+    model = EmbeddingModel(tiny_model_dir)
+    assert model.provider == "CPUExecutionProvider"
+    vectors = model.embed_images(photo_bytes[:5])
+    assert vectors.shape == (5, json.loads((tiny_model_dir / MANIFEST_FILE).read_text())["embedding_dim"])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # The serving path and the explicit preprocess → embed_arrays path are the same computation.
+    direct = model.embed_arrays(np.stack([preprocess(b) for b in photo_bytes[:5]]))
+    np.testing.assert_array_equal(vectors, direct)
+    with pytest.raises(ValueError, match="batch"):
+        model.embed_arrays(np.zeros((1, 100, 100, 3), dtype=np.uint8))
