@@ -27,9 +27,7 @@ class EmbedderSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
-    model_dir: Path = Field(
-        Path("models"), description="a folder of model folders, or a single model folder"
-    )
+    model_dir: Path = Field(Path("models"), description="a folder of model folders, or a single model folder")
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_PROVIDERS),
         description="onnxruntime execution providers in order of preference; unavailable ones are skipped",
