@@ -84,6 +84,8 @@ class EmbedderClient:
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000),
+                # spread calls over every address a dns:/// name resolves to (embedder replicas)
+                ("grpc.lb_policy_name", "round_robin"),
             ],
         )
         self._stub = embedder_pb2_grpc.EmbedderStub(self._channel)

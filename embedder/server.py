@@ -308,6 +308,9 @@ class EmbedderServer:
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.so_reuseport", 0),  # a taken port is an error, not a silent second listener
+                # clients reconnect (and re-resolve DNS) now and then, so new replicas get traffic
+                ("grpc.max_connection_age_ms", s.max_connection_age_ms),
+                ("grpc.max_connection_age_grace_ms", s.max_connection_age_grace_ms),
             ]
         )
         embedder_pb2_grpc.add_EmbedderServicer_to_server(self.servicer, server)

@@ -41,6 +41,10 @@ class EmbedderSettings(BaseSettings):
     decode_threads: int = Field(0, ge=0, description="image decoding threads; 0 = one per CPU, at most 8")
     reload_interval_s: float = Field(2.0, ge=0, description="model folder polling period; 0 disables")
     grace_period_s: float = Field(5.0, ge=0, description="how long in-flight calls may finish on stop")
+    max_connection_age_ms: int = Field(
+        300_000, ge=1000, description="connections are recycled after this, so clients find new replicas"
+    )
+    max_connection_age_grace_ms: int = Field(30_000, ge=0, description="time left to calls on a recycled one")
     log_level: str = "INFO"
 
     @field_validator("providers", mode="before")
