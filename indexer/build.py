@@ -1,0 +1,479 @@
+"""Batch (re-)index of a whole catalogue: blue/green, resumable, nothing lost.
+
+Data flows one way: catalogue → photo files → ``preprocess`` (thread pool) → embedder (in-process
+onnxruntime, or the gRPC embedder with several batches in flight) → upsert in batches → verify →
+mark complete → swap the alias. Decoding, embedding and upserting overlap: photos of the next
+batches decode while one batch embeds and the previous one is written.
+
+* Every build writes a new collection ``<alias>-<model version>-<UTC yyyymmddThhmmssZ>``; the alias
+  moves only once that collection is complete and verified (count = catalogue − bad, and a sample of
+  photos each finds its own recipe at rank 1). ``keep_previous`` older collections are kept.
+* A build killed at any moment leaves the alias where it was; rerunning it finds the incomplete
+  collection of the same alias and model version and resumes it, skipping points already stored
+  (point ids are deterministic, so nothing is stored twice).
+* Bad photos go to a report (id, file, reason); the build fails when their share passes
+  ``max_bad_fraction``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from embedder.manifest import ModelIntegrityError, ModelManifest, read_manifest
+from embedder.preprocess import ImageDecodeError
+from embedder.runtime import EmbeddingModel
+from indexer.catalog import (
+    BadItem,
+    Recipe,
+    load_photo,
+    read_catalog,
+    recipe_payload,
+    write_bad_report,
+)
+from indexer.store.base import (
+    DEFAULT_ALIAS,
+    CollectionInfo,
+    ModelVersionMismatch,
+    RecipePoint,
+    RecipeStore,
+    StoreError,
+    point_id,
+)
+
+log = logging.getLogger(__name__)
+
+
+class BuildError(RuntimeError):
+    """The build stopped; the alias was not moved. The message says why and what to do."""
+
+
+# -- embedding -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Photo:
+    """One decoded catalogue photo on its way into the store."""
+
+    recipe: Recipe
+    image: Path | str
+    id: str
+    data: bytes
+    array: np.ndarray
+
+
+class PhotoEmbedder(Protocol):
+    """Turns batches of decoded photos into vectors of one model version, in order."""
+
+    version: str
+    dimension: int
+
+    def embed_batches(self, batches: Iterable[list[Photo]]) -> Iterator[np.ndarray]: ...
+
+
+class LocalPhotoEmbedder:
+    """In-process onnxruntime (the default)."""
+
+    def __init__(self, model: EmbeddingModel) -> None:
+        self.model = model
+        self.version = model.version
+        self.dimension = model.dimension
+
+    def embed_batches(self, batches: Iterable[list[Photo]]) -> Iterator[np.ndarray]:
+        for batch in batches:
+            yield self.model.embed_arrays(np.stack([p.array for p in batch]))
+
+
+class RemotePhotoEmbedder:
+    """The gRPC embedder over one EmbedStream with ``max_in_flight`` batches ahead."""
+
+    def __init__(self, address: str, manifest: ModelManifest, *, max_in_flight: int = 4) -> None:
+        from embedder.client import EmbedderClient
+
+        self.client = EmbedderClient(address, timeout_s=60.0)
+        self.version = manifest.version
+        self.dimension = manifest.embedding_dim
+        self.max_in_flight = max_in_flight
+
+    def embed_batches(self, batches: Iterable[list[Photo]]) -> Iterator[np.ndarray]:
+        stream = self.client.embed_stream(
+            ([p.data for p in batch] for batch in batches), self.version, max_in_flight=self.max_in_flight
+        )
+        for result in stream:
+            if result.model_version != self.version:
+                raise ModelVersionMismatch("(embedder)", self.version, result.model_version)
+            yield result.vectors
+
+
+def resolve_model_folder(model_dir: str | Path) -> Path:
+    """A model folder, or the newest model folder inside a model repository."""
+    folder = Path(model_dir)
+    if not folder.exists():
+        raise BuildError(f"model folder not found: {folder}")
+    if (folder / "manifest.json").is_file():
+        return folder
+    found: list[tuple[str, Path]] = []
+    for sub in sorted(p for p in folder.iterdir() if (p / "manifest.json").is_file()):
+        try:
+            found.append((read_manifest(sub, verify=False).created_at, sub))
+        except ModelIntegrityError:
+            continue
+    if not found:
+        raise BuildError(f"{folder}: not a model folder (no manifest.json) and holds none")
+    return max(found)[1]
+
+
+def open_embedder(
+    model_dir: str | Path, embedder_address: str | None, *, max_in_flight: int = 4
+) -> PhotoEmbedder:
+    folder = resolve_model_folder(model_dir)
+    try:
+        if embedder_address:
+            return RemotePhotoEmbedder(embedder_address, read_manifest(folder), max_in_flight=max_in_flight)
+        return LocalPhotoEmbedder(EmbeddingModel(folder))
+    except ModelIntegrityError as exc:
+        raise BuildError(str(exc)) from None
+
+
+# -- the build -----------------------------------------------------------------------------------
+@dataclass
+class BuildSummary:
+    collection: str
+    alias: str
+    model_version: str
+    indexed: int = 0
+    skipped: int = 0
+    bad: int = 0
+    total: int = 0
+    seconds: float = 0.0
+    resumed: bool = False
+    previous: str | None = None
+    dropped: list[str] = field(default_factory=list)
+    bad_report: Path | None = None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (
+            f"indexed {self.indexed}, skipped {self.skipped} (already stored), bad {self.bad} "
+            f"of {self.total} photos in {self.seconds:.1f}s ({self.images_per_s:.1f} images/s) "
+            f"→ {self.collection} behind alias {self.alias!r}"
+        )
+
+
+def collection_name(alias: str, model_version: str, now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{alias}-{model_version}-{stamp}"
+
+
+def new_collection_name(store: RecipeStore, alias: str, model_version: str) -> str:
+    existing = {c.name for c in store.list_collections()}
+    name = collection_name(alias, model_version)
+    suffix = 1
+    while name in existing:
+        suffix += 1
+        name = f"{collection_name(alias, model_version)}-{suffix}"
+    return name
+
+
+def _resumable(store: RecipeStore, alias: str, model_version: str) -> CollectionInfo | None:
+    candidates = [
+        c
+        for c in store.list_collections()
+        if not c.complete
+        and c.model_version == model_version
+        and c.extra.get("purpose") == "build"
+        and c.extra.get("alias") == alias
+    ]
+    return candidates[-1] if candidates else None
+
+
+def _bad_check(bad: int, total: int, limit: float, report: Path | None) -> None:
+    share = bad / total if total else 0.0
+    if share > limit:
+        where = f"; see {report}" if report else ""
+        raise BuildError(
+            f"{bad} of {total} photos are bad ({share:.1%}), above max_bad_fraction {limit:.1%}: "
+            f"the alias was not moved{where}"
+        )
+
+
+def _decoded_batches(
+    items: Sequence[tuple[Recipe, Path | str, str]],
+    *,
+    batch_size: int,
+    pool: ThreadPoolExecutor,
+    min_side: int,
+    image_size: int,
+    bad: list[BadItem],
+    lookahead: int = 2,
+) -> Iterator[list[Photo]]:
+    """Decoded photos in batches (bad ones reported into ``bad``); ``lookahead`` batches decode ahead."""
+
+    def decode(item: tuple[Recipe, Path | str, str]) -> Photo | BadItem:
+        recipe, image, pid = item
+        try:
+            data, array = load_photo(image, size=image_size, min_side=min_side)
+        except ImageDecodeError as exc:
+            return BadItem(recipe.id, str(image), str(exc))
+        return Photo(recipe, image, pid, data, array)
+
+    starts = range(0, len(items), batch_size)
+    pending: deque[list[Future[Photo | BadItem]]] = deque()
+    submitted = 0
+    for _ in starts:
+        while submitted < len(starts) and len(pending) <= lookahead:
+            chunk = items[submitted * batch_size : (submitted + 1) * batch_size]
+            pending.append([pool.submit(decode, item) for item in chunk])
+            submitted += 1
+        futures = pending.popleft()
+        good: list[Photo] = []
+        for fut in futures:
+            result = fut.result()
+            if isinstance(result, Photo):
+                good.append(result)
+            else:
+                bad.append(result)
+        if good:
+            yield good
+
+
+def build_index(
+    catalog_path: str | Path,
+    model_dir: str | Path,
+    store: RecipeStore,
+    *,
+    alias: str = DEFAULT_ALIAS,
+    embedder: PhotoEmbedder | None = None,
+    embedder_address: str | None = None,
+    batch_size: int = 128,
+    max_in_flight: int = 4,
+    decode_threads: int = 0,
+    keep_previous: int = 1,
+    max_bad_fraction: float = 0.05,
+    verify_sample: int = 20,
+    min_side: int = 32,
+    bad_report: str | Path | None = None,
+    batch_pause_s: float = 0.0,
+    progress: bool = True,
+) -> BuildSummary:
+    """Index a catalogue into a new (or resumed) collection and put it behind ``alias``."""
+    started = time.perf_counter()
+    catalog = read_catalog(catalog_path)
+    if embedder is None:
+        embedder = open_embedder(model_dir, embedder_address, max_in_flight=max_in_flight)
+    version = embedder.version
+    image_size = getattr(getattr(embedder, "model", None), "image_size", 224)
+    report = Path(bad_report) if bad_report is not None else None
+    total = catalog.photo_count + len(catalog.bad)
+    if catalog.photo_count == 0:
+        if report is not None:
+            write_bad_report(catalog.bad, report)
+        raise BuildError(f"{catalog_path}: no usable photos ({len(catalog.bad)} bad items)")
+    if catalog.bad:
+        log.warning(
+            "%d bad catalogue item(s) in %s (missing files, empty titles, …)", len(catalog.bad), catalog_path
+        )
+    if report is not None:
+        write_bad_report(catalog.bad, report)
+    _bad_check(len(catalog.bad), total, max_bad_fraction, report)
+
+    previous = store.resolve_alias(alias)
+    resumable = _resumable(store, alias, version)
+    if resumable is not None:
+        name = resumable.name
+        if resumable.dimension != embedder.dimension:
+            raise BuildError(
+                f"collection {name} is {resumable.dimension}-D but model {version} is {embedder.dimension}-D"
+            )
+        log.info("resuming unfinished collection %s (%d points stored)", name, resumable.points_count)
+    else:
+        name = new_collection_name(store, alias, version)
+        store.create_collection(
+            name,
+            dimension=embedder.dimension,
+            model_version=version,
+            extra={
+                "purpose": "build",
+                "alias": alias,
+                "catalog": str(catalog_path),
+                "expected": catalog.photo_count,
+            },
+        )
+    summary = BuildSummary(
+        collection=name,
+        alias=alias,
+        model_version=version,
+        total=total,
+        resumed=resumable is not None,
+        previous=previous,
+        bad_report=report,
+    )
+
+    items = [(r, img, point_id(r.id, catalog.image_name(img))) for r, img in catalog.photos()]
+    ids = [pid for _, _, pid in items]
+    if len(set(ids)) != len(ids):
+        raise BuildError(f"{catalog_path}: two photos of one recipe share a file name")
+    stored: set[str] = set()
+    if resumable is not None:
+        for start in range(0, len(ids), 1024):
+            stored |= store.existing_ids(name, ids[start : start + 1024])
+    todo = [item for item in items if item[2] not in stored]
+    summary.skipped = len(items) - len(todo)
+
+    bad: list[BadItem] = list(catalog.bad)
+    workers = decode_threads or min(8, os.cpu_count() or 1)
+    bar = tqdm(total=len(todo), desc=f"indexing {name}", unit="photo", disable=not progress, smoothing=0.1)
+    try:
+        with (
+            ThreadPoolExecutor(workers, thread_name_prefix="decode") as decode_pool,
+            ThreadPoolExecutor(1, thread_name_prefix="upsert") as upsert_pool,
+        ):
+            batches = _decoded_batches(
+                todo,
+                batch_size=batch_size,
+                pool=decode_pool,
+                min_side=min_side,
+                image_size=image_size,
+                bad=bad,
+            )
+            batch_iter = iter(batches)
+            seen: deque[list[Photo]] = deque()
+
+            def remembered() -> Iterator[list[Photo]]:
+                for batch in batch_iter:
+                    seen.append(batch)
+                    yield batch
+
+            writing: Future[int] | None = None
+            for vectors in embedder.embed_batches(remembered()):
+                batch = seen.popleft()
+                if len(vectors) != len(batch):
+                    raise BuildError(f"embedder returned {len(vectors)} vectors for {len(batch)} photos")
+                points = [
+                    RecipePoint(p.id, v, recipe_payload(catalog.root, p.recipe, p.image, version))
+                    for p, v in zip(batch, vectors, strict=True)
+                ]
+                if writing is not None:
+                    bar.update(writing.result())
+                writing = upsert_pool.submit(_upsert, store, name, points, version, batch_pause_s)
+                bar.set_postfix(bad=len(bad), refresh=False)
+            if writing is not None:
+                bar.update(writing.result())
+    finally:
+        bar.close()
+    summary.bad = len(bad)
+    summary.indexed = len(todo) - (len(bad) - len(catalog.bad))
+    if report is not None:
+        write_bad_report(bad, report)
+    _bad_check(len(bad), total, max_bad_fraction, report)
+
+    expected = total - len(bad)
+    count = store.count(name)
+    if count != expected:
+        raise BuildError(
+            f"verification failed: collection {name} holds {count} points, expected {expected} "
+            f"(catalogue {total} − bad {len(bad)}); the alias was not moved"
+        )
+    bad_files = {(b.recipe_id, b.file) for b in bad}
+    good = [item for item in items if (item[0].id, str(item[1])) not in bad_files]
+    _verify_sample(store, name, embedder=embedder, good=good, sample=verify_sample, image_size=image_size)
+
+    store.mark_complete(name)
+    store.swap_alias(alias, name)
+    summary.dropped = prune(store, alias, keep_previous, previous=previous)
+    summary.seconds = time.perf_counter() - started
+    log.info("%s", summary.line())
+    return summary
+
+
+def _upsert(store: RecipeStore, name: str, points: list[RecipePoint], version: str, pause_s: float) -> int:
+    store.upsert(name, points, model_version=version)
+    if pause_s:
+        time.sleep(pause_s)
+    return len(points)
+
+
+def _verify_sample(
+    store: RecipeStore,
+    name: str,
+    *,
+    embedder: PhotoEmbedder,
+    good: Sequence[tuple[Recipe, Path | str, str]],
+    sample: int,
+    image_size: int,
+) -> None:
+    """Each sampled photo must find its own recipe at rank 1 (ties with identical photos count)."""
+    if sample <= 0 or not good:
+        return
+    chosen = random.Random(0).sample(  # noqa: S311 - a reproducible sample, not a secret
+        list(good), min(sample, len(good))
+    )
+    photos = []
+    for recipe, image, pid in chosen:
+        data, array = load_photo(image, size=image_size, min_side=1)
+        photos.append(Photo(recipe, image, pid, data, array))
+    vectors = next(iter(embedder.embed_batches([photos])))
+    failures = []
+    for photo, vector in zip(photos, vectors, strict=True):
+        hits = store.search(name, vector, limit=5, model_version=embedder.version)
+        top = hits[0].score if hits else 0.0
+        tied = {h.payload.get("recipe_id") for h in hits if h.score >= top - 1e-4}
+        if photo.recipe.id not in tied:
+            found = hits[0].payload.get("recipe_id") if hits else None
+            failures.append(f"{photo.image} (recipe {photo.recipe.id}) → {found}")
+    if failures:
+        raise BuildError(
+            f"verification failed: {len(failures)} of {len(photos)} sampled photos do not find their own "
+            f"recipe first in {name}: " + "; ".join(failures[:5]) + "; the alias was not moved"
+        )
+
+
+def prune(store: RecipeStore, alias: str, keep_previous: int, *, previous: str | None = None) -> list[str]:
+    """Drop complete collections of ``alias`` beyond the live one and ``keep_previous`` older ones."""
+    live = set(store.aliases().values())
+    prefix = f"{alias}-"
+    old = [
+        c for c in store.list_collections() if c.complete and c.name.startswith(prefix) and c.name not in live
+    ]
+    old.sort(key=lambda c: (c.name == previous, c.created_at, c.name), reverse=True)
+    dropped = []
+    for info in old[keep_previous:]:
+        try:
+            store.drop_collection(info.name)
+            dropped.append(info.name)
+        except StoreError as exc:
+            log.warning("could not drop old collection %s: %s", info.name, exc)
+    return dropped
+
+
+def rollback(store: RecipeStore, alias: str = DEFAULT_ALIAS) -> tuple[str, str]:
+    """Put the newest complete collection older than the live one behind ``alias``; (from, to)."""
+    current = store.resolve_alias(alias)
+    if current is None:
+        raise BuildError(f"alias {alias!r} points nowhere: nothing to roll back")
+    prefix = f"{alias}-"
+    collections = [c for c in store.list_collections() if c.name.startswith(prefix) or c.name == current]
+    live = next((c for c in collections if c.name == current), None)
+    older = [
+        c
+        for c in collections
+        if c.complete and c.name != current and (live is None or c.created_at <= live.created_at)
+    ]
+    if not older:
+        raise BuildError(f"no older complete collection to roll alias {alias!r} back to (live: {current})")
+    target = max(older, key=lambda c: (c.created_at, c.name)).name
+    store.swap_alias(alias, target)
+    return current, target

@@ -1,0 +1,452 @@
+"""Recipe catalogues: read one from disk, report what is wrong with it, never skip anything silently.
+
+Formats, detected from what the path holds:
+
+* **Kaggle CSV** — the "Food Ingredients and Recipe Dataset with Images" schema: ``Title``,
+  ``Ingredients``, ``Instructions``, ``Image_Name``, ``Cleaned_Ingredients`` (lists as Python-literal
+  strings, parsed with :func:`ast.literal_eval`, which accepts literals only, or as JSON), optional
+  ``Category`` and ``Id`` (else the unnamed index column, else the row number). Photos at
+  ``<root>/Food Images/<Image_Name>.jpg`` or ``<root>/images/<Image_Name>.jpg``. Rows sharing an
+  ``Id`` are one recipe with several photos. The path is the CSV file or the folder holding it.
+* **Folder per recipe** — ``<root>/<recipe>/recipe.json`` (``title``, ``ingredients``, …, optional
+  ``images`` list) plus photos; without ``images`` every photo in the folder belongs to the recipe.
+* **JSONL** — one recipe per line with an ``images`` list (paths relative to the file).
+* **Folder of photos** — every photo is its own recipe, titled after its file name.
+
+Missing files, empty titles and malformed rows become :class:`BadItem` entries (recipe id, file,
+reason), which the indexer reports and counts against its bad-data threshold.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from embedder.preprocess import DEFAULT_MAX_PIXELS, IMAGE_SIZE, ImageDecodeError, decode, preprocess
+from indexer.keywords import ingredient_keywords
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+CSV_REQUIRED = ("Title", "Image_Name")
+KAGGLE_IMAGE_DIRS = ("Food Images", "Food Images/Food Images", "images")
+RECIPE_FILE = "recipe.json"
+
+
+class CatalogError(ValueError):
+    """The catalogue as a whole cannot be read; the message names the path."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    id: str
+    title: str
+    ingredients: list[str]
+    cleaned_ingredients: list[str]
+    instructions: str
+    images: list[Path | str]
+    category: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class BadItem:
+    recipe_id: str
+    file: str
+    reason: str
+
+
+@dataclass
+class Catalog:
+    recipes: list[Recipe]
+    bad: list[BadItem]
+    root: Path
+    format: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def photo_count(self) -> int:
+        """Usable photos (bad ones excluded)."""
+        return sum(len(r.images) for r in self.recipes)
+
+    @property
+    def bad_fraction(self) -> float:
+        total = self.photo_count + len(self.bad)
+        return len(self.bad) / total if total else 0.0
+
+    def photos(self) -> Iterable[tuple[Recipe, Path | str]]:
+        for recipe in self.recipes:
+            for image in recipe.images:
+                yield recipe, image
+
+    def image_name(self, image: Path | str) -> str:
+        """The photo's name as stored: its path relative to the catalogue root (posix), or the URL."""
+        if isinstance(image, Path):
+            try:
+                return image.relative_to(self.root).as_posix()
+            except ValueError:
+                return image.as_posix()
+        return image
+
+
+# -- field parsing -------------------------------------------------------------------------------
+def parse_list(value: Any) -> list[str]:
+    """A list field: a list already, a Python-literal or JSON list string, or one item per line."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [str(v).strip() for v in value if str(v).strip()]
+    text = str(value).strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        parsed: Any
+        try:
+            parsed = ast.literal_eval(text)  # literals only: no names, calls or attributes
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                raise ValueError(f"not a list literal: {text[:60]!r}") from None
+        if not isinstance(parsed, list | tuple):
+            raise ValueError(f"not a list: {text[:60]!r}")
+        return [str(v).strip() for v in parsed if str(v).strip()]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+class _Builder:
+    """Collects recipes and bad items while a reader walks the source."""
+
+    def __init__(self, root: Path, fmt: str) -> None:
+        self.root = root
+        self.format = fmt
+        self.recipes: dict[str, Recipe] = {}
+        self.bad: list[BadItem] = []
+
+    def add(
+        self,
+        *,
+        recipe_id: str,
+        title: str,
+        ingredients: Any,
+        cleaned: Any,
+        instructions: str,
+        images: list[Path | str],
+        category: str,
+        source: str,
+        where: str,
+    ) -> None:
+        if not recipe_id:
+            self.bad.extend(BadItem("", str(i), f"{where}: no recipe id") for i in images or [""])
+            return
+        if not title:
+            self.bad.extend(BadItem(recipe_id, str(i), f"{where}: empty title") for i in images or [""])
+            return
+        try:
+            ingredient_list = parse_list(ingredients)
+            cleaned_list = (
+                parse_list(cleaned) if _text(cleaned) or isinstance(cleaned, list) else ingredient_list
+            )
+        except ValueError as exc:
+            self.bad.extend(BadItem(recipe_id, str(i), f"{where}: ingredients {exc}") for i in images or [""])
+            return
+        present: list[Path | str] = []
+        for image in images:
+            if isinstance(image, str) and image.startswith(("http://", "https://")):
+                self.bad.append(BadItem(recipe_id, image, f"{where}: remote images are not fetched"))
+            elif isinstance(image, Path) and not image.is_file():
+                self.bad.append(BadItem(recipe_id, str(image), f"{where}: image file not found"))
+            else:
+                present.append(image)
+        if not images:
+            self.bad.append(BadItem(recipe_id, "", f"{where}: no image"))
+        previous = self.recipes.get(recipe_id)
+        if previous is not None:  # more photos of a recipe seen before
+            self.recipes[recipe_id] = replace(previous, images=[*previous.images, *present])
+            return
+        self.recipes[recipe_id] = Recipe(
+            id=recipe_id,
+            title=title,
+            ingredients=ingredient_list,
+            cleaned_ingredients=cleaned_list,
+            instructions=instructions,
+            images=present,
+            category=category,
+            source=source,
+        )
+
+    def catalog(self) -> Catalog:
+        recipes = [r for r in self.recipes.values() if r.images]
+        return Catalog(recipes=recipes, bad=self.bad, root=self.root, format=self.format)
+
+
+# -- readers -------------------------------------------------------------------------------------
+def _kaggle_image(root: Path, name: str) -> Path:
+    candidates = [name] if Path(name).suffix.lower() in IMAGE_SUFFIXES else [f"{name}.jpg", name]
+    for folder in KAGGLE_IMAGE_DIRS:
+        for candidate in candidates:
+            path = root / folder / candidate
+            if path.is_file():
+                return path
+    return root / KAGGLE_IMAGE_DIRS[0] / candidates[0]
+
+
+def read_kaggle_csv(csv_path: Path) -> Catalog:
+    root = csv_path.parent
+    b = _Builder(root, "kaggle-csv")
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            missing = [c for c in CSV_REQUIRED if c not in columns]
+            if missing:
+                raise CatalogError(f"{csv_path}: not a recipe CSV, missing column(s) {', '.join(missing)}")
+            id_column = "Id" if "Id" in columns else ("" if "" in columns else None)
+            for line_no, row in enumerate(reader, start=2):
+                recipe_id = _text(row.get(id_column)) if id_column is not None else ""
+                recipe_id = recipe_id or str(line_no - 2)
+                name = _text(row.get("Image_Name"))
+                images: list[Path | str] = [_kaggle_image(root, name)] if name else []
+                b.add(
+                    recipe_id=recipe_id,
+                    title=_text(row.get("Title")),
+                    ingredients=row.get("Ingredients"),
+                    cleaned=row.get("Cleaned_Ingredients"),
+                    instructions=_text(row.get("Instructions")),
+                    images=images,
+                    category=_text(row.get("Category")),
+                    source=_text(row.get("Source")) or csv_path.name,
+                    where=f"{csv_path.name} line {line_no}",
+                )
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CatalogError(f"{csv_path}: cannot read CSV: {exc}") from None
+    return b.catalog()
+
+
+def _recipe_from_mapping(b: _Builder, data: Any, base: Path, default_id: str, where: str) -> None:
+    if not isinstance(data, dict):
+        b.bad.append(BadItem(default_id, where, f"{where}: not a JSON object"))
+        return
+    raw_images = data.get("images")
+    if raw_images is None and data.get("image"):
+        raw_images = [data["image"]]
+    images: list[Path | str] = []
+    if raw_images is None and (base / RECIPE_FILE).is_file():  # folder format without a list
+        images = list(sorted(p for p in base.iterdir() if _is_image(p)))
+    elif isinstance(raw_images, list):
+        for item in raw_images:
+            text = _text(item)
+            images.append(text if text.startswith(("http://", "https://")) else base / text)
+    b.add(
+        recipe_id=_text(data.get("id")) or default_id,
+        title=_text(data.get("title")),
+        ingredients=data.get("ingredients"),
+        cleaned=data.get("cleaned_ingredients"),
+        instructions=_text(data.get("instructions")),
+        images=images,
+        category=_text(data.get("category")),
+        source=_text(data.get("source")),
+        where=where,
+    )
+
+
+def read_jsonl(path: Path) -> Catalog:
+    b = _Builder(path.parent, "jsonl")
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path.name} line {line_no}"
+                try:
+                    data = json.loads(line)
+                except ValueError as exc:
+                    b.bad.append(BadItem(str(line_no), str(path), f"{where}: invalid JSON: {exc}"))
+                    continue
+                _recipe_from_mapping(b, data, path.parent, str(line_no), where)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{path}: cannot read JSONL: {exc}") from None
+    return b.catalog()
+
+
+def read_recipe_folders(root: Path) -> Catalog:
+    b = _Builder(root, "folders")
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        recipe_file = folder / RECIPE_FILE
+        where = f"{folder.name}/{RECIPE_FILE}"
+        if not recipe_file.is_file():
+            b.bad.append(BadItem(folder.name, str(folder), f"{folder.name}: no {RECIPE_FILE}"))
+            continue
+        try:
+            data = json.loads(recipe_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            b.bad.append(BadItem(folder.name, str(recipe_file), f"{where}: unreadable: {exc}"))
+            continue
+        _recipe_from_mapping(b, data, folder, folder.name, where)
+    return b.catalog()
+
+
+def read_photo_folder(root: Path) -> Catalog:
+    b = _Builder(root, "photos")
+    for photo in sorted(p for p in root.iterdir() if _is_image(p)):
+        title = photo.stem.replace("_", " ").replace("-", " ").strip()
+        b.add(
+            recipe_id=photo.stem,
+            title=title,
+            ingredients=[],
+            cleaned=[],
+            instructions="",
+            images=[photo],
+            category="",
+            source=root.name,
+            where=photo.name,
+        )
+    return b.catalog()
+
+
+def read_catalog(path: str | Path) -> Catalog:
+    """Read a catalogue in any supported format (see the module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise CatalogError(f"catalogue not found: {path}")
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            return read_kaggle_csv(path)
+        if suffix in (".jsonl", ".ndjson"):
+            return read_jsonl(path)
+        raise CatalogError(f"{path}: unknown catalogue file type {suffix!r} (expected .csv or .jsonl)")
+    try:
+        entries = list(path.iterdir())
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot list folder: {exc}") from None
+    csvs = sorted(p for p in entries if p.suffix.lower() == ".csv" and p.is_file())
+    jsonls = sorted(p for p in entries if p.suffix.lower() in (".jsonl", ".ndjson") and p.is_file())
+    if len(csvs) + len(jsonls) > 1:
+        names = ", ".join(p.name for p in [*csvs, *jsonls])
+        raise CatalogError(f"{path}: several catalogue files ({names}); name the one to use")
+    if csvs:
+        return read_kaggle_csv(csvs[0])
+    if jsonls:
+        return read_jsonl(jsonls[0])
+    if any((p / RECIPE_FILE).is_file() for p in entries if p.is_dir()):
+        return read_recipe_folders(path)
+    if any(_is_image(p) for p in entries):
+        return read_photo_folder(path)
+    raise CatalogError(
+        f"{path}: no catalogue found "
+        f"(expected a .csv, a .jsonl, recipe folders with {RECIPE_FILE}, or photos)"
+    )
+
+
+# -- photos --------------------------------------------------------------------------------------
+def load_photo(
+    image: Path | str, *, size: int = IMAGE_SIZE, min_side: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[bytes, np.ndarray]:
+    """A catalogue photo's bytes and its preprocessed array; ``ImageDecodeError`` says why not."""
+    path = Path(image)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}") from None
+    img = decode(data, size=size, max_pixels=max_pixels)
+    if min(img.size) < min_side:
+        raise ImageDecodeError(f"image too small: {img.size[0]}x{img.size[1]} (minimum side {min_side})")
+    return data, preprocess(data, size=size, max_pixels=max_pixels)
+
+
+def validate_images(
+    catalog: Catalog,
+    *,
+    min_side: int = 32,
+    threads: int = 0,
+    progress: bool = True,
+    check: Callable[[Path | str], object] | None = None,
+) -> Catalog:
+    """Decode every photo; unreadable, truncated or tiny ones move from the recipes to ``bad``."""
+    items = list(catalog.photos())
+    workers = threads or min(8, os.cpu_count() or 1)
+
+    def one(item: tuple[Recipe, Path | str]) -> str | None:
+        try:
+            if check is not None:
+                check(item[1])
+            else:
+                load_photo(item[1], min_side=min_side)
+        except ImageDecodeError as exc:
+            return str(exc)
+        return None
+
+    bad = list(catalog.bad)
+    failed: set[tuple[str, str]] = set()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(one, items)
+        for (recipe, image), reason in tqdm(
+            zip(items, results, strict=True),
+            total=len(items),
+            desc="checking photos",
+            unit="photo",
+            disable=not progress,
+        ):
+            if reason is not None:
+                bad.append(BadItem(recipe.id, str(image), reason))
+                failed.add((recipe.id, str(image)))
+    recipes = []
+    for recipe in catalog.recipes:
+        kept = [i for i in recipe.images if (recipe.id, str(i)) not in failed]
+        if kept:
+            recipes.append(replace(recipe, images=kept))
+    return Catalog(recipes=recipes, bad=bad, root=catalog.root, format=catalog.format, extra=catalog.extra)
+
+
+def write_bad_report(bad: Iterable[BadItem], path: str | Path) -> Path:
+    """CSV with columns id, file, reason."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "file", "reason"])
+        for item in bad:
+            writer.writerow([item.recipe_id, item.file, item.reason])
+    return path
+
+
+def recipe_payload(
+    catalog_root: Path, recipe: Recipe, image: Path | str, model_version: str
+) -> dict[str, Any]:
+    """The payload stored with one photo's vector (keys agreed in the store interface)."""
+    if isinstance(image, Path):
+        try:
+            image_name = image.relative_to(catalog_root).as_posix()
+        except ValueError:
+            image_name = image.as_posix()
+    else:
+        image_name = image
+    return {
+        "recipe_id": recipe.id,
+        "title": recipe.title,
+        "ingredients": list(recipe.ingredients),
+        "cleaned_ingredients": list(recipe.cleaned_ingredients),
+        "ingredient_keywords": ingredient_keywords(recipe.cleaned_ingredients or recipe.ingredients),
+        "instructions": recipe.instructions,
+        "image": image_name,
+        "category": recipe.category,
+        "source": recipe.source,
+        "model_version": model_version,
+    }

@@ -1,0 +1,175 @@
+"""Incremental edits between rebuilds: upsert or delete single recipes in the live collection.
+
+On a Qdrant server the live collection is edited in place. On Qdrant Edge complete collections are
+immutable (readers in other processes open them without locks), so an edit writes a copy of the
+live collection, applies the change, marks the copy complete and swaps the alias — a running
+gateway sees the change on its next search, exactly as after a rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from embedder.preprocess import ImageDecodeError
+from indexer.build import BuildError, Photo, PhotoEmbedder, new_collection_name, prune
+from indexer.catalog import Recipe, load_photo, parse_list, recipe_payload
+from indexer.store.base import DEFAULT_ALIAS, ModelVersionMismatch, RecipePoint, RecipeStore, point_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EditSummary:
+    collection: str
+    previous: str
+    upserted: int = 0
+    deleted: int = 0
+    copied: bool = False
+
+    def line(self) -> str:
+        how = f"copy of {self.previous}" if self.copied else "in place"
+        return f"upserted {self.upserted}, deleted {self.deleted} point(s) in {self.collection} ({how})"
+
+
+def read_recipe_arg(text: str) -> tuple[Recipe, Path]:
+    """``--recipe``: a recipe.json file (photos relative to it) or inline JSON (photos relative to cwd).
+
+    Returns the recipe and the folder its photo names are relative to.
+    """
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        base, where = Path.cwd(), "--recipe"
+        raw = stripped
+    else:
+        source = Path(text)
+        base, where = source.parent, str(source)
+        try:
+            raw = source.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise BuildError(f"recipe file not found: {source}") from None
+        except OSError as exc:
+            raise BuildError(f"{source}: cannot read: {exc}") from None
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise BuildError(f"{where}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BuildError(f"{where}: expected a JSON object")
+    rid = str(data.get("id") or "").strip()
+    if not rid:
+        raise BuildError(f'{where}: the recipe needs an "id"')
+    title = str(data.get("title") or "").strip()
+    if not title:
+        raise BuildError(f"{where}: recipe {rid} has an empty title")
+    names = data.get("images") or ([data["image"]] if data.get("image") else [])
+    paths = [base / str(n) for n in names]
+    if not paths:
+        raise BuildError(f"{where}: recipe {rid} has no images")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise BuildError(f"{where}: recipe {rid}: image file(s) not found: {', '.join(missing)}")
+    try:
+        ingredients = parse_list(data.get("ingredients"))
+        cleaned = parse_list(data.get("cleaned_ingredients")) or ingredients
+    except ValueError as exc:
+        raise BuildError(f"{where}: recipe {rid}: ingredients {exc}") from None
+    recipe = Recipe(
+        id=rid,
+        title=title,
+        ingredients=ingredients,
+        cleaned_ingredients=cleaned,
+        instructions=str(data.get("instructions") or ""),
+        images=list(paths),
+        category=str(data.get("category") or ""),
+        source=str(data.get("source") or ""),
+    )
+    return recipe, base
+
+
+def _target(store: RecipeStore, alias: str, model_version: str | None) -> tuple[str, str, bool]:
+    live = store.resolve_alias(alias)
+    if live is None:
+        raise BuildError(f"alias {alias!r} points nowhere: build an index first (`recipelens-index build`)")
+    info = store.collection_info(live)
+    if model_version is not None and info.model_version != model_version:
+        raise ModelVersionMismatch(live, info.model_version, model_version)
+    if not store.copy_on_write(live):
+        return live, live, False
+    target = new_collection_name(store, alias, info.model_version)
+    store.clone_collection(live, target)
+    return live, target, True
+
+
+def _finish(
+    store: RecipeStore, alias: str, live: str, target: str, *, copied: bool, keep_previous: int
+) -> None:
+    if copied:
+        store.mark_complete(target)
+        store.swap_alias(alias, target)
+        prune(store, alias, keep_previous, previous=live)
+
+
+def upsert_recipe(
+    store: RecipeStore,
+    recipe: Recipe,
+    embedder: PhotoEmbedder,
+    *,
+    catalog_root: Path,
+    alias: str = DEFAULT_ALIAS,
+    keep_previous: int = 1,
+    min_side: int = 32,
+) -> EditSummary:
+    """Replace every photo of ``recipe`` in the live collection (old photos of it are removed)."""
+    photos = []
+    for image in recipe.images:
+        try:
+            data, array = load_photo(image, min_side=min_side)
+        except ImageDecodeError as exc:
+            raise BuildError(f"recipe {recipe.id}: {image}: {exc}") from None
+        name = Path(image).relative_to(catalog_root).as_posix() if isinstance(image, Path) else image
+        photos.append(Photo(recipe, image, point_id(recipe.id, name), data, array))
+    vectors = next(iter(embedder.embed_batches([photos])))
+    live, target, copied = _target(store, alias, embedder.version)
+    try:
+        new_ids = {p.id for p in photos}
+        stale = [i for i in store.ids_of_recipe(target, recipe.id) if i not in new_ids]
+        store.delete_points(target, stale)
+        points = [
+            RecipePoint(p.id, v, recipe_payload(catalog_root, recipe, p.image, embedder.version))
+            for p, v in zip(photos, vectors, strict=True)
+        ]
+        store.upsert(target, points, model_version=embedder.version)
+        _finish(store, alias, live, target, copied=copied, keep_previous=keep_previous)
+    except BaseException:
+        if copied:
+            store.drop_collection(target)
+        raise
+    summary = EditSummary(target, live, upserted=len(points), deleted=len(stale), copied=copied)
+    log.info("%s", summary.line())
+    return summary
+
+
+def delete_recipe(
+    store: RecipeStore, recipe_id: str, *, alias: str = DEFAULT_ALIAS, keep_previous: int = 1
+) -> EditSummary:
+    """Remove every photo of one recipe from the live collection; unknown ids are an error."""
+    live = store.resolve_alias(alias)
+    if live is None:
+        raise BuildError(f"alias {alias!r} points nowhere: nothing to delete from")
+    if not store.ids_of_recipe(live, recipe_id):
+        raise BuildError(f"recipe {recipe_id!r} is not in the live collection {live}")
+    live, target, copied = _target(store, alias, None)
+    try:
+        ids = store.ids_of_recipe(target, recipe_id)
+        store.delete_points(target, ids)
+        _finish(store, alias, live, target, copied=copied, keep_previous=keep_previous)
+    except BaseException:
+        if copied:
+            store.drop_collection(target)
+        raise
+    summary = EditSummary(target, live, deleted=len(ids), copied=copied)
+    log.info("%s", summary.line())
+    return summary

@@ -1,0 +1,496 @@
+"""Qdrant Edge backend: one in-process EdgeShard per collection, on disk under one root folder.
+
+Layout::
+
+    <root>/aliases.json                      alias → collection, replaced atomically (temp + os.replace)
+    <root>/collections/<name>/collection.json model_version, dimension, created_at, complete,
+                                              generation, points_count (replaced atomically)
+    <root>/collections/<name>/shard/          the EdgeShard (segments)
+    <root>/collections/<name>/write.lock      flock held by the one process writing the collection
+
+Concurrency between processes (a running gateway and the indexer on the same root) — measured with
+qdrant-edge-py 0.9.0: a shard created with a write-ahead log is locked by the first process that
+opens it (a second ``EdgeShard.load`` fails with ``WouldBlock``), a shard without one can be opened
+by several processes, and loading or closing it writes nothing. So:
+
+* Shards are created without a WAL and every write is flushed before it returns: a batch is on disk
+  as a whole or not at all (checked by SIGKILLing a writer mid-flush), which is what resuming needs.
+* One writer per collection, enforced with ``write.lock`` (released by the kernel if the writer dies).
+* **Complete collections are immutable.** Readers (the gateway, ``recipelens-search``, verification)
+  open them without any lock, any number of processes at once. Changes never touch them: a rebuild
+  writes a new collection, and an incremental upsert/delete of a live collection writes a copy
+  (:meth:`clone_collection` + edit + mark complete) and swaps the alias — blue/green for edits too.
+* An incomplete collection is only ever opened by its writer (loading a shard that another process
+  is writing makes that writer's next flush fail — measured), so reads of it (count, resume checks)
+  take the write lock too. When a collection is marked complete it is loaded and closed once under
+  the lock: the first load after writing compacts journals, later loads change no file (measured).
+* Aliases are re-read from ``aliases.json`` on every resolve (one small file read), so a swap by the
+  indexer is seen by a running gateway on its next search; a reader's cached handle is reopened when
+  ``collection.json``'s generation changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from indexer.store.base import (
+    KEYWORD_INDEXES,
+    CollectionBusy,
+    CollectionInfo,
+    CollectionNotFound,
+    RecipePoint,
+    RecipeStore,
+    SearchFilter,
+    StoreError,
+    StoreHit,
+    check_vectors,
+)
+
+log = logging.getLogger(__name__)
+
+META_FILE = "collection.json"
+SHARD_DIR = "shard"
+LOCK_FILE = "write.lock"
+ALIASES_FILE = "aliases.json"
+_SCROLL_PAGE = 1024
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file next to ``path``, fsync it, then ``os.replace`` it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def edge_filter(search_filter: SearchFilter | None) -> qe.Filter | None:
+    """The store's :class:`SearchFilter` as a Qdrant Edge filter."""
+    if search_filter is None or search_filter.is_empty():
+        return None
+    must: list[Any] = []
+    must_not: list[Any] = []
+    if search_filter.categories:
+        must.append(qe.FieldCondition("category", match=qe.MatchAny(list(search_filter.categories))))
+    for kw in search_filter.include_keywords():
+        must.append(qe.FieldCondition("ingredient_keywords", match=qe.MatchValue(kw)))
+    for group in search_filter.exclude_groups():
+        conds: list[Any] = [qe.FieldCondition("ingredient_keywords", match=qe.MatchValue(kw)) for kw in group]
+        must_not.append(conds[0] if len(conds) == 1 else qe.Filter(must=conds))
+    return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+class _Writer:
+    """An open shard plus the flock that makes this process its only writer."""
+
+    def __init__(self, shard: qe.EdgeShard | None, lock_fd: int) -> None:
+        self.shard = shard
+        self.lock_fd = lock_fd
+
+    def close(self) -> None:
+        try:
+            if self.shard is not None:
+                self.shard.close()
+                self.shard = None
+        finally:
+            os.close(self.lock_fd)  # releases the flock
+
+
+class EdgeStore(RecipeStore):
+    """Collections as Qdrant Edge shards under ``root`` (see the module docstring for the design)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.collections_dir = self.root / "collections"
+        try:
+            self.collections_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot use {self.root} as a Qdrant Edge folder: {exc}") from None
+        self._writers: dict[str, _Writer] = {}
+        self._readers: dict[str, tuple[qe.EdgeShard, int]] = {}  # name → (shard, generation)
+        self._retired: list[qe.EdgeShard] = []
+        self._lock = threading.RLock()
+
+    # -- paths and metadata ------------------------------------------------------------------
+    def _dir(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith("."):
+            raise StoreError(f"invalid collection name {name!r}")
+        return self.collections_dir / name
+
+    def _read_meta(self, name: str) -> dict[str, Any]:
+        path = self._dir(name) / META_FILE
+        try:
+            meta: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CollectionNotFound(f"no collection {name!r} in {self.collections_dir}") from None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path}: unreadable collection metadata: {exc}") from None
+        return meta
+
+    def _write_meta(self, name: str, meta: dict[str, Any]) -> None:
+        write_json_atomic(self._dir(name) / META_FILE, meta)
+
+    @staticmethod
+    def _info(name: str, meta: dict[str, Any]) -> CollectionInfo:
+        return CollectionInfo(
+            name=name,
+            model_version=str(meta.get("model_version", "")),
+            dimension=int(meta.get("dimension", 0)),
+            points_count=int(meta.get("points_count", 0)),
+            created_at=str(meta.get("created_at", "")),
+            complete=bool(meta.get("complete", False)),
+            distance=str(meta.get("distance", "Cosine")),
+            extra=dict(meta.get("extra") or {}),
+        )
+
+    # -- opening shards ----------------------------------------------------------------------
+    def _lock_for_write(self, name: str) -> int:
+        fd = os.open(self._dir(name) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CollectionBusy(
+                f"collection {name!r} is being written by another process "
+                f"(lock {self._dir(name) / LOCK_FILE})"
+            ) from None
+        return fd
+
+    def _writer(self, name: str) -> qe.EdgeShard:
+        with self._lock:
+            held = self._writers.get(name)
+            if held is not None and held.shard is not None:
+                return held.shard
+            meta = self._read_meta(name)
+            if meta.get("complete"):
+                raise StoreError(
+                    f"collection {name!r} is complete and therefore immutable on Qdrant Edge: "
+                    "edit a copy (clone_collection) and swap the alias"
+                )
+            fd = self._lock_for_write(name)
+            try:
+                shard = qe.EdgeShard.load(str(self._dir(name) / SHARD_DIR))
+            except Exception as exc:
+                os.close(fd)
+                raise StoreError(f"cannot open collection {name!r} for writing: {exc}") from None
+            self._drop_reader(name)
+            self._writers[name] = _Writer(shard, fd)
+            return shard
+
+    def _drop_reader(self, name: str) -> None:
+        if name in self._readers:
+            shard, _ = self._readers.pop(name)
+            self._retired.append(shard)  # a concurrent search may still use it; closed in close()
+
+    def _reader(self, name: str) -> qe.EdgeShard:
+        with self._lock:
+            held = self._writers.get(name)
+            if held is not None and held.shard is not None:
+                return held.shard
+            meta = self._read_meta(name)  # also notices a dropped collection
+            if not meta.get("complete"):
+                # Loading a shard that another process writes disturbs that writer (measured: its next
+                # flush fails), so an incomplete collection is only ever opened by its one writer.
+                return self._writer(name)
+            generation = int(meta.get("generation", 0))
+            cached = self._readers.get(name)
+            if cached is not None and cached[1] == generation:
+                return cached[0]
+            self._drop_reader(name)
+            try:
+                shard = qe.EdgeShard.load(str(self._dir(name) / SHARD_DIR))
+            except Exception as exc:
+                raise StoreError(f"cannot open collection {name!r}: {exc}") from None
+            self._readers[name] = (shard, generation)
+            return shard
+
+    def _after_write(self, name: str, shard: qe.EdgeShard) -> None:
+        shard.flush()
+        meta = self._read_meta(name)
+        meta["points_count"] = int(shard.info().points_count)
+        meta["generation"] = int(meta.get("generation", 0)) + 1
+        self._write_meta(name, meta)
+
+    # -- collections -------------------------------------------------------------------------
+    def create_collection(
+        self,
+        name: str,
+        *,
+        dimension: int,
+        model_version: str,
+        distance: str = "Cosine",
+        on_disk: bool = False,
+        quantization: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> CollectionInfo:
+        folder = self._dir(name)
+        if folder.exists():
+            raise StoreError(f"collection {name!r} already exists in {self.collections_dir}")
+        if distance != "Cosine":
+            raise StoreError(f"unsupported distance {distance!r} (only Cosine)")
+        if quantization not in (None, "int8"):
+            raise StoreError(f"unsupported quantization {quantization!r} (None or 'int8')")
+        folder.mkdir(parents=True)
+        meta = {
+            "name": name,
+            "model_version": model_version,
+            "dimension": int(dimension),
+            "distance": distance,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "complete": False,
+            "generation": 0,
+            "points_count": 0,
+            "extra": extra or {},
+        }
+        self._write_meta(name, meta)
+        fd = self._lock_for_write(name)
+        quant = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99) if quantization else None
+        config = qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=int(dimension), distance=qe.Distance.Cosine, on_disk=on_disk),
+            quantization_config=quant,
+            wal_enabled=False,
+        )
+        try:
+            shard = qe.EdgeShard.create(str(folder / SHARD_DIR), config)
+            for field_name in KEYWORD_INDEXES:
+                shard.update(qe.UpdateOperation.create_field_index(field_name, qe.PayloadSchemaType.Keyword))
+            shard.flush()
+        except Exception as exc:
+            os.close(fd)
+            raise StoreError(f"cannot create collection {name!r}: {exc}") from None
+        with self._lock:
+            self._writers[name] = _Writer(shard, fd)
+        log.info("created collection %s (%d-D, model %s) in %s", name, dimension, model_version, folder)
+        return self._info(name, meta)
+
+    def collection_info(self, name: str) -> CollectionInfo:
+        return self._info(name, self._read_meta(name))
+
+    def list_collections(self) -> list[CollectionInfo]:
+        found: list[CollectionInfo] = []
+        for folder in sorted(p for p in self.collections_dir.iterdir() if p.is_dir()):
+            try:
+                found.append(self.collection_info(folder.name))
+            except StoreError as exc:
+                found.append(CollectionInfo(folder.name, "", 0, 0, "", False, extra={"broken": str(exc)}))
+        return sorted(found, key=lambda c: (c.created_at, c.name))
+
+    def mark_complete(self, name: str, complete: bool = True) -> None:
+        with self._lock:
+            writer = self._writers.pop(name, None)
+            if writer is None:
+                writer = _Writer(None, self._lock_for_write(name))
+            try:
+                meta = self._read_meta(name)
+                if writer.shard is not None:
+                    writer.shard.optimize()
+                    writer.shard.flush()
+                    meta["points_count"] = int(writer.shard.info().points_count)
+                    writer.shard.close()
+                    writer.shard = None
+                if complete:
+                    # The first load after writing compacts journals and rewrites edge_config.json; do it
+                    # now, under the write lock, so that lock-free readers later find files that never change.
+                    qe.EdgeShard.load(str(self._dir(name) / SHARD_DIR)).close()
+                meta["complete"] = complete
+                meta["generation"] = int(meta.get("generation", 0)) + 1
+                stamp = datetime.now(UTC).isoformat(timespec="seconds")
+                meta["completed_at" if complete else "reopened_at"] = stamp
+                self._write_meta(name, meta)
+            finally:
+                writer.close()
+
+    def drop_collection(self, name: str) -> None:
+        folder = self._dir(name)
+        if not folder.exists():
+            raise CollectionNotFound(f"no collection {name!r} in {self.collections_dir}")
+        live = [a for a, c in self.aliases().items() if c == name]
+        if live:
+            raise StoreError(f"collection {name!r} is behind alias {live[0]!r}: swap or roll back first")
+        with self._lock:
+            writer = self._writers.pop(name, None)
+            if writer is not None:
+                writer.close()
+            self._drop_reader(name)
+            fd = self._lock_for_write(name)  # refuses while another process writes it
+            try:
+                # Rename first so that a half-deleted folder is never mistaken for a collection.
+                trash = self.collections_dir / f".dropped-{name}-{time.time_ns()}"
+                folder.rename(trash)
+            finally:
+                os.close(fd)
+            shutil.rmtree(trash, ignore_errors=True)
+        log.info("dropped collection %s", name)
+
+    def copy_on_write(self, name: str) -> bool:
+        return self.collection_info(name).complete
+
+    def clone_collection(self, source: str, target: str) -> CollectionInfo:
+        meta = self._read_meta(source)
+        if not meta.get("complete"):
+            raise StoreError(f"only complete collections can be cloned; {source!r} is incomplete")
+        folder = self._dir(target)
+        if folder.exists():
+            raise StoreError(f"collection {target!r} already exists in {self.collections_dir}")
+        folder.mkdir(parents=True)
+        new = dict(meta)
+        new.update(
+            name=target,
+            complete=False,
+            generation=0,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            extra={**dict(meta.get("extra") or {}), "cloned_from": source, "purpose": "edit"},
+        )
+        new.pop("completed_at", None)
+        self._write_meta(target, new)
+        shutil.copytree(self._dir(source) / SHARD_DIR, folder / SHARD_DIR)  # immutable source: consistent
+        return self._info(target, new)
+
+    # -- points ------------------------------------------------------------------------------
+    def upsert(self, name: str, points: Sequence[RecipePoint], *, model_version: str) -> None:
+        info = self.check_model_version(name, model_version)
+        if not points:
+            return
+        check_vectors(name, points, info.dimension)
+        shard = self._writer(name)
+        batch = [
+            qe.Point(p.id, np.asarray(p.vector, dtype=np.float32).tolist(), dict(p.payload)) for p in points
+        ]
+        shard.update(qe.UpdateOperation.upsert_points(batch))
+        self._after_write(name, shard)
+
+    def delete_points(self, name: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        shard = self._writer(name)
+        shard.update(qe.UpdateOperation.delete_points(list(ids)))
+        self._after_write(name, shard)
+
+    def search(
+        self,
+        name: str,
+        vector: np.ndarray,
+        *,
+        limit: int,
+        offset: int = 0,
+        filter: SearchFilter | None = None,
+        model_version: str,
+    ) -> list[StoreHit]:
+        info = self.check_model_version(name, model_version)
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if query.shape != (info.dimension,):
+            raise StoreError(
+                f"query vector of dimension {query.shape[0]} does not fit collection {name!r} "
+                f"of dimension {info.dimension}"
+            )
+        request = qe.QueryRequest(
+            limit=int(limit),
+            offset=int(offset) or None,
+            query=qe.Query.Nearest(query.tolist()),
+            with_payload=True,
+            filter=edge_filter(filter),
+        )
+        scored = self._reader(name).query(request)
+        return [StoreHit(str(p.id), float(p.score), dict(p.payload or {})) for p in scored]
+
+    def retrieve(self, name: str, ids: Sequence[str]) -> list[StoreHit]:
+        if not ids:
+            return []
+        records = self._reader(name).retrieve(list(ids), with_payload=True, with_vector=False)
+        return [StoreHit(str(r.id), 0.0, dict(r.payload or {})) for r in records]
+
+    def count(self, name: str) -> int:
+        return int(self._reader(name).count(qe.CountRequest(exact=True)))
+
+    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
+        if not ids:
+            return set()
+        records = self._reader(name).retrieve(list(ids), with_payload=False, with_vector=False)
+        return {str(r.id) for r in records}
+
+    def _scroll(self, name: str, flt: qe.Filter | None) -> Iterator[str]:
+        shard = self._reader(name)
+        offset: Any = None
+        while True:
+            records, offset = shard.scroll(
+                qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, filter=flt, with_payload=False)
+            )
+            yield from (str(r.id) for r in records)
+            if offset is None:
+                return
+
+    def ids_of_recipe(self, name: str, recipe_id: str) -> list[str]:
+        flt = qe.Filter(must=[qe.FieldCondition("recipe_id", match=qe.MatchValue(recipe_id))])
+        return list(self._scroll(name, flt))
+
+    # -- aliases -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _alias_lock(self) -> Iterator[None]:
+        fd = os.open(self.root / "aliases.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def aliases(self) -> dict[str, str]:
+        path = self.root / ALIASES_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path}: unreadable alias file: {exc}") from None
+        return {str(k): str(v) for k, v in dict(data).items()}
+
+    def resolve_alias(self, alias: str) -> str | None:
+        return self.aliases().get(alias)
+
+    def swap_alias(self, alias: str, collection: str) -> None:
+        info = self.collection_info(collection)
+        if not info.complete:
+            raise StoreError(f"collection {collection!r} is incomplete; it cannot go behind alias {alias!r}")
+        with self._alias_lock():
+            current = self.aliases()
+            previous = current.get(alias)
+            current[alias] = collection
+            write_json_atomic(self.root / ALIASES_FILE, current)
+        log.info("alias %s: %s → %s", alias, previous, collection)
+
+    def delete_alias(self, alias: str) -> None:
+        with self._alias_lock():
+            current = self.aliases()
+            if current.pop(alias, None) is not None:
+                write_json_atomic(self.root / ALIASES_FILE, current)
+
+    def close(self) -> None:
+        with self._lock:
+            for writer in self._writers.values():
+                if writer.shard is not None:
+                    with contextlib.suppress(Exception):
+                        writer.shard.flush()
+                writer.close()
+            self._writers.clear()
+            for shard, _ in self._readers.values():
+                shard.close()
+            self._readers.clear()
+            for shard in self._retired:
+                with contextlib.suppress(Exception):
+                    shard.close()
+            self._retired.clear()

@@ -1,0 +1,173 @@
+"""The store interface on Qdrant Edge (on disk) and qdrant-client (local mode; a server at QDRANT_URL)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.store.base import (
+    CollectionBusy,
+    ModelVersionMismatch,
+    RecipePoint,
+    RecipeStore,
+    SearchFilter,
+    StoreError,
+    StoreSettings,
+    open_store,
+    point_id,
+)
+from indexer.store.edge import EdgeStore
+from indexer.store.server import ServerStore
+
+DIM = 16
+
+
+def _points(n: int = 12, seed: int = 0) -> list[RecipePoint]:
+    rng = np.random.default_rng(seed)
+    cats = ["Soups", "Salads", "Desserts"]
+    kws = [["chicken", "onion"], ["tomato", "basil"], ["chocolate", "egg"], ["chicken", "tomato", "garlic"]]
+    out = []
+    for i in range(n):
+        v = rng.standard_normal(DIM).astype(np.float32)
+        out.append(
+            RecipePoint(
+                point_id(f"r{i}", f"{i}.jpg"),
+                v / np.linalg.norm(v),
+                {
+                    "recipe_id": f"r{i}",
+                    "title": f"Dish {i}",
+                    "category": cats[i % 3],
+                    "ingredient_keywords": kws[i % 4],
+                },
+            )
+        )
+    return out
+
+
+def _scenario(store: RecipeStore, name: str) -> dict[str, object]:
+    """One scenario run on every backend; returns what the backends must agree on."""
+    pts = _points()
+    store.create_collection(name, dimension=DIM, model_version="m1")
+    store.upsert(name, pts[:8], model_version="m1")
+    store.upsert(name, pts[4:], model_version="m1")  # overlap: deterministic ids, no duplicates
+    assert store.count(name) == 12
+    q = pts[3].vector
+    hits = store.search(name, q, limit=5, model_version="m1")
+    page2 = store.search(name, q, limit=3, offset=2, model_version="m1")
+    cat = store.search(
+        name, q, limit=12, filter=SearchFilter(categories=("Soups", "Desserts")), model_version="m1"
+    )
+    inc = store.search(name, q, limit=12, filter=SearchFilter(must_include=("Tomatoes",)), model_version="m1")
+    exc = store.search(name, q, limit=12, filter=SearchFilter(must_exclude=("chicken",)), model_version="m1")
+    store.delete_points(name, [pts[0].id])
+    return {
+        "top": [(h.id, round(h.score, 4)) for h in hits],
+        "page2": [h.id for h in page2],
+        "cat": sorted(h.payload["category"] for h in cat),
+        "inc": sorted(h.payload["recipe_id"] for h in inc),
+        "exc": sorted(h.payload["recipe_id"] for h in exc),
+        "count": store.count(name),
+        "existing": sorted(store.existing_ids(name, [pts[0].id, pts[1].id, str(uuid.uuid4())])),
+        "recipe": store.ids_of_recipe(name, "r5"),
+    }
+
+
+@pytest.fixture
+def server_stores() -> Iterator[list[ServerStore]]:
+    stores = [ServerStore(location=":memory:")]
+    if os.environ.get("QDRANT_URL"):
+        stores.append(ServerStore(os.environ["QDRANT_URL"], api_key=os.environ.get("QDRANT_API_KEY")))
+    yield stores
+    for s in stores:
+        s.close()
+
+
+def test_point_ids_are_deterministic_uuid5() -> None:
+    a = point_id("r1", "images/a.jpg")
+    assert a == point_id("r1", "images/a.jpg") and uuid.UUID(a).version == 5
+    assert a != point_id("r1", "images/b.jpg") != point_id("r2", "images/a.jpg")
+
+
+def test_edge_and_server_agree(tmp_path: Path, server_stores: list[ServerStore]) -> None:
+    name = f"congruence-{uuid.uuid4().hex[:8]}"
+    with EdgeStore(tmp_path / "q") as edge:
+        expected = _scenario(edge, name)
+    assert expected["count"] == 11
+    assert expected["cat"] and set(expected["cat"]) == {"Soups", "Desserts"}  # type: ignore[arg-type]
+    assert expected["inc"] == ["r1", "r11", "r3", "r5", "r7", "r9"]  # "Tomatoes" finds tomato
+    assert "r3" not in expected["exc"] and "r1" in expected["exc"]  # type: ignore[operator]
+    assert expected["existing"] == [point_id("r1", "1.jpg")]
+    assert expected["recipe"] == [point_id("r5", "5.jpg")]
+    for server in server_stores:
+        try:
+            got = _scenario(server, name)
+        finally:
+            if server.url != ":memory:":
+                server.client.delete_collection(name)
+        assert got == expected, server.url
+
+
+def test_edge_persists_and_guards_versions(tmp_path: Path) -> None:
+    pts = _points()
+    with open_store(StoreSettings(path=tmp_path / "q")) as store:
+        assert isinstance(store, EdgeStore)
+        store.create_collection("c1", dimension=DIM, model_version="aaaa1111")
+        store.upsert("c1", pts, model_version="aaaa1111")
+        with pytest.raises(ModelVersionMismatch, match=r"aaaa1111.*bbbb2222"):
+            store.upsert("c1", pts, model_version="bbbb2222")
+        with pytest.raises(StoreError, match="dimension"):
+            store.upsert("c1", [RecipePoint(pts[0].id, np.ones(3, np.float32), {})], model_version="aaaa1111")
+        with pytest.raises(StoreError, match="incomplete"):
+            store.swap_alias("recipes", "c1")
+        store.mark_complete("c1")
+        store.swap_alias("recipes", "c1")
+    with EdgeStore(tmp_path / "q") as store:  # reopened: everything is still there
+        assert store.resolve_alias("recipes") == "c1"
+        info = store.collection_info("c1")
+        assert (info.model_version, info.dimension, info.points_count, info.complete) == (
+            "aaaa1111",
+            DIM,
+            12,
+            True,
+        )
+        with pytest.raises(ModelVersionMismatch, match=r"aaaa1111.*bbbb2222"):
+            store.search("c1", pts[0].vector, limit=1, model_version="bbbb2222")
+        assert store.search("c1", pts[2].vector, limit=1, model_version="aaaa1111")[0].id == pts[2].id
+        with pytest.raises(StoreError, match="immutable"):
+            store.upsert("c1", pts[:1], model_version="aaaa1111")
+        with pytest.raises(StoreError, match="behind alias 'recipes'"):
+            store.drop_collection("c1")
+
+
+def test_edge_two_processes_share_a_root(tmp_path: Path) -> None:
+    """A reader (gateway) and a writer (indexer) on one root: swaps and edits are seen, writers exclude."""
+    pts = _points()
+    root = tmp_path / "q"
+    writer, other_writer, reader = EdgeStore(root), EdgeStore(root), EdgeStore(root)
+    try:
+        writer.create_collection("a", dimension=DIM, model_version="m")
+        writer.upsert("a", pts[:6], model_version="m")
+        with pytest.raises(CollectionBusy, match="another process"):
+            other_writer.upsert("a", pts[6:], model_version="m")
+        with pytest.raises(CollectionBusy):  # an incomplete collection is opened by its writer only
+            reader.count("a")
+        writer.upsert("a", pts[6:], model_version="m")
+        assert reader.collection_info("a").points_count == 12  # the sidecar is readable meanwhile
+        writer.mark_complete("a")
+        assert reader.count("a") == 12  # complete: readers need no lock
+        writer.swap_alias("recipes", "a")
+        assert reader.resolve_alias("recipes") == "a"
+        writer.clone_collection("a", "b")
+        writer.delete_points("b", [pts[0].id])
+        writer.mark_complete("b")
+        writer.swap_alias("recipes", "b")
+        assert reader.resolve_alias("recipes") == "b" and reader.count("b") == 11
+        assert reader.count("a") == 12  # the old one is untouched
+    finally:
+        for s in (writer, other_writer, reader):
+            s.close()
