@@ -1,0 +1,223 @@
+"""Search latency and throughput through the gateway, side by side with bare decode + onnxruntime.
+
+One run, same photos: (1) one client's p50/p99 over gRPC through the gateway vs ``preprocess`` + the bare
+onnxruntime session (target: overhead ≤ 25 %); (2) 16 concurrent clients vs sequential requests (target
+≥ 1.8× images/s, from batching); (3) cold start of a fresh gateway process to gRPC health SERVING (≤ 5 s).
+
+    python bench/search.py --model models/lite0-raw-<version> --photos data/demo/images
+    python bench/search.py                         # tiny generated model and photos (plumbing check)
+    python bench/search.py --embedder              # through the embedder service instead of in-process
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _photos(folder: Path | None, n: int) -> list[bytes]:
+    if folder is not None:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+        if not files:
+            sys.exit(f"{folder}: no photos found")
+        return [files[i % len(files)].read_bytes() for i in range(n)]
+    from tests.imagegen import encode, synthetic_photo
+
+    return [encode(synthetic_photo(i, (640, 480))) for i in range(n)]
+
+
+def _percentiles(times_ms: list[float]) -> tuple[float, float]:
+    times_ms = sorted(times_ms)
+    return statistics.median(times_ms), times_ms[min(len(times_ms) - 1, int(0.99 * len(times_ms)))]
+
+
+def _index(model_dir: Path, store_path: Path, photos: list[bytes]) -> None:
+    from embedder.runtime import EmbeddingModel
+    from indexer.store.base import RecipePoint, point_id
+    from indexer.store.edge import EdgeStore
+
+    model = EmbeddingModel(model_dir)
+    with EdgeStore(store_path) as store:
+        store.create_collection("bench", dimension=model.dimension, model_version=model.version)
+        vectors = model.embed_images(photos)
+        points = [
+            RecipePoint(point_id(f"b{i}", "p.jpg"), vectors[i], {"recipe_id": f"b{i}", "title": f"bench {i}"})
+            for i in range(len(photos))
+        ]
+        store.upsert("bench", points, model_version=model.version)
+        store.mark_complete("bench")
+        store.swap_alias("recipes", "bench")
+
+
+def _cold_start(env: dict[str, str]) -> float:
+    """Seconds from launching ``python -m gateway.server`` to health SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port = env["RECIPELENS_GATEWAY_GRPC_PORT"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.server"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.perf_counter() - start < 60:
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return time.perf_counter() - start
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.02)
+        raise SystemExit("gateway did not become SERVING within 60 s")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=None, help="an exported model folder (default: tiny)")
+    parser.add_argument("--photos", type=Path, default=None, help="folder of photos (default: generated)")
+    parser.add_argument("--n", type=int, default=64, help="distinct photos")
+    parser.add_argument("--repeats", type=int, default=200, help="single-client requests")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--embedder", action="store_true", help="use the embedder service, not in-process")
+    args = parser.parse_args()
+
+    from embedder.preprocess import preprocess
+    from embedder.runtime import EmbeddingModel
+    from gateway.client import RecipeSearchClient
+    from gateway.server import start_gateway
+    from gateway.settings import GatewaySettings
+
+    work = Path(tempfile.mkdtemp(prefix="recipelens-bench-"))
+    model_dir = args.model
+    if model_dir is None:
+        from tests.tinymodel import write_tiny_model
+
+        model_dir = work / "models" / "tiny"
+        write_tiny_model(model_dir)
+    photos = _photos(args.photos, args.n)
+    _index(model_dir, work / "qdrant", photos)
+    model = EmbeddingModel(model_dir)
+    print(
+        f"model {model.version} ({model.manifest.backbone}, {model.dimension}-D) on {model.provider}, "
+        f"{len(photos)} photos, {os.cpu_count()} CPUs"
+    )
+
+    # (1) bare decode + onnxruntime, one photo at a time
+    def bare(data: bytes) -> None:
+        model.embed_arrays(preprocess(data, size=model.image_size)[None])
+
+    bare(photos[0])
+    times = []
+    for i in range(args.repeats):
+        t0 = time.perf_counter()
+        bare(photos[i % len(photos)])
+        times.append((time.perf_counter() - t0) * 1000)
+    bare_p50, bare_p99 = _percentiles(times)
+
+    embedder = None
+    overrides: dict[str, object] = {}
+    if args.embedder:
+        from embedder.server import start_server
+        from embedder.settings import EmbedderSettings
+
+        embedder = start_server(EmbedderSettings(model_dir=model_dir, port=0, reload_interval_s=0))
+        overrides["embedder_address"] = embedder.address
+    settings = GatewaySettings(
+        grpc_port=0,
+        http_port=0,
+        model_dir=model_dir,
+        store_path=work / "qdrant",
+        log_level="WARNING",
+        **overrides,
+    )  # type: ignore[arg-type]
+    running = start_gateway(settings)
+    try:
+        with RecipeSearchClient(running.grpc_address, timeout_s=60) as client:
+            client.search(photos[0])
+            times = []
+            for i in range(args.repeats):
+                t0 = time.perf_counter()
+                client.search(photos[i % len(photos)], top_k=5)
+                times.append((time.perf_counter() - t0) * 1000)
+            gw_p50, gw_p99 = _percentiles(times)
+
+            total = max(args.repeats, 8 * args.clients)
+            t0 = time.perf_counter()
+            for i in range(total):
+                client.search(photos[i % len(photos)], top_k=5)
+            sequential = total / (time.perf_counter() - t0)
+
+        clients = [RecipeSearchClient(running.grpc_address, timeout_s=60) for _ in range(args.clients)]
+
+        def worker(k: int) -> None:
+            for i in range(k, total, args.clients):
+                clients[k].search(photos[i % len(photos)], top_k=5)
+
+        with ThreadPoolExecutor(args.clients) as pool:
+            list(pool.map(worker, range(args.clients)))  # warm-up of every channel
+            t0 = time.perf_counter()
+            list(pool.map(worker, range(args.clients)))
+            concurrent = total / (time.perf_counter() - t0)
+        for c in clients:
+            c.close()
+    finally:
+        running.stop()
+        if embedder is not None:
+            embedder.stop()
+
+    env = dict(os.environ)
+    env.update(
+        RECIPELENS_GATEWAY_MODEL_DIR=str(model_dir),
+        RECIPELENS_GATEWAY_STORE_PATH=str(work / "qdrant"),
+        RECIPELENS_GATEWAY_GRPC_PORT=str(_free_port()),
+        RECIPELENS_GATEWAY_HTTP_PORT=str(_free_port()),
+        RECIPELENS_GATEWAY_LOG_LEVEL="WARNING",
+    )
+    cold = statistics.median(_cold_start(env) for _ in range(3)) if not args.embedder else float("nan")
+
+    print()
+    print("| path | p50 ms | p99 ms |")
+    print("|---|---:|---:|")
+    print(f"| bare decode + onnxruntime | {bare_p50:.2f} | {bare_p99:.2f} |")
+    print(
+        f"| gateway over gRPC ({'embedder service' if args.embedder else 'in-process'}) "
+        f"| {gw_p50:.2f} | {gw_p99:.2f} |"
+    )
+    print()
+    print("| measure | measured | target |")
+    print("|---|---:|---:|")
+    print(f"| gateway p50 overhead vs bare | {(gw_p50 / bare_p50 - 1) * 100:.0f} % | ≤ 25 % |")
+    print(f"| sequential searches/s | {sequential:.1f} | |")
+    print(f"| {args.clients} concurrent clients searches/s | {concurrent:.1f} | |")
+    print(f"| concurrent / sequential | {concurrent / sequential:.2f}× | ≥ 1.8× |")
+    if not args.embedder:
+        print(f"| cold start to SERVING (median of 3) | {cold:.2f} s | ≤ 5 s |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""``recipelens.v1.RecipeSearch`` over grpc.aio, with the standard health service and reflection.
+
+Every error leaves through ``context.abort`` with the status in :class:`gateway.errors.ErrorKind`. The API key
+(``authorization: Bearer <key>`` metadata) is checked on RecipeSearch only: health and reflection stay open.
+Health reports SERVING once the store and the embedder answer and agree on the model version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from recipelens.v1 import search_pb2, search_pb2_grpc
+
+from gateway.errors import ErrorKind, GatewayError
+from gateway.pipeline import SearchGateway, public_image_url
+from gateway.search import RecipeHit
+from indexer.store.base import SearchFilter
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["RecipeSearch"].full_name
+# Room for the rest of the request beside the image (filters, field tags).
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
+
+
+def recipe_message(hit: RecipeHit, images_root: Path | None) -> search_pb2.Recipe:
+    payload = hit.payload
+    return search_pb2.Recipe(
+        id=hit.recipe_id,
+        title=hit.title,
+        ingredients=hit.ingredients,
+        instructions=hit.instructions,
+        image_url=public_image_url(hit.image, images_root),
+        category=hit.category,
+        cleaned_ingredients=[str(x) for x in payload.get("cleaned_ingredients") or []],
+        source=str(payload.get("source", "")),
+    )
+
+
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            value = item.value
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+class RecipeSearchServicer(search_pb2_grpc.RecipeSearchServicer):
+    """Thin translation between protobuf messages and :class:`SearchGateway`."""
+
+    def __init__(self, gateway: SearchGateway, images_root: Path | None = None) -> None:
+        self.gateway = gateway
+        self.images_root = images_root
+
+    async def _fail(
+        self, context: grpc.aio.ServicerContext, method: str, exc: GatewayError, start: float
+    ) -> NoReturn:
+        self.gateway.metrics.observe_request(
+            "grpc", method, exc.kind.grpc_status.name, time.perf_counter() - start, exc.kind.name
+        )
+        if exc.kind is ErrorKind.INTERNAL:
+            log.error("%s failed: %s", method, exc.message)
+        else:
+            log.info("%s refused (%s): %s", method, exc.kind.name, exc.message)
+        await context.abort(exc.kind.grpc_status, exc.message)
+        raise AssertionError("abort returned")  # pragma: no cover - abort always raises
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float | None:
+        remaining = context.time_remaining()
+        return None if remaining is None else max(remaining - 0.05, 0.001)
+
+    async def SearchByImage(
+        self, request: search_pb2.SearchByImageRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.SearchByImageResponse:
+        start = time.perf_counter()
+        try:
+            self.gateway.authorize(_metadata(context, "authorization"))
+            search_filter = None
+            if request.HasField("filter"):
+                f = request.filter
+                search_filter = SearchFilter(
+                    categories=tuple(f.categories),
+                    must_include=tuple(f.must_include_ingredients),
+                    must_exclude=tuple(f.must_exclude_ingredients),
+                )
+                if search_filter.is_empty():
+                    search_filter = None
+            result = await self.gateway.search(
+                request.image,
+                top_k=request.top_k,
+                offset=request.offset,
+                search_filter=search_filter,
+                timeout_s=self._timeout(context),
+            )
+        except GatewayError as exc:
+            await self._fail(context, "SearchByImage", exc, start)
+        except Exception as exc:
+            log.exception("SearchByImage failed")
+            await self._fail(
+                context, "SearchByImage", GatewayError(ErrorKind.INTERNAL, f"internal error: {exc}"), start
+            )
+        self.gateway.metrics.observe_request("grpc", "SearchByImage", "OK", time.perf_counter() - start, None)
+        return search_pb2.SearchByImageResponse(
+            hits=[
+                search_pb2.RecipeHit(rank=h.rank, score=h.score, recipe=recipe_message(h, self.images_root))
+                for h in result.hits
+            ],
+            model_version=result.model_version,
+            collection=result.collection,
+            took_ms=result.took_ms,
+        )
+
+    async def GetRecipe(
+        self, request: search_pb2.GetRecipeRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.Recipe:
+        start = time.perf_counter()
+        try:
+            self.gateway.authorize(_metadata(context, "authorization"))
+            hit = await self.gateway.get_recipe(request.id, timeout_s=self._timeout(context))
+        except GatewayError as exc:
+            await self._fail(context, "GetRecipe", exc, start)
+        except Exception as exc:
+            log.exception("GetRecipe failed")
+            await self._fail(
+                context, "GetRecipe", GatewayError(ErrorKind.INTERNAL, f"internal error: {exc}"), start
+            )
+        self.gateway.metrics.observe_request("grpc", "GetRecipe", "OK", time.perf_counter() - start, None)
+        return recipe_message(hit, self.images_root)
+
+
+class HealthReporter:
+    """Keeps ``grpc.health.v1`` in step with :meth:`SearchGateway.readiness` (polled every ``period_s``)."""
+
+    def __init__(
+        self, gateway: SearchGateway, servicer: health.HealthServicer, period_s: float = 1.0
+    ) -> None:
+        self.gateway = gateway
+        self.servicer = servicer
+        self.period_s = period_s
+        self.serving: bool | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def check_once(self) -> bool:
+        readiness = await self.gateway.readiness()
+        if readiness.ready != self.serving:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if readiness.ready
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in (health.OVERALL_HEALTH, SERVICE_NAME):
+                await self.servicer.set(name, status)
+            log.info(
+                "health: %s (%s)",
+                "SERVING" if readiness.ready else "NOT_SERVING",
+                "; ".join(f"{k}: {v}" for k, v in readiness.checks.items()),
+            )
+            self.serving = readiness.ready
+        return readiness.ready
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.check_once()
+            except Exception:
+                log.exception("health check failed")
+            await asyncio.sleep(self.period_s)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="gateway-health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.servicer.enter_graceful_shutdown()
+
+
+def server_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+
+
+async def start_grpc_server(
+    gateway: SearchGateway,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    images_root: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    health_period_s: float = 1.0,
+) -> tuple[grpc.aio.Server, int, HealthReporter]:
+    """Build, bind and start the server; returns it, the bound port and the health reporter."""
+    limit = gateway.max_upload_bytes + MESSAGE_OVERHEAD_BYTES
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 16 << 20)]
+    )
+    search_pb2_grpc.add_RecipeSearchServicer_to_server(RecipeSearchServicer(gateway, images_root), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in (health.OVERALL_HEALTH, SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{host}:{port}"
+    if tls_cert is not None and tls_key is not None:
+        bound = server.add_secure_port(address, server_credentials(tls_cert, tls_key))
+    else:
+        bound = server.add_insecure_port(address)
+    await server.start()
+    reporter = HealthReporter(gateway, health_servicer, health_period_s)
+    await reporter.check_once()
+    reporter.start()
+    log.info("gRPC listening on %s:%d (%s)", host, bound, "TLS" if tls_cert else "plaintext")
+    return server, bound, reporter

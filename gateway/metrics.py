@@ -1,0 +1,63 @@
+"""Prometheus metrics of one gateway: requests, errors and per-stage latency (decode, embed, search)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class GatewayMetrics:
+    """Counters and histograms in a registry of their own (so tests can run several gateways)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "recipelens_gateway_requests",
+            "Requests answered, by API (grpc/http), method and outcome code",
+            ["api", "method", "code"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "recipelens_gateway_errors",
+            "Requests that ended in an error, by API, method and error kind",
+            ["api", "method", "kind"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "recipelens_gateway_request_seconds",
+            "Whole-request latency, by API and method",
+            ["api", "method"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage = Histogram(
+            "recipelens_gateway_stage_seconds",
+            "Latency of one search stage: decode, embed or search",
+            ["stage"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+
+    @contextmanager
+    def time_stage(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage.labels(stage).observe(time.perf_counter() - start)
+
+    def observe_request(
+        self, api: str, method: str, code: str, seconds: float, error_kind: str | None
+    ) -> None:
+        self.requests.labels(api, method, code).inc()
+        self.latency.labels(api, method).observe(seconds)
+        if error_kind is not None:
+            self.errors.labels(api, method, error_kind).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

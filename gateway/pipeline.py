@@ -1,0 +1,294 @@
+"""The request path both front ends share: check the caller, check the photo, embed, search.
+
+One request, in order: API key (constant time) → size limit → sniff the bytes (Pillow; the client's content
+type is never trusted) and pixel limit → resolve the alias to a collection and the model version that filled
+it → decode (in-process only) → embed with exactly that model version → search that collection. The gRPC
+servicer and the HTTP app only translate :class:`GatewayError` into their own statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TypeVar
+from urllib.parse import quote
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import SecretStr
+
+from gateway.embedding import AsyncEmbedder
+from gateway.errors import ErrorKind, GatewayError
+from gateway.metrics import GatewayMetrics
+from gateway.search import NoIndexError, RecipeHit, RecipeSearcher, SearchResult
+from indexer.store.base import ModelVersionMismatch, RecipeStore, SearchFilter, StoreHit
+
+log = logging.getLogger(__name__)
+
+MAX_TOP_K = 100
+MAX_OFFSET = 10_000
+# Formats we accept, by what Pillow finds in the bytes (MPO: multi-picture JPEGs from phone cameras).
+ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+
+T = TypeVar("T")
+
+
+def key_matches(presented: str | None, keys: Sequence[SecretStr]) -> bool:
+    """Constant-time comparison against every configured key (no early exit on the first match)."""
+    if presented is None:
+        return False
+    given = presented.encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key.get_secret_value().encode())
+    return matched
+
+
+def bearer_token(header: str | None) -> str | None:
+    """``Bearer <key>`` → ``<key>``; anything else → None."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def sniff_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[str, int, int]:
+    """Check size, format (from the bytes) and pixel count before any pixel is decoded."""
+    if len(data) > max_bytes:
+        raise GatewayError(
+            ErrorKind.RESOURCE_EXHAUSTED, f"image is {len(data)} bytes, the limit is {max_bytes} bytes"
+        )
+    if not data:
+        raise GatewayError(ErrorKind.INVALID_ARGUMENT, "image is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (width, height) = img.format or "", img.size
+    except UnidentifiedImageError:
+        raise GatewayError(ErrorKind.INVALID_ARGUMENT, "image: not a picture format we can read") from None
+    except Exception as exc:  # malformed headers raise many exception types
+        raise GatewayError(ErrorKind.INVALID_ARGUMENT, f"image: cannot read its header: {exc}") from None
+    if fmt not in ACCEPTED_FORMATS:
+        accepted = ", ".join(sorted(ACCEPTED_FORMATS))
+        raise GatewayError(
+            ErrorKind.INVALID_ARGUMENT, f"image: {fmt or 'unknown'} is not accepted ({accepted})"
+        )
+    if width * height > max_pixels:
+        raise GatewayError(
+            ErrorKind.RESOURCE_EXHAUSTED,
+            f"image is {width}x{height} = {width * height} pixels, the limit is {max_pixels}",
+        )
+    return fmt, width, height
+
+
+def _store_error(exc: Exception, what: str) -> GatewayError:
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, NoIndexError):
+        return GatewayError(ErrorKind.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, ModelVersionMismatch):
+        return GatewayError(ErrorKind.FAILED_PRECONDITION, str(exc))
+    log.warning("store failed during %s: %s: %s", what, type(exc).__name__, exc)
+    return GatewayError(
+        ErrorKind.UNAVAILABLE, f"store unavailable during {what}: {type(exc).__name__}: {exc}"
+    )
+
+
+@dataclass
+class Readiness:
+    """``ready`` when the store answers, the alias points at a collection and the embedder holds its model."""
+
+    ready: bool
+    checks: dict[str, str] = field(default_factory=dict)
+
+
+class SearchGateway:
+    """Everything a search needs, shared by the gRPC service and the HTTP app."""
+
+    def __init__(
+        self,
+        store: RecipeStore,
+        embedder: AsyncEmbedder,
+        *,
+        alias: str = "recipes",
+        api_keys: Sequence[SecretStr] = (),
+        max_upload_bytes: int = 10 << 20,
+        max_pixels: int = 40_000_000,
+        default_top_k: int = 5,
+        embed_timeout_s: float = 10.0,
+        metrics: GatewayMetrics | None = None,
+        workers: int = 32,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.searcher = RecipeSearcher(store, embedder, alias)
+        self.alias = alias
+        self.api_keys = list(api_keys)
+        self.max_upload_bytes = max_upload_bytes
+        self.max_pixels = max_pixels
+        self.default_top_k = default_top_k
+        self.embed_timeout_s = embed_timeout_s
+        self.metrics = metrics or GatewayMetrics()
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    def authorize(self, authorization: str | None) -> None:
+        """Raise UNAUTHENTICATED unless auth is off or the header carries a configured key."""
+        if not self.api_keys:
+            return
+        token = bearer_token(authorization)
+        if token is None:
+            raise GatewayError(ErrorKind.UNAUTHENTICATED, "missing `authorization: Bearer <api key>`")
+        if not key_matches(token, self.api_keys):
+            raise GatewayError(ErrorKind.UNAUTHENTICATED, "the API key is not valid")
+
+    async def _blocking(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    async def _bounded(self, work: Awaitable[T], deadline: float, what: str) -> T:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise GatewayError(ErrorKind.UNAVAILABLE, f"deadline passed before {what}")
+        try:
+            return await asyncio.wait_for(work, remaining)
+        except TimeoutError:
+            raise GatewayError(ErrorKind.UNAVAILABLE, f"{what} did not finish within the deadline") from None
+
+    async def live_collection(self, deadline: float) -> tuple[str, str]:
+        try:
+            return await self._bounded(
+                self._blocking(self.searcher.live_collection), deadline, "alias lookup"
+            )
+        except Exception as exc:
+            raise _store_error(exc, "alias lookup") from None
+
+    async def search(
+        self,
+        image: bytes,
+        *,
+        top_k: int = 0,
+        offset: int = 0,
+        search_filter: SearchFilter | None = None,
+        timeout_s: float | None = None,
+    ) -> SearchResult:
+        """Photo → ranked recipes from the collection behind the alias, embedded with its model version."""
+        start = time.perf_counter()
+        top_k = top_k or self.default_top_k
+        if not 1 <= top_k <= MAX_TOP_K:
+            raise GatewayError(ErrorKind.INVALID_ARGUMENT, f"top_k must be 1..{MAX_TOP_K}, got {top_k}")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise GatewayError(ErrorKind.INVALID_ARGUMENT, f"offset must be 0..{MAX_OFFSET}, got {offset}")
+        budget = self.embed_timeout_s if timeout_s is None else min(timeout_s, self.embed_timeout_s)
+        deadline = time.monotonic() + budget
+        with self.metrics.time_stage("decode"):
+            sniff_image(image, max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels)
+        collection, model_version = await self.live_collection(deadline)
+        with self.metrics.time_stage("decode"):
+            prepared = await self.embedder.prepare(image, model_version, self.executor)
+        with self.metrics.time_stage("embed"):
+            remaining = deadline - time.monotonic()
+            vector = await self._bounded(
+                self.embedder.embed_prepared(prepared, model_version, max(remaining, 0.001)),
+                deadline,
+                "embedding",
+            )
+        with self.metrics.time_stage("search"):
+            try:
+                hits = await self._bounded(
+                    self._blocking(
+                        lambda: self.searcher.find(
+                            collection,
+                            model_version,
+                            vector,
+                            top_k=top_k,
+                            offset=offset,
+                            search_filter=search_filter,
+                        )
+                    ),
+                    deadline,
+                    "store search",
+                )
+            except Exception as exc:
+                raise _store_error(exc, "search") from None
+        took_ms = (time.perf_counter() - start) * 1000.0
+        return SearchResult(hits=hits, model_version=model_version, collection=collection, took_ms=took_ms)
+
+    async def get_recipe(self, recipe_id: str, *, timeout_s: float | None = None) -> RecipeHit:
+        """One recipe of the live collection, by its recipe id (or its point id)."""
+        recipe_id = recipe_id.strip()
+        if not recipe_id or len(recipe_id) > 256:
+            raise GatewayError(ErrorKind.INVALID_ARGUMENT, "recipe id must be 1..256 characters")
+        deadline = time.monotonic() + (self.embed_timeout_s if timeout_s is None else timeout_s)
+        collection, _ = await self.live_collection(deadline)
+
+        def lookup() -> list[StoreHit]:
+            try:
+                ids = [str(uuid.UUID(recipe_id))]
+            except ValueError:
+                ids = self.store.ids_of_recipe(collection, recipe_id)
+            return self.store.retrieve(collection, ids[:1]) if ids else []
+
+        try:
+            found = await self._bounded(self._blocking(lookup), deadline, "store lookup")
+        except Exception as exc:
+            raise _store_error(exc, "recipe lookup") from None
+        if not found:
+            raise GatewayError(ErrorKind.NOT_FOUND, f"no recipe {recipe_id!r} in collection {collection}")
+        return RecipeHit.from_store(1, found[0])
+
+    async def readiness(self, timeout_s: float = 2.0) -> Readiness:
+        """Store reachable, alias resolved, embedder reachable and holding the collection's model."""
+        deadline = time.monotonic() + timeout_s
+        checks: dict[str, str] = {}
+        ready = True
+        model_version: str | None = None
+        try:
+            collection, model_version = await self.live_collection(deadline)
+            checks["store"] = f"ok: alias {self.alias!r} -> {collection} (model {model_version})"
+        except GatewayError as exc:
+            ready = False
+            checks["store"] = f"error: {exc}"
+        try:
+            status = await self._bounded(self.embedder.status(timeout_s), deadline, "embedder check")
+            checks["embedder"] = f"ok: {status.description}, models {', '.join(status.versions) or 'none'}"
+            if model_version is not None and model_version not in status.versions:
+                ready = False
+                checks["versions"] = (
+                    f"error: the collection needs model {model_version}, the embedder lacks it"
+                )
+            elif model_version is not None:
+                checks["versions"] = "ok"
+        except GatewayError as exc:
+            ready = False
+            checks["embedder"] = f"error: {exc}"
+        return Readiness(ready, checks)
+
+    async def aclose(self) -> None:
+        await self.embedder.aclose()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def public_image_url(image: str, images_root: Path | None) -> str:
+    """Where a client fetches a catalogue image: URLs as they are, files under ``/images/``."""
+    if not image or image.startswith(("http://", "https://")):
+        return image
+    path = PurePosixPath(image.replace("\\", "/"))
+    if path.is_absolute():
+        if images_root is None:
+            return ""
+        try:
+            path = PurePosixPath(Path(image).resolve().relative_to(images_root.resolve()).as_posix())
+        except ValueError:
+            return ""  # outside the served folder: never expose it
+    return "/images/" + quote(path.as_posix().lstrip("/"))

@@ -1,0 +1,270 @@
+"""``recipelens-gateway``: gRPC and HTTP in one process, one event loop, stopped gracefully on SIGTERM.
+
+The embedder is either the service at ``embedder_address`` or, when that is unset, onnxruntime in this
+process from ``model_dir`` (the embedded default). The store is Qdrant Edge at ``store_path`` or the Qdrant
+server at ``qdrant_url``. :func:`start_gateway` runs it in a background thread (tests, tools).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Coroutine, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import uvicorn
+from pydantic import ValidationError
+
+from gateway.embedding import AsyncEmbedder, InProcessEmbedder, RemoteEmbedder
+from gateway.grpc_service import HealthReporter, start_grpc_server
+from gateway.http_app import create_app
+from gateway.metrics import GatewayMetrics
+from gateway.pipeline import SearchGateway
+from gateway.settings import GatewaySettings
+from indexer.store.base import RecipeStore, StoreSettings, open_store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the gateway stops HTTP and gRPC together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_embedder(settings: GatewaySettings) -> AsyncEmbedder:
+    if settings.embedder_address:
+        return RemoteEmbedder(
+            settings.embedder_address, timeout_s=settings.embed_timeout_s, retries=settings.embed_retries
+        )
+    return InProcessEmbedder(
+        settings.model_dir,
+        max_pixels=settings.max_pixels,
+        max_batch_size=settings.max_batch_size,
+        max_delay_s=settings.max_queue_delay_ms / 1000.0,
+    )
+
+
+def build_store(settings: GatewaySettings) -> RecipeStore:
+    return open_store(
+        StoreSettings(
+            path=settings.store_path, qdrant_url=settings.qdrant_url, qdrant_api_key=settings.qdrant_api_key
+        )
+    )
+
+
+def build_gateway(
+    settings: GatewaySettings, *, store: RecipeStore | None = None, embedder: AsyncEmbedder | None = None
+) -> SearchGateway:
+    return SearchGateway(
+        store if store is not None else build_store(settings),
+        embedder if embedder is not None else build_embedder(settings),
+        alias=settings.alias,
+        api_keys=settings.api_keys,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_pixels,
+        default_top_k=settings.default_top_k,
+        embed_timeout_s=settings.embed_timeout_s,
+        metrics=GatewayMetrics(),
+    )
+
+
+class GatewayServer:
+    """Both front ends around one :class:`SearchGateway`, on the running event loop."""
+
+    def __init__(self, settings: GatewaySettings, *, store: RecipeStore | None = None) -> None:
+        self.settings = settings
+        self._given_store = store
+        self.gateway: SearchGateway | None = None
+        self.grpc_server: grpc.aio.Server | None = None
+        self.health: HealthReporter | None = None
+        self.http_server: _EmbeddedUvicorn | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._http_socket: socket.socket | None = None
+        self.grpc_port: int | None = None
+        self.http_port: int | None = None
+
+    async def start(self, health_period_s: float = 1.0) -> None:
+        s = self.settings
+        log.info("starting gateway: %s", s.summary())
+        self.gateway = build_gateway(s, store=self._given_store)
+        self.grpc_server, self.grpc_port, self.health = await start_grpc_server(
+            self.gateway,
+            host=s.grpc_host,
+            port=s.grpc_port,
+            images_root=s.images_root,
+            tls_cert=s.tls_cert,
+            tls_key=s.tls_key,
+            health_period_s=health_period_s,
+        )
+        sock = socket.socket(socket.AF_INET6 if ":" in s.http_host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((s.http_host, s.http_port))
+        self.http_port = sock.getsockname()[1]
+        self._http_socket = sock
+        app = create_app(self.gateway, images_root=s.images_root)
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=5
+        )
+        self.http_server = _EmbeddedUvicorn(config)
+        self._http_task = asyncio.create_task(self.http_server.serve(sockets=[sock]), name="gateway-http")
+        while not self.http_server.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise RuntimeError("HTTP server stopped during start")
+            await asyncio.sleep(0.01)
+        log.info(
+            "gateway ready: page http://%s:%d/ · gRPC %s:%d · alias %r",
+            s.http_host,
+            self.http_port,
+            s.grpc_host,
+            self.grpc_port,
+            s.alias,
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.grace_period_s if grace is None else grace
+        log.info("stopping gateway (grace %.1f s)", grace)
+        if self.health is not None:
+            await self.health.stop()
+        if self.http_server is not None and self._http_task is not None:
+            self.http_server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._http_task, grace + 1)
+        if self._http_socket is not None:
+            self._http_socket.close()
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace)
+        if self.gateway is not None:
+            await self.gateway.aclose()
+            if self._given_store is None:
+                self.gateway.store.close()
+        log.info("gateway stopped")
+
+
+async def serve(settings: GatewaySettings) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    server = GatewayServer(settings)
+    try:
+        await server.start()
+        await stop.wait()
+        log.info("stop signal received")
+    finally:
+        await server.stop()
+
+
+class RunningGateway:
+    """A :class:`GatewayServer` in a background thread with its own event loop (tests, benchmarks)."""
+
+    def __init__(self, server: GatewayServer) -> None:
+        self.server = server
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="gateway-server", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    @property
+    def gateway(self) -> SearchGateway:
+        assert self.server.gateway is not None
+        return self.server.gateway
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.server.settings.grpc_host}:{self.server.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.server.settings.http_host}:{self.server.http_port}"
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.call(self.server.stop(grace))
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            self._loop.close()
+
+    def __enter__(self) -> RunningGateway:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def start_gateway(
+    settings: GatewaySettings, *, store: RecipeStore | None = None, health_period_s: float = 1.0
+) -> RunningGateway:
+    """Start a gateway in a background thread; returns once both ports answer."""
+    running = RunningGateway(GatewayServer(settings, store=store))
+    try:
+        running.call(running.server.start(health_period_s))
+    except BaseException:
+        running.stop(grace=0)
+        raise
+    return running
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="recipelens-gateway",
+        description="Serve photo → recipe search over gRPC and HTTP (settings: RECIPELENS_GATEWAY_*).",
+    )
+    parser.add_argument(
+        "--embedder", dest="embedder_address", help="HOST:PORT of the embedder (default: in-process)"
+    )
+    parser.add_argument("--model-dir", type=Path, help="model repository for the in-process embedder")
+    parser.add_argument("--store-path", type=Path, help="Qdrant Edge folder")
+    parser.add_argument("--qdrant-url", help="a Qdrant server instead of Qdrant Edge")
+    parser.add_argument("--images-root", type=Path, help="catalogue image folder served under /images/")
+    parser.add_argument("--grpc-port", type=int)
+    parser.add_argument("--http-port", type=int)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console script ``recipelens-gateway``."""
+    args = _parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = GatewaySettings(**overrides)
+    except ValidationError as exc:
+        print(f"recipelens-gateway: invalid settings:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:
+        print(f"recipelens-gateway: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

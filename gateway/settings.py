@@ -1,0 +1,104 @@
+"""The gateway's one settings object; every knob can be overridden by a ``RECIPELENS_GATEWAY_*`` variable.
+
+Lists take JSON or commas: ``RECIPELENS_GATEWAY_API_KEYS=key-one,key-two``. Secrets (API keys, the Qdrant
+key) are ``SecretStr``: they print as ``**********`` and are only unwrapped where they are compared or sent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from embedder.preprocess import DEFAULT_MAX_PIXELS
+
+MiB = 1 << 20
+
+
+class GatewaySettings(BaseSettings):
+    """Where to listen, which embedder and store to use, and the limits on what callers may send."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECIPELENS_GATEWAY_", env_nested_delimiter="__", protected_namespaces=()
+    )
+
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=50052, ge=0, le=65535, description="0 picks a free port")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
+
+    embedder_address: str | None = Field(
+        default=None,
+        description="HOST:PORT of the embedder service; unset = in-process onnxruntime from model_dir",
+    )
+    model_dir: Path = Field(
+        default=Path("models"), description="model repository for the in-process embedder"
+    )
+    embed_timeout_s: float = Field(
+        default=10.0, gt=0, description="deadline for one embed call, retries included"
+    )
+    embed_retries: int = Field(default=2, ge=0, description="retries on UNAVAILABLE before giving up")
+    max_batch_size: int = Field(
+        default=32, ge=1, description="in-process embedder: images per onnxruntime run"
+    )
+    max_queue_delay_ms: float = Field(default=2.0, ge=0, description="in-process embedder: batch fill wait")
+
+    store_path: Path = Field(
+        default=Path("var/qdrant"), description="Qdrant Edge folder (the embedded default)"
+    )
+    qdrant_url: str | None = Field(
+        default=None, description="a Qdrant server; unset = Qdrant Edge at store_path"
+    )
+    qdrant_api_key: SecretStr | None = None
+    alias: str = Field(default="recipes", min_length=1, description="the alias searches go through")
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="accepted bearer keys; empty = authentication off"
+    )
+    max_upload_bytes: int = Field(default=10 * MiB, ge=1024, description="largest accepted photo")
+    max_pixels: int = Field(
+        default=DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb limit per photo"
+    )
+    default_top_k: int = Field(default=5, ge=1, le=100)
+
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate chain for gRPC TLS (with tls_key)"
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key for gRPC TLS (with tls_cert)")
+    images_root: Path | None = Field(default=None, description="catalogue image folder served under /images/")
+
+    grace_period_s: float = Field(
+        default=5.0, ge=0, description="how long in-flight calls may finish on stop"
+    )
+    log_level: str = "INFO"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> GatewaySettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both tls_cert and tls_key (or neither)")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    def summary(self) -> str:
+        """One log line with every setting; secrets are masked and API keys only counted."""
+        shown: dict[str, Any] = self.model_dump()
+        shown["api_keys"] = f"<{len(self.api_keys)} key(s)>"
+        if self.qdrant_api_key is not None:
+            shown["qdrant_api_key"] = "**********"
+        return " ".join(f"{name}={value}" for name, value in shown.items())

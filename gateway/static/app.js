@@ -1,0 +1,95 @@
+// recipelens page: upload a photo, show the recipes as cards.
+// Every string from the server goes into the page through textContent or a URL attribute — never innerHTML.
+"use strict";
+
+const form = document.getElementById("search-form");
+const input = document.getElementById("photo");
+const dropZone = document.getElementById("drop-zone");
+const statusLine = document.getElementById("status");
+const results = document.getElementById("results");
+const preview = document.getElementById("preview");
+const template = document.getElementById("card-template");
+
+function setStatus(text, isError) {
+  statusLine.textContent = text;
+  statusLine.classList.toggle("error", Boolean(isError));
+}
+
+function safeImageUrl(path) {
+  // Only same-origin paths and http(s) URLs; anything else (javascript:, data:) is dropped.
+  if (typeof path !== "string" || path === "") return "";
+  try {
+    const url = new URL(path, window.location.origin);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.href : "";
+  } catch (e) {
+    return "";
+  }
+}
+
+function renderCard(recipe) {
+  const card = template.content.firstElementChild.cloneNode(true);
+  card.querySelector(".card-title").textContent = String(recipe.title ?? "");
+  card.querySelector(".card-rank").textContent = "#" + String(recipe.rank ?? "");
+  card.querySelector(".card-score").textContent = Number(recipe.similarity ?? 0).toFixed(3);
+  const list = card.querySelector(".card-ingredients");
+  for (const ingredient of recipe.ingredients ?? []) {
+    const item = document.createElement("li");
+    item.textContent = String(ingredient);
+    list.appendChild(item);
+  }
+  card.querySelector(".card-instructions").textContent = String(recipe.instructions ?? "");
+  const img = card.querySelector(".card-image");
+  const src = safeImageUrl(recipe.imagePath);
+  if (src) {
+    img.src = src;
+    img.alt = String(recipe.title ?? "");
+  } else {
+    img.remove();
+  }
+  return card;
+}
+
+async function search(file) {
+  if (!file) return;
+  results.replaceChildren();
+  preview.src = URL.createObjectURL(file);
+  preview.hidden = false;
+  setStatus("Searching…", false);
+  const body = new FormData();
+  body.append("image", file);
+  body.append("top_k", document.getElementById("top-k").value || "6");
+  const headers = {};
+  const key = document.getElementById("api-key").value;
+  if (key) headers["Authorization"] = "Bearer " + key;
+  let data;
+  try {
+    const response = await fetch("/api/v1/search", { method: "POST", body, headers });
+    data = await response.json();
+  } catch (e) {
+    setStatus("The search service did not answer: " + String(e), true);
+    return;
+  }
+  if (!data.success) {
+    setStatus(String(data.errorMessage ?? "search failed"), true);
+    return;
+  }
+  for (const recipe of data.recipes) results.appendChild(renderCard(recipe));
+  setStatus(data.totalResults + " recipes in " + Number(data.processingTime).toFixed(2) + " s", false);
+}
+
+input.addEventListener("change", () => search(input.files[0]));
+form.addEventListener("submit", (event) => event.preventDefault());
+for (const name of ["dragenter", "dragover"]) {
+  dropZone.addEventListener(name, (event) => {
+    event.preventDefault();
+    dropZone.classList.add("dragging");
+  });
+}
+for (const name of ["dragleave", "drop"]) {
+  dropZone.addEventListener(name, () => dropZone.classList.remove("dragging"));
+}
+dropZone.addEventListener("drop", (event) => {
+  event.preventDefault();
+  const file = event.dataTransfer.files[0];
+  if (file) search(file);
+});

@@ -1,0 +1,258 @@
+"""docker-compose.yml, .env.example, deploy/Dockerfile and .dockerignore, checked without a Docker engine.
+
+The Compose Specification schema is the one check-jsonschema vendors (``vendor.compose-spec``, Apache-2.0,
+from the compose-spec project); nothing is downloaded at test time.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+from typing import Any
+
+import jsonschema
+import pytest
+from check_jsonschema.builtin_schemas import get_builtin_schema
+
+from embedder.runtime import DEFAULT_PROVIDERS, select_providers
+from embedder.settings import EmbedderSettings
+from tests.deploy.deployfiles import (
+    COMPOSE_FILE,
+    DOCKERFILE,
+    DOCKERIGNORE,
+    ROOT,
+    InterpolationError,
+    dockerfile_env,
+    dockerfile_stages,
+    env_example_names,
+    interpolate,
+    load_compose,
+    load_compose_raw,
+    read_env_file,
+    service_environment,
+    settings_env_names,
+    stage_instructions,
+    variables,
+)
+from tests.deploy.services import SERVICE_SETTINGS, settings_class
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def compose_errors(document: dict[str, Any]) -> list[str]:
+    validator = jsonschema.Draft202012Validator(get_builtin_schema("vendor.compose-spec"))
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in validator.iter_errors(document)
+    ]
+
+
+# -- the Compose Specification --------------------------------------------------------------------------
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    assert compose_errors(load_compose_raw()) == []
+    assert compose_errors(load_compose()) == []  # after substituting .env.example
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("services", "gateway", "depends_on", "qdrant", "condition"), "service_is_healthy"),
+        (("services", "embedder", "healthcheck", "intervall"), "10s"),
+        (("services", "embedder-gpu", "deploy", "resources", "reservations", "devices"), "nvidia"),
+    ],
+)
+def test_the_schema_check_catches_a_broken_file(path: tuple[str, ...], value: str) -> None:
+    document = copy.deepcopy(load_compose_raw())
+    node = document
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    assert compose_errors(document), f"setting {'.'.join(path)}={value!r} should be rejected"
+
+
+# -- the stack's shape -------------------------------------------------------------------------------
+
+
+def test_stack_services_profiles_and_dependencies() -> None:
+    services = load_compose()["services"]
+    assert set(services) == {"qdrant", "embedder", "embedder-gpu", "gateway", "indexer"}
+    assert "profiles" not in services["qdrant"] and "profiles" not in services["embedder"]
+    assert services["embedder-gpu"]["profiles"] == ["gpu"]
+    assert services["indexer"]["profiles"] == ["index"]
+    assert services["indexer"]["restart"] == "no"
+    for name in ("gateway", "indexer"):
+        for dependency, rule in services[name]["depends_on"].items():
+            assert rule["condition"] == "service_healthy", (name, dependency)
+            assert "healthcheck" in services[dependency], (
+                f"{name} waits for {dependency}, which has no healthcheck"
+            )
+    assert set(services["gateway"]["depends_on"]) == {"qdrant", "embedder"}
+
+
+def test_qdrant_is_pinned_persistent_and_keyed() -> None:
+    compose = load_compose()
+    qdrant = compose["services"]["qdrant"]
+    assert re.fullmatch(r"qdrant/qdrant:v\d+\.\d+\.\d+", qdrant["image"]), "pin an exact Qdrant release"
+    volume = qdrant["volumes"][0].split(":")
+    assert volume[1] == "/qdrant/storage" and volume[0] in compose["volumes"]
+    assert qdrant["environment"]["QDRANT__SERVICE__API_KEY"] == read_env_file()["QDRANT_API_KEY"]
+    assert "/readyz" in " ".join(qdrant["healthcheck"]["test"])
+    # the key is required: without it compose refuses to start rather than run an open database
+    with pytest.raises(InterpolationError, match="QDRANT_API_KEY"):
+        load_compose({})
+
+
+def test_gateway_talks_to_qdrant_and_the_embedder_inside_the_network() -> None:
+    services = load_compose()["services"]
+    env = service_environment(services["gateway"])
+    embedder_port = service_environment(services["embedder"])["RECIPELENS_EMBEDDER_PORT"]
+    assert env["RECIPELENS_GATEWAY_EMBEDDER_ADDRESS"] == f"embedder:{embedder_port}"
+    assert env["RECIPELENS_GATEWAY_QDRANT_URL"] == "http://qdrant:6333"
+    published = {p.rsplit(":", 1)[1] for p in services["gateway"]["ports"]}
+    assert published == {env["RECIPELENS_GATEWAY_GRPC_PORT"], env["RECIPELENS_GATEWAY_HTTP_PORT"]}
+    gpu = load_compose({**read_env_file(), "RECIPELENS_GATEWAY_EMBEDDER_ADDRESS": "embedder-gpu:50051"})
+    assert service_environment(gpu["services"]["gateway"])["RECIPELENS_GATEWAY_EMBEDDER_ADDRESS"] == (
+        "embedder-gpu:50051"
+    )
+
+
+def test_indexer_job_reads_the_mounted_catalogue() -> None:
+    indexer = load_compose()["services"]["indexer"]
+    command = indexer["command"]
+    assert command[0] == "build"
+    catalog = command[command.index("--catalog") + 1]
+    model = command[command.index("--model") + 1]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in indexer["volumes"]}
+    assert catalog in mounts and mounts[catalog] == read_env_file()["RECIPELENS_CATALOG"]
+    assert any(model.startswith(target) for target in mounts)
+    assert indexer["volumes"][0].endswith(":ro")
+
+
+# -- setting names: every variable the files set is one the code reads, and .env.example names them all --
+
+
+def _recipelens_variables() -> dict[str, set[str]]:
+    """Where each RECIPELENS_* service variable is set: compose environments and Dockerfile ENV."""
+    found: dict[str, set[str]] = {}
+    for name, service in load_compose()["services"].items():
+        for key in service_environment(service):
+            found.setdefault(key, set()).add(f"docker-compose.yml:{name}")
+    for stage in ("embedder", "gateway", "indexer"):
+        for key in dockerfile_env(stage):
+            found.setdefault(key, set()).add(f"deploy/Dockerfile:{stage}")
+    return {key: where for key, where in found.items() if key.startswith(tuple(SERVICE_SETTINGS))}
+
+
+def test_every_service_variable_in_compose_and_dockerfile_is_a_real_setting() -> None:
+    unknown = {}
+    for key, where in _recipelens_variables().items():
+        settings = settings_class(key)
+        if settings is None:
+            continue  # that service's settings are not written yet
+        if key not in settings_env_names(settings):
+            unknown[key] = sorted(where)
+    assert unknown == {}, f"variables no settings object reads: {unknown}"
+
+
+def test_env_example_names_every_setting_and_every_compose_variable() -> None:
+    named = env_example_names()
+    compose_vars = variables(COMPOSE_FILE.read_text())
+    assert compose_vars - named == set(), "docker-compose.yml variables missing from .env.example"
+    for prefix in SERVICE_SETTINGS:
+        settings = settings_class(prefix)
+        if settings is None:
+            continue
+        missing = settings_env_names(settings) - named
+        assert missing == set(), f"{settings.__name__} settings missing from .env.example"
+        stale = {n for n in named if n.startswith(prefix)} - settings_env_names(settings)
+        assert stale == set(), f".env.example names settings {settings.__name__} does not have"
+
+
+def test_compose_environment_parses_into_the_embedder_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = load_compose()["services"]
+    for name, providers in (("embedder", ["CPUExecutionProvider"]), ("embedder-gpu", None)):
+        for key, value in service_environment(services[name]).items():
+            monkeypatch.setenv(key, value)
+        settings = EmbedderSettings()
+        assert settings.host == "0.0.0.0" and settings.port == 50051
+        assert str(settings.model_dir) == "/models"
+        if providers is not None:
+            assert settings.providers == providers
+        else:
+            assert settings.providers[0] == "CUDAExecutionProvider"
+
+
+def test_interpolation_follows_compose_rules() -> None:
+    env = {"SET": "x", "EMPTY": ""}
+    assert (
+        interpolate("$${SET} ${SET} ${EMPTY:-d} ${EMPTY-d} ${UNSET-d} ${SET:+alt}", env)
+        == "${SET} x d  d alt"
+    )
+    with pytest.raises(InterpolationError, match="EMPTY: say so"):
+        interpolate("${EMPTY:?say so}", env)
+
+
+# -- images ------------------------------------------------------------------------------------------
+
+
+def test_dockerfile_targets_run_our_console_scripts_as_non_root() -> None:
+    stages = dockerfile_stages()
+    scripts = PYPROJECT["project"]["scripts"]
+    assert stages["builder"][0].split()[1] == stages["runtime"][0].split()[1] == "${PYTHON_IMAGE}"
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in DOCKERFILE.read_text()
+    for target, compose_service in (("embedder", "embedder"), ("gateway", "gateway"), ("indexer", "indexer")):
+        (entrypoint,) = stage_instructions(target, "ENTRYPOINT")
+        command = entrypoint.strip('[]"')
+        assert command in scripts, f"{target}: ENTRYPOINT {command} is not a console script in pyproject"
+        (user,) = stage_instructions(target, "USER")
+        assert not user.startswith(("0", "root"))
+        build = load_compose()["services"][compose_service]["build"]
+        assert build["target"] == target and build["dockerfile"] == "deploy/Dockerfile"
+    for target in ("embedder", "gateway"):
+        (healthcheck,) = stage_instructions(target, "HEALTHCHECK")
+        assert "recipelens-healthcheck" in healthcheck
+    assert stage_instructions("indexer", "HEALTHCHECK")[-1] == "NONE"
+    assert "builder" not in " ".join(stage_instructions("embedder", "FROM")), "wheels stay in the builder"
+
+
+def test_dockerignore_keeps_the_build_context_small() -> None:
+    ignored = {
+        line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line and not line.startswith("#")
+    }
+    assert {".venv", "data", "models", "var", "node_modules", ".git", ".env"} <= ignored
+    copied = {
+        source.rstrip("/").split("/")[0]
+        for stage in dockerfile_stages().values()
+        for instruction in stage
+        if instruction.startswith("COPY ") and "--from" not in instruction
+        for source in instruction.split()[1:-1]
+        if not source.startswith("--")
+    }
+    assert {"pyproject.toml", "embedder", "gateway", "indexer", "protos", "deploy"} <= copied
+    assert not (copied & ignored), "the Dockerfile copies something .dockerignore leaves out"
+
+
+# -- the GPU image ---------------------------------------------------------------------------------------
+
+
+def test_gpu_image_installs_onnxruntime_gpu_and_prefers_cuda() -> None:
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert any(dep.startswith("onnxruntime-gpu") for dep in extras["gpu"])
+    assert not any(dep.startswith("onnxruntime-gpu") for dep in extras["cpu"])
+    gpu = load_compose()["services"]["embedder-gpu"]
+    assert gpu["build"]["args"]["VARIANT"] == "gpu"
+    assert load_compose()["services"]["embedder"]["build"]["args"]["VARIANT"] == "cpu"
+    assert 'pip wheel --wheel-dir /wheels ".[${VARIANT}]"' in " ".join(stage_instructions("builder", "RUN"))
+    assert '"recipelens[${VARIANT}]"' in " ".join(stage_instructions("embedder", "RUN"))
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    # the GPU container asks for CUDA first; onnxruntime-gpu offers it, so it is chosen before the CPU
+    providers = service_environment(gpu)["RECIPELENS_EMBEDDER_PROVIDERS"].split(",")
+    offered = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert select_providers(providers, available=offered) == offered
+    assert select_providers(DEFAULT_PROVIDERS, available=offered) == offered
+    # …and on a CPU-only build the same settings fall back to the CPU instead of failing
+    assert select_providers(providers, available=["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
