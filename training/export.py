@@ -1,0 +1,232 @@
+"""Export a Keras embedding model to a verified ONNX model folder.
+
+``export_model`` converts with ``tf2onnx.convert.from_keras`` (opset 17, one float32 input ``image``
+with a dynamic batch), renames the output to ``embedding`` and gives every node and intermediate tensor
+a canonical name, so the file's bytes — and the manifest version derived from them — depend on the
+network and its weights only, not on Keras' layer-name counters. Every export is checked: Keras and
+onnxruntime embed the same real photos (batch of all of them and batch of one) and must agree within
+``tolerance`` with unit-norm outputs, or :class:`ExportParityError` is raised and no folder is left.
+
+The folder is assembled under a temporary name in ``out_dir`` and renamed into place as
+``<out_dir>/<name>-<version>``; a folder of that version already there is kept as it is.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tensorflow as tf
+import tf2onnx
+from PIL import Image
+
+from embedder.manifest import MODEL_FILE, ModelManifest, write_manifest
+from embedder.preprocess import IMAGE_SIZE, preprocess, preprocess_file
+from training.models import INPUT_NAME, keras_path
+
+log = logging.getLogger(__name__)
+
+OUTPUT_NAME = "embedding"
+ONNX_OPSET = 17
+DEFAULT_TOLERANCE = 1e-4
+NORM_TOLERANCE = 1e-3
+MAX_PARITY_IMAGES = 16
+# Real photos bundled with scikit-image: always available offline, varied enough to exercise the net.
+SKIMAGE_PHOTOS: tuple[str, ...] = ("coffee", "chelsea", "astronaut", "rocket")
+
+
+class ExportError(RuntimeError):
+    """The model could not be converted into a usable ONNX graph."""
+
+
+class ExportParityError(ExportError):
+    """onnxruntime and Keras disagree on the parity photos (or the outputs are not unit vectors)."""
+
+
+def skimage_photos() -> list[tuple[str, np.ndarray]]:
+    """The bundled scikit-image photos, each passed through the one ``preprocess`` as a PNG file."""
+    import skimage.data
+
+    photos = []
+    for name in SKIMAGE_PHOTOS:
+        buffer = io.BytesIO()
+        Image.fromarray(getattr(skimage.data, name)()).save(buffer, format="PNG")
+        photos.append((f"skimage:{name}", preprocess(buffer.getvalue())))
+    return photos
+
+
+def parity_photos(
+    extra: Sequence[Path] | None = None, *, limit: int = MAX_PARITY_IMAGES
+) -> list[tuple[str, np.ndarray]]:
+    """Bundled photos plus up to ``limit`` given image files (errors name the file)."""
+    photos = skimage_photos()
+    photos += [(str(path), preprocess_file(path)) for path in list(extra or [])[:limit]]
+    return photos
+
+
+def _canonicalise(model: onnx.ModelProto, output_name: str) -> None:
+    """Make the file depend on the network only: positional names, sorted constants, ``batch`` dims.
+
+    tf2onnx's constant order and generated names change from run to run; the manifest version is the
+    file's hash, so one network must always serialise to the same bytes.
+    """
+    graph = model.graph
+    if len(graph.output) != 1:
+        raise ExportError(f"expected one graph output, found {[o.name for o in graph.output]}")
+    keep = {i.name for i in graph.input}
+    initializers = {init.name for init in graph.initializer}
+    renames: dict[str, str] = {graph.output[0].name: output_name}
+    for index, node in enumerate(graph.node):
+        node.name = f"{node.op_type}_{index}"
+        for name in node.input:
+            if name in initializers and name not in renames:
+                renames[name] = f"const_{len(renames):05d}"
+        for slot, name in enumerate(node.output):
+            if name and name not in renames and name not in keep:
+                renames[name] = f"t{index}_{slot}"
+    unused = initializers - renames.keys()
+    if unused:
+        raise ExportError(f"constants used by no node: {sorted(unused)[:3]}")
+
+    def rename(name: str) -> str:
+        return renames.get(name, name)
+
+    for node in graph.node:
+        node.input[:] = [rename(n) for n in node.input]
+        node.output[:] = [rename(n) for n in node.output]
+    ordered = sorted(graph.initializer, key=lambda init: rename(init.name))
+    for init in ordered:
+        init.name = rename(init.name)
+    copies = [onnx.TensorProto.FromString(init.SerializeToString()) for init in ordered]
+    del graph.initializer[:]
+    graph.initializer.extend(copies)
+    del graph.value_info[:]
+    for value in list(graph.input) + list(graph.output):
+        value.name = rename(value.name)
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    graph.name = "recipelens"
+    model.doc_string = ""
+
+
+def convert_to_onnx(keras_model: keras.Model, image_size: int = IMAGE_SIZE) -> onnx.ModelProto:
+    """tf2onnx conversion; the graph gets exactly one input ``image`` (N, H, W, 3) float32."""
+    spec = [tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name=INPUT_NAME)]
+    try:
+        proto, _ = tf2onnx.convert.from_keras(keras_model, input_signature=spec, opset=ONNX_OPSET)
+    except Exception as exc:
+        raise ExportError(f"tf2onnx could not convert {keras_model.name}: {exc}") from exc
+    initializers = {init.name for init in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ExportError(f"the ONNX graph must have exactly one input, found {[i.name for i in inputs]}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if (
+        len(dims) != 4
+        or dims[0].HasField("dim_value")
+        or [d.dim_value for d in dims[1:]] != [image_size, image_size, 3]
+    ):
+        shape = [d.dim_param or d.dim_value for d in dims]
+        raise ExportError(f"unexpected input shape {shape} (want [N, {image_size}, {image_size}, 3])")
+    if inputs[0].name != INPUT_NAME:
+        raise ExportError(f"the ONNX input is named {inputs[0].name!r}, expected {INPUT_NAME!r}")
+    _canonicalise(proto, OUTPUT_NAME)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def check_parity(
+    keras_model: keras.Model, onnx_path: Path, photos: Sequence[tuple[str, np.ndarray]], *, tolerance: float
+) -> dict[str, Any]:
+    """Embed ``photos`` with Keras and onnxruntime (whole batch and one by one); raise on disagreement."""
+    batch = np.stack([array for _, array in photos]).astype(np.float32)
+    expected = np.asarray(keras_model.predict(batch, verbose=0), dtype=np.float32)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+    (single,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch[:1]})
+    got = np.asarray(got, dtype=np.float32)
+    if got.shape != expected.shape:
+        raise ExportParityError(f"onnxruntime output shape {got.shape} differs from Keras {expected.shape}")
+    diff = float(np.abs(got - expected).max())
+    single_diff = float(np.abs(np.asarray(single) - expected[:1]).max())
+    norm_error = float(np.abs(np.linalg.norm(got, axis=1) - 1.0).max())
+    names = [name for name, _ in photos]
+    if not np.isfinite(got).all() or max(diff, single_diff) > tolerance:
+        worst = names[int(np.abs(got - expected).max(axis=1).argmax())] if np.isfinite(got).all() else "?"
+        raise ExportParityError(
+            f"onnxruntime differs from Keras by {max(diff, single_diff):.3g} (tolerance {tolerance:g}); "
+            f"worst photo {worst}"
+        )
+    if norm_error > NORM_TOLERANCE:
+        raise ExportParityError(
+            f"exported embeddings are not unit vectors (|norm - 1| up to {norm_error:.3g})"
+        )
+    return {
+        "max_abs_diff": max(diff, single_diff),
+        "max_norm_error": norm_error,
+        "tolerance": tolerance,
+        "images": names,
+        "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+    }
+
+
+def export_model(
+    keras_model: keras.Model,
+    out_dir: str | Path,
+    *,
+    name: str,
+    backbone: str,
+    source: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    parity_images: Sequence[Path] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Path:
+    """Convert, verify and publish ``keras_model`` as ``<out_dir>/<name>-<version>``; return that folder."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    photos = parity_photos(parity_images)  # fail on a bad parity image before the slow conversion
+    embedding_dim = int(keras_model.output_shape[-1])
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-export-", dir=out_dir))
+    try:
+        proto = convert_to_onnx(keras_model)
+        onnx_path = staging / MODEL_FILE
+        onnx_path.write_bytes(proto.SerializeToString())
+        parity = check_parity(keras_model, onnx_path, photos, tolerance=tolerance)
+        keras_file = keras_path(staging)
+        keras_file.parent.mkdir()
+        keras_model.save(keras_file)
+        manifest: ModelManifest = write_manifest(
+            staging,
+            name=name,
+            backbone=backbone,
+            embedding_dim=embedding_dim,
+            source=dict(source),
+            metrics=dict(metrics or {}),
+            parity=parity,
+        )
+        final = out_dir / f"{name}-{manifest.version}"
+        if final.exists():
+            log.info("model %s already exported at %s; keeping it", manifest.version, final)
+            return final
+        staging.rename(final)
+        log.info(
+            "exported %s version %s (%d-D, parity %.2g over %d photos) to %s",
+            name,
+            manifest.version,
+            embedding_dim,
+            parity["max_abs_diff"],
+            len(photos),
+            final,
+        )
+        return final
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
