@@ -220,9 +220,17 @@ def create_app(gateway: SearchGateway, *, images_root: Path | None = None) -> Fa
     return app
 
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+
 def safe_join(root: Path | None, relative: str) -> Path | None:
-    """``root / relative`` when it is an existing file inside ``root`` (no ``..``, no symlink escape)."""
+    """``root / relative`` when it is an existing image file inside ``root`` (no ``..``, no symlink escape).
+
+    Only image files are served, so pointing ``images_root`` at a catalogue folder never exposes its CSV.
+    """
     if root is None or not relative or "\x00" in relative:
+        return None
+    if Path(relative).suffix.lower() not in IMAGE_SUFFIXES:
         return None
     base = root.resolve()
     try:

@@ -73,6 +73,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     for i in range(N_RECIPES):
         (images / f"r{i:03d}.jpg").write_bytes(encode(synthetic_photo(1000 + i), "JPEG", quality=90))
     (root / "secret.txt").write_text("outside the image folder")
+    (root / "secret.jpg").write_text("outside the image folder")
+    (images / "notes.csv").write_text("root: a catalogue file that is not an image")
     store_path = root / "qdrant"
     store = EdgeStore(store_path)
     try:
