@@ -10,11 +10,9 @@ ratios the targets are stated in (service ≥ 2.5× Keras predict, ≥ 0.9× bar
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,7 +83,7 @@ def main() -> None:
     if not args.skip_keras:
         from training.models import load_keras_for_manifest
 
-        keras_model = load_keras_for_manifest(model.manifest)
+        keras_model = load_keras_for_manifest(args.model)
 
         def keras_run(batch: list[bytes]) -> np.ndarray:
             arr = np.stack([preprocess(b) for b in batch]).astype(np.float32)
@@ -99,21 +97,11 @@ def main() -> None:
     rate = _throughput(lambda: model.embed_images(photos), len(photos), args.throughput_repeats)
     rows["bare onnxruntime"] = (p50, p99, rate)
 
-    settings = EmbedderSettings(model_dir=args.model, port=0)
-    loop = asyncio.new_event_loop()
-    server = loop.run_until_complete(start_server(settings))
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        client = EmbedderClient(f"127.0.0.1:{server.port}", timeout=60)
+    settings = EmbedderSettings(model_dir=args.model, port=0, max_batch_size=args.batch)
+    with start_server(settings) as server, EmbedderClient(server.address, timeout_s=120) as client:
         p50, p99 = _latencies(lambda: client.embed(one), args.latency_repeats)
         rate = _throughput(lambda: client.embed(photos), len(photos), args.throughput_repeats)
         rows["embedder service (gRPC)"] = (p50, p99, rate)
-        client.close()
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
 
     print()
     print(f"| path | batch-1 p50 ms | batch-1 p99 ms | batch-{args.batch} img/s |")
