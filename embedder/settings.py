@@ -18,6 +18,16 @@ from embedder.runtime import DEFAULT_PROVIDERS
 MiB = 1 << 20
 
 
+def split_list(value: Any) -> Any:
+    """A list setting from the environment: a JSON list, or items separated by commas."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
 class EmbedderSettings(BaseSettings):
     """Where to listen, which models to serve and how to batch them."""
 
@@ -47,15 +57,7 @@ class EmbedderSettings(BaseSettings):
     max_connection_age_grace_ms: int = Field(30_000, ge=0, description="time left to calls on a recycled one")
     log_level: str = "INFO"
 
-    @field_validator("providers", mode="before")
-    @classmethod
-    def _split_providers(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+    _split_providers = field_validator("providers", mode="before")(split_list)
 
     def summary(self) -> str:
         """One log line with every setting (none of them is secret)."""

@@ -6,7 +6,6 @@ key) are ``SecretStr``: they print as ``**********`` and are only unwrapped wher
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from embedder.preprocess import DEFAULT_MAX_PIXELS
+from embedder.settings import split_list
 
 MiB = 1 << 20
 
@@ -75,15 +75,7 @@ class GatewaySettings(BaseSettings):
     )
     log_level: str = "INFO"
 
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _split_keys(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+    _split_keys = field_validator("api_keys", mode="before")(split_list)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> GatewaySettings:
