@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= cpu,train,dev
 
-.PHONY: demo test venv lint typecheck protos bench clean-demo
+.PHONY: demo test reliability venv lint typecheck protos bench clean-demo
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Whole-stack load, soak and fault suite alone (also part of `make test`); figures in README "Reliability".
+reliability: venv
+	nice -n 10 $(BIN)/python -m pytest -m reliability tests/reliability -s $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

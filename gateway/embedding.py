@@ -62,6 +62,8 @@ class InProcessEmbedder:
         max_delay_s: float = 0.002,
     ) -> None:
         self.local = LocalQueryEmbedder(model_dir, providers=providers)
+        for folder, reason in self.local.verify().items():  # raises when no model folder passes
+            log.error("model folder %s refused: %s", folder, reason)
         self.max_pixels = max_pixels
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s

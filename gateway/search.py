@@ -43,12 +43,34 @@ class LocalQueryEmbedder:
         self.model_dir = Path(model_dir)
         self.providers = providers
         self._models: dict[str, EmbeddingModel] = {}
+        self._refused: set[Path] = set()
+
+    def _candidates(self) -> list[Path]:
+        candidates = [self.model_dir, *sorted(p for p in self.model_dir.glob("*") if p.is_dir())]
+        return [folder for folder in candidates if (folder / "manifest.json").is_file()]
+
+    def verify(self) -> dict[Path, str]:
+        """Check each model folder's ONNX hash against its manifest; failing folders are left out from now on.
+
+        Returns the refused folders and why; raises :class:`ModelIntegrityError` when model folders exist
+        but none passes (nothing could ever be served).
+        """
+        refused: dict[Path, str] = {}
+        candidates = self._candidates()
+        for folder in candidates:
+            try:
+                read_manifest(folder, verify=True)
+            except ModelIntegrityError as exc:
+                refused[folder] = str(exc)
+        self._refused = set(refused)
+        if refused and len(refused) == len(candidates):
+            raise ModelIntegrityError(f"no usable model in {self.model_dir}: " + "; ".join(refused.values()))
+        return refused
 
     def _folders(self) -> dict[str, Path]:
-        candidates = [self.model_dir, *sorted(p for p in self.model_dir.glob("*") if p.is_dir())]
         found: dict[str, Path] = {}
-        for folder in candidates:
-            if (folder / "manifest.json").is_file():
+        for folder in self._candidates():
+            if folder not in self._refused:
                 try:
                     found[read_manifest(folder, verify=False).version] = folder
                 except ModelIntegrityError:
@@ -68,7 +90,12 @@ class LocalQueryEmbedder:
                     f"model version {model_version} (which filled the collection) is not in "
                     f"{self.model_dir} (available: {available})"
                 )
-            self._models[model_version] = EmbeddingModel(folders[model_version], providers=self.providers)
+            try:
+                model = EmbeddingModel(folders[model_version], providers=self.providers)
+            except ModelIntegrityError as exc:
+                self._refused.add(folders[model_version])
+                raise ModelUnavailableError(f"model version {model_version} is refused: {exc}") from None
+            self._models[model_version] = model
         return self._models[model_version]
 
     def embed(self, image: bytes, model_version: str) -> np.ndarray:

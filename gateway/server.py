@@ -11,10 +11,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 import sys
-import threading
 from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +22,8 @@ import grpc
 import uvicorn
 from pydantic import ValidationError
 
+from embedder.background import BackgroundLoop, stop_on_signals
+from embedder.manifest import ModelIntegrityError
 from gateway.embedding import AsyncEmbedder, InProcessEmbedder, RemoteEmbedder
 from gateway.grpc_service import HealthReporter, start_grpc_server
 from gateway.http_app import create_app
@@ -157,11 +157,7 @@ class GatewayServer:
 
 async def serve(settings: GatewaySettings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     server = GatewayServer(settings)
     try:
         await server.start()
@@ -176,13 +172,10 @@ class RunningGateway:
 
     def __init__(self, server: GatewayServer) -> None:
         self.server = server
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="gateway-server", daemon=True)
-        self._thread.start()
-        self._closed = False
+        self._background = BackgroundLoop("gateway-server")
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        return self._background.call(coro, timeout)
 
     @property
     def gateway(self) -> SearchGateway:
@@ -198,15 +191,12 @@ class RunningGateway:
         return f"http://{self.server.settings.http_host}:{self.server.http_port}"
 
     def stop(self, grace: float | None = 1.0) -> None:
-        if self._closed:
+        if self._background.closed:
             return
-        self._closed = True
         try:
             self.call(self.server.stop(grace))
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=30)
-            self._loop.close()
+            self._background.close()
 
     def __enter__(self) -> RunningGateway:
         return self
@@ -264,6 +254,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as exc:
         print(f"recipelens-gateway: cannot start: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    except ModelIntegrityError as exc:
+        print(f"recipelens-gateway: cannot start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -30,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
-from embedder.preprocess import DEFAULT_MAX_PIXELS, IMAGE_SIZE, ImageDecodeError, decode, preprocess
+from embedder.preprocess import DEFAULT_MAX_PIXELS, IMAGE_SIZE, ImageDecodeError, preprocess
 from indexer.keywords import ingredient_keywords
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -365,10 +367,15 @@ def load_photo(
         data = path.read_bytes()
     except OSError as exc:
         raise ImageDecodeError(f"cannot read file: {exc.strerror or exc}") from None
-    img = decode(data, size=size, max_pixels=max_pixels)
-    if min(img.size) < min_side:
-        raise ImageDecodeError(f"image too small: {img.size[0]}x{img.size[1]} (minimum side {min_side})")
-    return data, preprocess(data, size=size, max_pixels=max_pixels)
+    array = preprocess(data, size=size, max_pixels=max_pixels)
+    # The size from the header, not a second decode (that doubled the decode cost of a build). JPEG
+    # drafting never goes below ``size`` and EXIF rotation keeps the shorter side, so this is the side
+    # the decoded image has too.
+    with Image.open(io.BytesIO(data)) as header:
+        width, height = header.size
+    if min(width, height) < min_side:
+        raise ImageDecodeError(f"image too small: {width}x{height} (minimum side {min_side})")
+    return data, array
 
 
 def validate_images(

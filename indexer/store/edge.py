@@ -258,7 +258,6 @@ class EdgeStore(RecipeStore):
             "points_count": 0,
             "extra": extra or {},
         }
-        self._write_meta(name, meta)
         fd = self._lock_for_write(name)
         quant = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=0.99) if quantization else None
         config = qe.EdgeConfig(
@@ -271,6 +270,9 @@ class EdgeStore(RecipeStore):
             for field_name in KEYWORD_INDEXES:
                 shard.update(qe.UpdateOperation.create_field_index(field_name, qe.PayloadSchemaType.Keyword))
             shard.flush()
+            # Metadata last: a creator killed before this line leaves no collection to resume, only a
+            # folder without collection.json (listed as broken, removable with drop).
+            self._write_meta(name, meta)
         except Exception as exc:
             os.close(fd)
             raise StoreError(f"cannot create collection {name!r}: {exc}") from None
@@ -454,6 +456,8 @@ class EdgeStore(RecipeStore):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            if not self.collections_dir.is_dir():  # the folder itself went away (unmounted, moved)
+                raise StoreError(f"the Qdrant Edge folder {self.root} is not there any more") from None
             return {}
         except (OSError, ValueError) as exc:
             raise StoreError(f"{path}: unreadable alias file: {exc}") from None
