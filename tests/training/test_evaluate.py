@@ -1,0 +1,149 @@
+"""Evaluation figures on hand-made embeddings, the query distortion, reports and pictures."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embedder.preprocess import preprocess
+from tests.imagegen import encode, synthetic_photo
+from training.evaluate import (
+    category_precision,
+    distort,
+    instance_retrieval,
+    make_queries,
+    pca_2d,
+    plot_embedding_map,
+    score,
+    write_report,
+)
+
+
+def _angles(degrees: list[float]) -> np.ndarray:
+    rad = np.radians(degrees)
+    return np.stack([np.cos(rad), np.sin(rad)], axis=1).astype(np.float32)
+
+
+# Gallery: recipe 0 has photos at 0° and 100°, recipe 1 at 20°, recipe 2 at 40°, recipe 3 at 180°.
+GALLERY = _angles([0, 100, 20, 40, 180])
+GALLERY_RECIPE = np.array([0, 0, 1, 2, 3])
+
+
+def test_recall_ranks_recipes_by_their_best_photo() -> None:
+    # Query of recipe 0 at 95°: its 100° photo is nearest → rank 1.
+    # Query of recipe 2 at 10°: 0° (r0) and 20° (r1) tie at 10°, 40° is 30° away → recipe 2 third.
+    # Query of recipe 3 at 60°: r2 (20° away), r0 and r1 (40°) all beat 180° (120°) → recipe 3 fourth.
+    queries = _angles([95, 10, 60])
+    recall, mean_ap = instance_retrieval(queries, np.array([0, 2, 3]), GALLERY, GALLERY_RECIPE)
+    assert recall == {1: pytest.approx(1 / 3), 5: 1.0, 10: 1.0}
+    # mAP over the photo ranking, computed the long way.
+    sims = queries @ GALLERY.T
+    expected = []
+    for q, recipe in enumerate([0, 2, 3]):
+        order = np.argsort(-sims[q], kind="stable")
+        rel = GALLERY_RECIPE[order] == recipe
+        precision = np.cumsum(rel) / np.arange(1, len(rel) + 1)
+        expected.append((precision * rel).sum() / rel.sum())
+    assert mean_ap == pytest.approx(np.mean(expected))
+    assert expected[0] < 1.0  # recipe 0's second photo is not second: mAP differs from recall@1
+
+
+def test_category_precision_excludes_the_query_recipe() -> None:
+    categories = np.array([5, 5, 5, 7, 7])
+    precision = category_precision(
+        GALLERY[:1],
+        query_recipe=GALLERY_RECIPE[:1],
+        query_category=categories[:1],
+        gallery=GALLERY,
+        gallery_recipe=GALLERY_RECIPE,
+        gallery_category=categories,
+    )
+    # Query 0° (r0) without r0's photos: 20° (cat 5), 40° (7), 180° (7) → P@1 = 1, P@5 over 3 + padding.
+    assert precision[1] == 1.0
+    assert precision[5] == pytest.approx(1 / 5)  # -inf entries rank last and never count as hits
+
+
+def test_score_bundles_all_figures() -> None:
+    result = score(
+        queries=_angles([95, 10]),
+        query_recipe=np.array([0, 2]),
+        gallery=GALLERY,
+        gallery_recipe=GALLERY_RECIPE,
+        gallery_category=np.array([0, 0, 1, 1, -1]),
+        held_out=np.array([2, 3, 4]),
+    )
+    flat = result.flat()
+    assert set(flat) == {"recall@1", "recall@5", "recall@10", "map@10", "category_p@1", "category_p@5"}
+    assert result.queries == 2 and result.category_queries == 2  # the uncategorised photo is skipped
+    no_cats = score(
+        queries=_angles([95]),
+        query_recipe=np.array([0]),
+        gallery=GALLERY,
+        gallery_recipe=GALLERY_RECIPE,
+        gallery_category=None,
+        held_out=np.array([0]),
+    )
+    assert no_cats.category_precision is None and "category_p@1" not in no_cats.flat()
+
+
+def test_query_recipe_must_be_in_the_gallery() -> None:
+    with pytest.raises(ValueError, match="must have a photo in the gallery"):
+        instance_retrieval(_angles([0]), np.array([9]), GALLERY, GALLERY_RECIPE)
+
+
+def test_distort_is_a_seeded_realistic_query(tmp_path: Path) -> None:
+    original = encode(synthetic_photo(3, size=(400, 300)), "PNG")
+    a = distort(original, np.random.default_rng(0))
+    b = distort(original, np.random.default_rng(0))
+    c = distort(original, np.random.default_rng(1))
+    assert a == b and a != c
+    with Image.open(io.BytesIO(a)) as img:
+        assert img.format == "JPEG"
+        w, h = img.size
+    assert 0.69 * 400 <= w <= 0.91 * 400 and 0.69 * 300 <= h <= 0.91 * 300
+    clean, query = preprocess(original).astype(float), preprocess(a).astype(float)
+    assert 3 < np.abs(clean - query).mean() < 80  # changed, but still the same picture more or less
+    path = tmp_path / "p.png"
+    path.write_bytes(original)
+    arrays, origin = make_queries([path, path], per_photo=2, seed=4)
+    assert arrays.shape == (4, 224, 224, 3) and arrays.dtype == np.uint8 and origin.tolist() == [0, 0, 1, 1]
+    strong, _ = make_queries([path, path], per_photo=2, seed=4, level="strong")
+    # The strong level moves the photo further than the moderate one.
+    assert np.abs(strong.astype(float) - clean).mean() > np.abs(arrays.astype(float) - clean).mean()
+    with pytest.raises(ValueError, match="unknown distortion level 'extreme'"):
+        make_queries([path], per_photo=1, seed=0, level="extreme")
+
+
+def test_reports_and_pictures(tmp_path: Path) -> None:
+    result = score(
+        queries=_angles([95, 10]),
+        query_recipe=np.array([0, 2]),
+        gallery=GALLERY,
+        gallery_recipe=GALLERY_RECIPE,
+        gallery_category=np.array([0, 0, 1, 1, 1]),
+        held_out=np.array([2, 3]),
+    )
+    json_path, md_path = write_report(
+        tmp_path,
+        {"raw": result, "tl-hard": result},
+        title="t",
+        extra={"preset": "tl-hard"},
+        targets="targets",
+    )
+    data = json.loads(json_path.read_text())
+    assert data["preset"] == "tl-hard" and data["models"]["raw"]["flat"]["recall@1"] == result.recall[1]
+    md = md_path.read_text()
+    assert "| model | queries | R@1 | R@5 | R@10 | mAP@10 | cat P@1 | cat P@5 |" in md
+    assert f"| raw | moderate | {100 * result.recall[1]:.1f} |" in md and "| tl-hard | moderate |" in md
+    emb = np.random.default_rng(0).normal(size=(40, 8))
+    xy = pca_2d(emb)
+    assert xy.shape == (40, 2) and np.var(xy[:, 0]) >= np.var(xy[:, 1])
+    png = plot_embedding_map(
+        {"raw": emb, "tl-hard": emb[:, ::-1]}, np.arange(40) % 3 - 1, ["a", "b"], tmp_path / "map.png"
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,288 @@
+"""Held-out evaluation, always the trained model side by side with the raw backbone.
+
+* **Instance retrieval** — the query is a distorted copy of a held-out recipe's photo (crop, rotation,
+  light change, JPEG recompression, then the one preprocessing function, as a phone photo would go);
+  the gallery is the whole catalogue's clean photos. A recipe ranks by its best photo. Recall@k: the
+  query's recipe is among the first k recipes. mAP@10 over the photo ranking, relevant = the recipe's
+  photos.
+* **Same-category precision** — when the catalogue has categories: for each clean held-out photo, its
+  nearest photos of *other* recipes; P@k is the share of the first k that share its category.
+* An embedding map (PCA of the gallery, coloured by category) per model as one PNG, and the report as
+  JSON and Markdown.
+
+Everything here is numpy, Pillow and matplotlib: the embeddings come in as arrays.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from embedder.preprocess import IMAGE_SIZE, decode, preprocess
+
+log = logging.getLogger(__name__)
+
+RECALL_AT = (1, 5, 10)
+MAP_AT = 10
+PRECISION_AT = (1, 5)
+
+
+@dataclass(frozen=True)
+class Distortion:
+    """Ranges of one query distortion level (each side cropped to a fraction, then the rest)."""
+
+    crop_side: tuple[float, float]
+    rotation_degrees: float
+    brightness: tuple[float, float]
+    contrast: tuple[float, float]
+    saturation: tuple[float, float]
+    jpeg_quality: tuple[int, int]
+
+
+DISTORTIONS: dict[str, Distortion] = {
+    # A careful re-shot: slight crop and tilt, a little light change, ordinary JPEG.
+    "moderate": Distortion((0.7, 0.9), 10, (0.8, 1.2), (0.85, 1.15), (1.0, 1.0), (50, 80)),
+    # A phone photo of the dish: tighter crop, more tilt, lighting and white balance off, heavy JPEG.
+    "strong": Distortion((0.55, 0.85), 20, (0.7, 1.3), (0.7, 1.3), (0.6, 1.4), (35, 75)),
+}
+
+
+def distort(data: bytes, rng: np.random.Generator, level: str = "moderate") -> bytes:
+    """A query-like copy of a photo: crop, rotation, light and colour change, JPEG (see DISTORTIONS)."""
+    d = DISTORTIONS[level]
+    img = decode(data, size=2 * IMAGE_SIZE)
+    w, h = img.size
+    fw, fh = rng.uniform(*d.crop_side), rng.uniform(*d.crop_side)
+    cw, ch = max(1, round(w * fw)), max(1, round(h * fh))
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    img = img.crop((x0, y0, x0 + cw, y0 + ch))
+    angle = float(rng.uniform(-d.rotation_degrees, d.rotation_degrees))
+    img = img.rotate(angle, resample=Image.Resampling.BILINEAR, expand=False)
+    img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(*d.brightness)))
+    img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(*d.contrast)))
+    img = ImageEnhance.Color(img).enhance(float(rng.uniform(*d.saturation)))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=int(rng.integers(d.jpeg_quality[0], d.jpeg_quality[1] + 1)))
+    return buf.getvalue()
+
+
+def make_queries(
+    files: Sequence[Path], per_photo: int, seed: int, level: str = "moderate"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, S, S, 3) uint8 distorted views of ``files`` and the index of the photo each came from."""
+    if level not in DISTORTIONS:
+        raise ValueError(f"unknown distortion level {level!r}; choose one of {', '.join(DISTORTIONS)}")
+    rng = np.random.default_rng(seed)
+    arrays: list[np.ndarray] = []
+    origin: list[int] = []
+    for i, path in enumerate(files):
+        data = Path(path).read_bytes()
+        for _ in range(per_photo):
+            arrays.append(preprocess(distort(data, rng, level)))
+            origin.append(i)
+    if not arrays:
+        return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), np.zeros((0,), np.int64)
+    return np.stack(arrays), np.asarray(origin, np.int64)
+
+
+@dataclass(frozen=True)
+class RetrievalScores:
+    """The figures of one model on one evaluation."""
+
+    queries: int
+    recall: dict[int, float]
+    map_at_10: float
+    category_queries: int
+    category_precision: dict[int, float] | None
+    distortion: str = "moderate"
+
+    def flat(self) -> dict[str, float]:
+        out = {f"recall@{k}": v for k, v in self.recall.items()}
+        out[f"map@{MAP_AT}"] = self.map_at_10
+        for k, v in (self.category_precision or {}).items():
+            out[f"category_p@{k}"] = v
+        return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def instance_retrieval(
+    queries: np.ndarray, query_recipe: np.ndarray, gallery: np.ndarray, gallery_recipe: np.ndarray
+) -> tuple[dict[int, float], float]:
+    """Recall@{1,5,10} over recipes ranked by their best photo, and mAP@10 over the photo ranking."""
+    sims = _unit(queries) @ _unit(gallery).T  # (Q, G)
+    recipes, inverse = np.unique(gallery_recipe, return_inverse=True)
+    best = np.full((len(queries), len(recipes)), -np.inf, np.float32)
+    np.maximum.at(best.T, inverse, sims.T)
+    target = np.searchsorted(recipes, query_recipe)
+    if not np.all(recipes[np.minimum(target, len(recipes) - 1)] == query_recipe):
+        raise ValueError("every query's recipe must have a photo in the gallery")
+    own = best[np.arange(len(queries)), target]
+    rank = (best > own[:, None]).sum(axis=1)  # 0-based; ties count in the query's favour
+    recall = {k: float(np.mean(rank < k)) for k in RECALL_AT}
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :MAP_AT]
+    relevant = gallery_recipe[order] == query_recipe[:, None]
+    hits = np.cumsum(relevant, axis=1)
+    precision = hits / np.arange(1, order.shape[1] + 1)
+    n_rel = np.minimum(np.bincount(inverse)[target], MAP_AT)
+    ap = (precision * relevant).sum(axis=1) / n_rel
+    return recall, float(np.mean(ap))
+
+
+def category_precision(
+    queries: np.ndarray,
+    *,
+    query_recipe: np.ndarray,
+    query_category: np.ndarray,
+    gallery: np.ndarray,
+    gallery_recipe: np.ndarray,
+    gallery_category: np.ndarray,
+) -> dict[int, float]:
+    """P@{1,5}: share of the nearest photos of other recipes that share the query's category."""
+    sims = _unit(queries) @ _unit(gallery).T
+    sims[gallery_recipe[None, :] == query_recipe[:, None]] = -np.inf
+    order = np.argsort(-sims, axis=1, kind="stable")[:, : max(PRECISION_AT)]
+    usable = np.isfinite(np.take_along_axis(sims, order, axis=1))  # own photos rank last, never count
+    same = (gallery_category[order] == query_category[:, None]) & usable
+    return {k: float(np.mean(same[:, :k])) for k in PRECISION_AT}
+
+
+def score(
+    *,
+    queries: np.ndarray,
+    query_recipe: np.ndarray,
+    gallery: np.ndarray,
+    gallery_recipe: np.ndarray,
+    gallery_category: np.ndarray | None,
+    held_out: np.ndarray,
+    distortion: str = "moderate",
+) -> RetrievalScores:
+    """All figures for one model. ``held_out``: gallery indices of the held-out (test) photos."""
+    recall, mean_ap = instance_retrieval(queries, query_recipe, gallery, gallery_recipe)
+    precision = None
+    cat_queries = 0
+    if gallery_category is not None:
+        usable = held_out[gallery_category[held_out] >= 0]
+        cat_queries = len(usable)
+        if cat_queries:
+            precision = category_precision(
+                gallery[usable],
+                query_recipe=gallery_recipe[usable],
+                query_category=gallery_category[usable],
+                gallery=gallery,
+                gallery_recipe=gallery_recipe,
+                gallery_category=gallery_category,
+            )
+    return RetrievalScores(len(queries), recall, mean_ap, cat_queries, precision, distortion)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reports and pictures
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    """The first two principal components of the rows of ``x``."""
+    centred = np.asarray(x, np.float64) - np.mean(x, axis=0, keepdims=True)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:2].T
+
+
+def plot_embedding_map(
+    embeddings: Mapping[str, np.ndarray],
+    categories: np.ndarray,
+    category_names: Sequence[str],
+    path: Path,
+    *,
+    max_points: int = 2000,
+    seed: int = 0,
+) -> Path:
+    """One PCA panel per model, points coloured by category (grey when unknown)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(categories)
+    pick = np.sort(np.random.default_rng(seed).permutation(n)[:max_points])
+    fig, axes = plt.subplots(1, len(embeddings), figsize=(6 * len(embeddings), 5.5), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for ax, (name, emb) in zip(axes[0], embeddings.items(), strict=True):
+        xy = pca_2d(emb[pick])
+        cats = categories[pick]
+        ax.scatter(*xy[cats < 0].T, s=8, c="lightgrey", label="(none)" if (cats < 0).any() else None)
+        for c in np.unique(cats[cats >= 0]):
+            label = category_names[c] if c < len(category_names) else str(c)
+            ax.scatter(*xy[cats == c].T, s=10, color=cmap(int(c) % 20), label=label[:28])
+        ax.set_title(f"{name}: PCA of {len(pick)} gallery photos")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if labels and len(labels) <= 24:
+        fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7, frameon=False)
+        fig.subplots_adjust(bottom=0.2)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+def markdown_report(
+    results: Mapping[str, RetrievalScores], *, title: str, notes: Sequence[str] = (), targets: str = ""
+) -> str:
+    """A Markdown table: one row per model and query distortion, figures in percent."""
+    cols = (
+        ["queries"] + [f"R@{k}" for k in RECALL_AT] + [f"mAP@{MAP_AT}"] + [f"cat P@{k}" for k in PRECISION_AT]
+    )
+    lines = [f"# {title}", "", "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in results.items():
+        cells = [r.distortion] + [_pct(r.recall[k]) for k in RECALL_AT] + [_pct(r.map_at_10)]
+        cells += [_pct((r.category_precision or {}).get(k)) for k in PRECISION_AT]
+        lines.append(f"| {name.split('@')[0]} | " + " | ".join(cells) + " |")
+    first = next(iter(results.values()), None)
+    if first is not None:
+        lines += [
+            "",
+            f"R@k / mAP@10: {first.queries} distorted queries per row (held-out recipes' photos; "
+            "levels in training/evaluate.py DISTORTIONS) against the whole catalogue; a recipe ranks by "
+            "its best photo. cat P@k: share of the nearest photos of other recipes in the same category, "
+            f"over {first.category_queries} clean held-out photos.",
+        ]
+    if targets:
+        lines += ["", targets]
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    out_dir: Path,
+    results: Mapping[str, RetrievalScores],
+    *,
+    title: str,
+    extra: Mapping[str, object] | None = None,
+    notes: Sequence[str] = (),
+    targets: str = "",
+) -> tuple[Path, Path]:
+    """``evaluation.json`` and ``evaluation.md`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "models": {name: {**asdict(r), "flat": r.flat()} for name, r in results.items()},
+        **(extra or {}),
+    }
+    json_path = out_dir / "evaluation.json"
+    json_path.write_text(json.dumps(payload, indent=2, default=str))
+    md_path = out_dir / "evaluation.md"
+    md_path.write_text(markdown_report(results, title=title, notes=notes, targets=targets))
+    return json_path, md_path

@@ -1,0 +1,187 @@
+"""The training configuration and the seed notebooks' four recipes as named presets.
+
+Every knob has a default that runs on a laptop CPU; a preset changes a few of them, and the
+command line (``--epochs``, ``--max-recipes``, ``--set key=value``) changes the rest. The whole
+configuration is saved next to the run and into the exported model's manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Mining = Literal["random", "batch-hard", "semi-hard"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(_Section):
+    """Recipe-level split by a salted hash of the recipe id (photo duplicates grouped)."""
+
+    train: float = Field(default=0.70, gt=0, lt=1)
+    validation: float = Field(default=0.15, gt=0, lt=1)
+    salt: str = "recipelens-split-v1"
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_test_split(self) -> SplitConfig:
+        if self.train + self.validation >= 1.0:
+            raise ValueError(f"train + validation = {self.train + self.validation:g} leaves no test split")
+        return self
+
+    @property
+    def test(self) -> float:
+        return 1.0 - self.train - self.validation
+
+
+class AugmentConfig(_Section):
+    """Random views of the preprocessed 224×224 uint8 photo.
+
+    The seed's rotation ±15°, brightness 0.9–1.1 and horizontal flip, plus a random resized crop,
+    contrast and saturation jitter and JPEG re-encoding: what phone photos of a dish do to it.
+    """
+
+    rotation_degrees: float = Field(default=15.0, ge=0, le=180)
+    brightness: tuple[float, float] = (0.9, 1.1)
+    horizontal_flip: bool = True
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    contrast: tuple[float, float] = (0.8, 1.2)
+    saturation: tuple[float, float] = (0.8, 1.2)
+    jpeg_quality: tuple[int, int] | None = Field(
+        default=(35, 90), description="JPEG re-encoding quality range"
+    )
+
+
+class PhaseConfig(_Section):
+    """One fit() call: how long, how fast, how many recipes per batch."""
+
+    epochs: int = Field(default=10, ge=0)
+    learning_rate: float = Field(default=3e-4, gt=0)
+    batch_recipes: int = Field(default=32, ge=2, description="P: recipes (triplet rows) per batch")
+    steps_per_epoch: int | None = Field(
+        default=None, ge=1, description="None: every training recipe anchors once"
+    )
+
+
+class EvalConfig(_Section):
+    """Held-out evaluation: distorted queries against the whole catalogue."""
+
+    queries_per_photo: int = Field(default=4, ge=1)
+    distortions: tuple[str, ...] = Field(
+        default=("moderate", "strong"), min_length=1, description="query sets; the first is the headline"
+    )
+    seed: int = 20240601
+    map_points: int = Field(default=2000, ge=10, description="most gallery points drawn on the embedding map")
+
+
+class TrainConfig(_Section):
+    """Everything that decides what a training run does."""
+
+    preset: str = "custom"
+    backbone: str = "efficientnet_lite0"
+    backbone_weights: str | None = Field(
+        default="imagenet", description="'imagenet', a weights file, or null for random weights (tests only)"
+    )
+    embedding_dim: int = Field(default=512, ge=2)
+    dropout: float = Field(default=0.3, ge=0, lt=1)
+    seed: int = 1234
+    max_recipes: int | None = Field(
+        default=None, ge=3, description="use only this many recipes (stable hash sample)"
+    )
+    train: bool = True
+    mining: Mining = "random"
+    margin: float = Field(default=0.3, gt=0, le=2, description="triplet margin on cosine distance")
+    label_aware: bool = Field(
+        default=False, description="positives may come from any recipe of the same category"
+    )
+    cache_views: int = Field(
+        default=6, ge=2, description="views per photo in the phase-1 feature cache; view 0 is clean"
+    )
+    phase2_views: int = Field(
+        default=1 << 16, ge=2, description="distinct augmented views per photo in phase 2"
+    )
+    weight_decay: float = Field(default=1e-4, ge=0)
+    lr_patience: int = Field(default=3, ge=1)
+    lr_factor: float = Field(default=0.5, gt=0, lt=1)
+    early_stopping_patience: int = Field(default=5, ge=1)
+    unfreeze_layers: int = Field(
+        default=40, ge=1, description="top backbone layers trained in phase 2 (BatchNorm stays frozen)"
+    )
+    mixed_precision: bool = Field(default=True, description="mixed_float16 when a GPU is visible")
+    head_init: Literal["pca", "random"] = Field(
+        default="pca",
+        description="start the head as the PCA of training features (see train.init_head_with_pca)",
+    )
+    phase1: PhaseConfig = PhaseConfig()
+    phase2: PhaseConfig = PhaseConfig(epochs=0, learning_rate=1e-5, batch_recipes=16)
+    split: SplitConfig = SplitConfig()
+    augment: AugmentConfig = AugmentConfig()
+    evaluation: EvalConfig = EvalConfig()
+
+    def with_epochs(self, epochs: int) -> TrainConfig:
+        """The same run with every phase that trains at all set to ``epochs`` (``raw`` does not train)."""
+        if not self.train:
+            return self
+        update: dict[str, Any] = {"phase1": self.phase1.model_copy(update={"epochs": epochs})}
+        if self.phase2.epochs > 0:
+            update["phase2"] = self.phase2.model_copy(update={"epochs": epochs})
+        return self.model_copy(update=update)
+
+    def overridden(self, assignments: list[str]) -> TrainConfig:
+        """Apply ``key=value`` strings (dotted keys for sections, JSON or bare-string values)."""
+        data = self.model_dump()
+        for assignment in assignments:
+            key, sep, raw = assignment.partition("=")
+            if not sep or not key:
+                raise ValueError(f"--set {assignment!r}: expected KEY=VALUE, e.g. phase1.learning_rate=3e-4")
+            *parents, leaf = key.strip().split(".")
+            node = data
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise ValueError(f"--set {assignment!r}: {part!r} is not a config section")
+                node = node[part]
+            if leaf not in node:
+                raise ValueError(f"--set {assignment!r}: unknown setting {key!r} (known: {', '.join(node)})")
+            try:
+                node[leaf] = json.loads(raw)
+            except json.JSONDecodeError:
+                node[leaf] = raw
+        try:
+            return TrainConfig.model_validate(data)
+        except ValidationError as exc:
+            raise ValueError(f"invalid setting: {exc}") from None
+
+
+def _preset(name: str, **fields: Any) -> TrainConfig:
+    return TrainConfig.model_validate({"preset": name, **fields})
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # 001-raw: the pretrained backbone with global average pooling, no training.
+    "raw": _preset("raw", train=False, phase1={"epochs": 0}),
+    # 002-tl: frozen backbone, random negatives, margin 0.3, 10 epochs.
+    "tl": _preset("tl", mining="random", margin=0.3, phase1={"epochs": 10}),
+    # 003-tl-hard: frozen backbone, hardest negative in the batch, margin 0.8, 15 epochs.
+    "tl-hard": _preset("tl-hard", mining="batch-hard", margin=0.8, phase1={"epochs": 15}),
+    # 004-ft: tl-hard for 6 epochs, then the top 40 backbone layers unfrozen for 20 more.
+    "ft": _preset(
+        "ft",
+        mining="batch-hard",
+        margin=0.8,
+        unfreeze_layers=40,
+        phase1={"epochs": 6},
+        phase2={"epochs": 20, "learning_rate": 1e-5, "batch_recipes": 16},
+    ),
+}
+
+
+def preset_config(name: str) -> TrainConfig:
+    """The named preset's configuration; an unknown name lists the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
