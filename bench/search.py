@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="distinct photos")
     parser.add_argument("--repeats", type=int, default=200, help="single-client requests")
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="sequential/concurrent rounds (medians)")
     parser.add_argument("--embedder", action="store_true", help="use the embedder service, not in-process")
     args = parser.parse_args()
 
@@ -131,14 +132,6 @@ def main() -> None:
     def bare(data: bytes) -> None:
         model.embed_arrays(preprocess(data, size=model.image_size)[None])
 
-    bare(photos[0])
-    times = []
-    for i in range(args.repeats):
-        t0 = time.perf_counter()
-        bare(photos[i % len(photos)])
-        times.append((time.perf_counter() - t0) * 1000)
-    bare_p50, bare_p99 = _percentiles(times)
-
     embedder = None
     overrides: dict[str, object] = {}
     if args.embedder:
@@ -159,30 +152,42 @@ def main() -> None:
     try:
         with RecipeSearchClient(running.grpc_address, timeout_s=60) as client:
             client.search(photos[0])
-            times = []
+            bare(photos[0])
+            # Interleaved, so that whatever else the machine does slows both paths alike.
+            times, bare_times = [], []
             for i in range(args.repeats):
+                photo = photos[i % len(photos)]
                 t0 = time.perf_counter()
-                client.search(photos[i % len(photos)], top_k=5)
-                times.append((time.perf_counter() - t0) * 1000)
+                bare(photo)
+                t1 = time.perf_counter()
+                client.search(photo, top_k=5)
+                t2 = time.perf_counter()
+                bare_times.append((t1 - t0) * 1000)
+                times.append((t2 - t1) * 1000)
+            bare_p50, bare_p99 = _percentiles(bare_times)
             gw_p50, gw_p99 = _percentiles(times)
 
-            total = max(args.repeats, 8 * args.clients)
-            t0 = time.perf_counter()
-            for i in range(total):
-                client.search(photos[i % len(photos)], top_k=5)
-            sequential = total / (time.perf_counter() - t0)
-
+        total = max(args.repeats, 8 * args.clients)
         clients = [RecipeSearchClient(running.grpc_address, timeout_s=60) for _ in range(args.clients)]
 
         def worker(k: int) -> None:
             for i in range(k, total, args.clients):
                 clients[k].search(photos[i % len(photos)], top_k=5)
 
+        # Alternating rounds of sequential and concurrent searches; medians of the rates.
+        sequential_rates, concurrent_rates = [], []
         with ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(worker, range(args.clients)))  # warm-up of every channel
-            t0 = time.perf_counter()
-            list(pool.map(worker, range(args.clients)))
-            concurrent = total / (time.perf_counter() - t0)
+            for _ in range(args.rounds):
+                t0 = time.perf_counter()
+                for i in range(total):
+                    clients[0].search(photos[i % len(photos)], top_k=5)
+                sequential_rates.append(total / (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                list(pool.map(worker, range(args.clients)))
+                concurrent_rates.append(total / (time.perf_counter() - t0))
+        sequential = statistics.median(sequential_rates)
+        concurrent = statistics.median(concurrent_rates)
         for c in clients:
             c.close()
     finally:

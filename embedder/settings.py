@@ -43,7 +43,9 @@ class EmbedderSettings(BaseSettings):
         description="onnxruntime execution providers in order of preference; unavailable ones are skipped",
     )
     max_batch_size: int = Field(32, ge=1, description="images per onnxruntime run")
-    max_queue_delay_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill up")
+    max_queue_delay_ms: float = Field(
+        0.0, ge=0, description="how long a batch waits to fill up; 0 = greedy (batches form under load)"
+    )
     max_message_bytes: int = Field(16 * MiB, ge=1024, description="gRPC send and receive limit")
     max_images_per_request: int = Field(64, ge=1)
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb limit per image")

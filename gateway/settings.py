@@ -44,7 +44,7 @@ class GatewaySettings(BaseSettings):
     max_batch_size: int = Field(
         default=32, ge=1, description="in-process embedder: images per onnxruntime run"
     )
-    max_queue_delay_ms: float = Field(default=2.0, ge=0, description="in-process embedder: batch fill wait")
+    max_queue_delay_ms: float = Field(default=0.0, ge=0, description="in-process embedder: batch fill wait")
 
     store_path: Path = Field(
         default=Path("var/qdrant"), description="Qdrant Edge folder (the embedded default)"

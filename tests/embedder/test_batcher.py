@@ -1,0 +1,58 @@
+"""The micro-batcher on its own: greedy batching, fan-out of results and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from embedder.batcher import BatcherClosedError, MicroBatcher
+
+
+def _slow_double(items: list[int]) -> list[int]:
+    time.sleep(0.05)  # a model run: while it runs, new requests queue up
+    return [2 * i for i in items]
+
+
+async def test_greedy_batches_form_under_load_and_results_go_back_to_their_callers() -> None:
+    batcher: MicroBatcher[int, int] = MicroBatcher(_slow_double, max_batch_size=8, max_delay_s=0.0)
+    results = await asyncio.gather(*(batcher.submit([i]) for i in range(20)))
+    assert results == [[2 * i] for i in range(20)]
+    assert batcher.stats.items == 20
+    assert batcher.stats.largest_batch > 1  # concurrent callers shared runs without any waiting
+    assert batcher.stats.batches < 20
+    await batcher.close()
+
+
+async def test_a_lone_request_does_not_wait_for_company() -> None:
+    batcher: MicroBatcher[int, int] = MicroBatcher(lambda xs: xs, max_batch_size=32, max_delay_s=0.0)
+    await batcher.submit([1])  # start the worker
+    t0 = time.perf_counter()
+    assert await batcher.submit([7]) == [7]
+    assert time.perf_counter() - t0 < 0.05
+    delayed: MicroBatcher[int, int] = MicroBatcher(lambda xs: xs, max_batch_size=32, max_delay_s=0.2)
+    t0 = time.perf_counter()
+    assert await delayed.submit([7]) == [7]
+    assert time.perf_counter() - t0 >= 0.15  # a positive delay waits for the batch to fill
+    await batcher.close()
+    await delayed.close()
+
+
+async def test_a_failing_batch_fails_its_callers_and_the_batcher_goes_on() -> None:
+    calls = 0
+
+    def flaky(items: list[int]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("model run failed")
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(flaky, max_batch_size=4, max_delay_s=0.0)
+    with pytest.raises(RuntimeError, match="model run failed"):
+        await batcher.submit([1])
+    assert await batcher.submit([2]) == [2]
+    await batcher.close()
+    with pytest.raises(BatcherClosedError):
+        await batcher.submit([3])
