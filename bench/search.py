@@ -61,29 +61,33 @@ def _index(model_dir: Path, store_path: Path, photos: list[bytes]) -> None:
 
 def _cold_start(env: dict[str, str]) -> float:
     """Seconds from launching ``python -m gateway.server`` to health SERVING."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    port = env["RECIPELENS_GATEWAY_GRPC_PORT"]
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.server"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL
     )
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.perf_counter() - start < 60:
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return time.perf_counter() - start
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.02)
-        raise SystemExit("gateway did not become SERVING within 60 s")
+        return _wait_serving(f"127.0.0.1:{env['RECIPELENS_GATEWAY_GRPC_PORT']}", start)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _wait_serving(address: str, start: float) -> float:
+    """Seconds from ``start`` until the gateway at ``address`` reports health SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.perf_counter() - start < 60:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return time.perf_counter() - start
+            except grpc.RpcError:
+                pass
+            time.sleep(0.02)
+    raise SystemExit(f"gateway at {address} did not become SERVING within 60 s")
 
 
 def _free_port() -> int:
@@ -110,8 +114,6 @@ def main() -> None:
     from embedder.preprocess import preprocess
     from embedder.runtime import EmbeddingModel
     from gateway.client import RecipeSearchClient
-    from gateway.server import start_gateway
-    from gateway.settings import GatewaySettings
 
     work = Path(tempfile.mkdtemp(prefix="recipelens-bench-"))
     model_dir = args.model
@@ -132,25 +134,29 @@ def main() -> None:
     def bare(data: bytes) -> None:
         model.embed_arrays(preprocess(data, size=model.image_size)[None])
 
+    # The gateway runs in its own process, as deployed (a client in the same process would share its GIL).
     embedder = None
-    overrides: dict[str, object] = {}
+    env = dict(os.environ)
+    env.update(
+        RECIPELENS_GATEWAY_MODEL_DIR=str(model_dir),
+        RECIPELENS_GATEWAY_STORE_PATH=str(work / "qdrant"),
+        RECIPELENS_GATEWAY_GRPC_PORT=str(_free_port()),
+        RECIPELENS_GATEWAY_HTTP_PORT=str(_free_port()),
+        RECIPELENS_GATEWAY_LOG_LEVEL="WARNING",
+    )
     if args.embedder:
         from embedder.server import start_server
         from embedder.settings import EmbedderSettings
 
         embedder = start_server(EmbedderSettings(model_dir=model_dir, port=0, reload_interval_s=0))
-        overrides["embedder_address"] = embedder.address
-    settings = GatewaySettings(
-        grpc_port=0,
-        http_port=0,
-        model_dir=model_dir,
-        store_path=work / "qdrant",
-        log_level="WARNING",
-        **overrides,
-    )  # type: ignore[arg-type]
-    running = start_gateway(settings)
+        env["RECIPELENS_GATEWAY_EMBEDDER_ADDRESS"] = embedder.address
+    address = f"127.0.0.1:{env['RECIPELENS_GATEWAY_GRPC_PORT']}"
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway.server"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL
+    )
     try:
-        with RecipeSearchClient(running.grpc_address, timeout_s=60) as client:
+        _wait_serving(address, time.perf_counter())
+        with RecipeSearchClient(address, timeout_s=60) as client:
             client.search(photos[0])
             bare(photos[0])
             # Interleaved, so that whatever else the machine does slows both paths alike.
@@ -168,7 +174,7 @@ def main() -> None:
             gw_p50, gw_p99 = _percentiles(times)
 
         total = max(args.repeats, 8 * args.clients)
-        clients = [RecipeSearchClient(running.grpc_address, timeout_s=60) for _ in range(args.clients)]
+        clients = [RecipeSearchClient(address, timeout_s=60) for _ in range(args.clients)]
 
         def worker(k: int) -> None:
             for i in range(k, total, args.clients):
@@ -191,18 +197,12 @@ def main() -> None:
         for c in clients:
             c.close()
     finally:
-        running.stop()
+        gateway.terminate()
+        gateway.wait(timeout=30)
         if embedder is not None:
             embedder.stop()
 
-    env = dict(os.environ)
-    env.update(
-        RECIPELENS_GATEWAY_MODEL_DIR=str(model_dir),
-        RECIPELENS_GATEWAY_STORE_PATH=str(work / "qdrant"),
-        RECIPELENS_GATEWAY_GRPC_PORT=str(_free_port()),
-        RECIPELENS_GATEWAY_HTTP_PORT=str(_free_port()),
-        RECIPELENS_GATEWAY_LOG_LEVEL="WARNING",
-    )
+    env.pop("RECIPELENS_GATEWAY_EMBEDDER_ADDRESS", None)
     cold = statistics.median(_cold_start(env) for _ in range(3)) if not args.embedder else float("nan")
 
     print()
