@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -34,25 +36,9 @@ def _photos(folder: Path | None, n: int) -> list[bytes]:
     return [encode(synthetic_photo(i, (640, 480))) for i in range(n)]
 
 
-def _latencies(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    return statistics.median(times), times[min(len(times) - 1, int(0.99 * len(times)))]
-
-
-def _throughput(fn: Callable[[], object], images_per_call: int, repeats: int) -> float:
-    fn()
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        rates.append(images_per_call / (time.perf_counter() - t0))
-    return statistics.median(rates)
+def _percentiles(times_ms: list[float]) -> tuple[float, float]:
+    times_ms = sorted(times_ms)
+    return statistics.median(times_ms), times_ms[min(len(times_ms) - 1, int(0.99 * len(times_ms)))]
 
 
 def main() -> None:
@@ -62,24 +48,21 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="an exported model folder")
     parser.add_argument("--photos", type=Path, default=None, help="folder of photos (default: generated)")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--latency-repeats", type=int, default=50)
-    parser.add_argument("--throughput-repeats", type=int, default=5)
+    parser.add_argument("--latency-repeats", type=int, default=40)
+    parser.add_argument("--throughput-repeats", type=int, default=7)
     parser.add_argument("--skip-keras", action="store_true")
     args = parser.parse_args()
 
     from embedder.client import EmbedderClient
     from embedder.preprocess import preprocess
     from embedder.runtime import EmbeddingModel
-    from embedder.server import start_server
-    from embedder.settings import EmbedderSettings
 
     photos = _photos(args.photos, args.batch)
     one = [photos[0]]
     model = EmbeddingModel(args.model)
     print(f"model {model.version} ({model.manifest.backbone}, {model.dimension}-D) on {model.provider}")
 
-    rows: dict[str, tuple[float, float, float]] = {}
-
+    paths: dict[str, Callable[[list[bytes]], object]] = {}
     if not args.skip_keras:
         from training.models import load_keras_for_manifest
 
@@ -89,19 +72,45 @@ def main() -> None:
             arr = np.stack([preprocess(b) for b in batch]).astype(np.float32)
             return np.asarray(keras_model.predict(arr, batch_size=len(batch), verbose=0))
 
-        p50, p99 = _latencies(lambda: keras_run(one), max(10, args.latency_repeats // 3))
-        rate = _throughput(lambda: keras_run(photos), len(photos), args.throughput_repeats)
-        rows["Keras predict (seed)"] = (p50, p99, rate)
+        paths["Keras predict (seed)"] = keras_run
+    paths["bare onnxruntime"] = model.embed_images
 
-    p50, p99 = _latencies(lambda: model.embed_images(one), args.latency_repeats)
-    rate = _throughput(lambda: model.embed_images(photos), len(photos), args.throughput_repeats)
-    rows["bare onnxruntime"] = (p50, p99, rate)
-
-    settings = EmbedderSettings(model_dir=args.model, port=0, max_batch_size=args.batch)
-    with start_server(settings) as server, EmbedderClient(server.address, timeout_s=120) as client:
-        p50, p99 = _latencies(lambda: client.embed(one), args.latency_repeats)
-        rate = _throughput(lambda: client.embed(photos), len(photos), args.throughput_repeats)
-        rows["embedder service (gRPC)"] = (p50, p99, rate)
+    # The service runs in its own process, as deployed (a client in the same process would share its GIL).
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(
+        os.environ,
+        RECIPELENS_EMBEDDER_MODEL_DIR=str(args.model),
+        RECIPELENS_EMBEDDER_PORT=str(port),
+        RECIPELENS_EMBEDDER_MAX_BATCH_SIZE=str(args.batch),
+        RECIPELENS_EMBEDDER_LOG_LEVEL="WARNING",
+    )
+    service = subprocess.Popen([sys.executable, "-m", "embedder"], env=env, stderr=subprocess.DEVNULL)
+    latency: dict[str, list[float]] = {name: [] for name in [*paths, "embedder service (gRPC)"]}
+    rates: dict[str, list[float]] = {name: [] for name in latency}
+    try:
+        with EmbedderClient(f"127.0.0.1:{port}", timeout_s=120) as client:
+            client.wait_ready(60)
+            paths["embedder service (gRPC)"] = client.embed
+            for run in paths.values():  # warm-up
+                run(one)
+                run(photos)
+            # Interleaved rounds, so that whatever else the machine does slows every path alike.
+            for _ in range(args.latency_repeats):
+                for name, run in paths.items():
+                    t0 = time.perf_counter()
+                    run(one)
+                    latency[name].append((time.perf_counter() - t0) * 1000)
+            for _ in range(args.throughput_repeats):
+                for name, run in paths.items():
+                    t0 = time.perf_counter()
+                    run(photos)
+                    rates[name].append(len(photos) / (time.perf_counter() - t0))
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+    rows = {name: (*_percentiles(latency[name]), statistics.median(rates[name])) for name in latency}
 
     print()
     print(f"| path | batch-1 p50 ms | batch-1 p99 ms | batch-{args.batch} img/s |")
