@@ -12,7 +12,9 @@ Triplets. A batch is P rows of (anchor, positive, negative) drawn from P *distin
 :mod:`training.mining` search. Anchor and positive come from the same recipe: two different photos when
 it has several, two different augmented views of its one photo otherwise; in label-aware mode the
 positive is any photo of a recipe of the same category and labels are categories. The negative is a
-photo of another recipe of the batch (of another category in label-aware mode).
+photo of another recipe of the batch (of another category in label-aware mode). With
+``query_gallery`` the training rows look like a search instead: the anchor is an augmented view (a
+phone photo), positive and negative are clean catalogue photos (view 0), as in the gallery.
 
 A slot is addressed as (photo index, view): phase 1 looks the view up in its feature cache, phase 2
 renders it on the fly with the view number as the augmentation seed.
@@ -186,7 +188,7 @@ def augment(image: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tens
         output_shape=tf.shape(image)[:2],
         fill_value=0.0,
         interpolation="BILINEAR",
-        fill_mode="REFLECT",
+        fill_mode=config.fill.upper(),
     )[0]
     out = warped * _uniform(seed, 7, *config.brightness)
     if config.contrast != (1.0, 1.0):
@@ -248,6 +250,7 @@ class TripletSampler:
         views: int,
         batch_recipes: int,
         label_aware: bool = False,
+        query_gallery: bool = False,
         seed: int = 0,
     ) -> None:
         if views < 2:
@@ -258,6 +261,7 @@ class TripletSampler:
             raise ValueError(f"triplets need at least 2 recipes, got {len(self.recipes)}")
         self.views = views
         self.batch_recipes = min(batch_recipes, len(self.recipes))
+        self.query_gallery = query_gallery
         self.label_aware = label_aware and photos.has_categories
         if label_aware and not self.label_aware:
             log.warning("label-aware sampling asked for, but the catalogue has no categories: using recipes")
@@ -296,6 +300,8 @@ class TripletSampler:
             pa, pp = (int(x) for x in rng.choice(own, size=2, replace=False))
         else:
             pa = pp = int(own[0])
+        if self.query_gallery and not clean:  # an augmented view (the query) finds the clean photo
+            return pa, int(rng.integers(1, self.views)), pp, 0
         if pa == pp:  # one photo: two different views of it
             va = self._view(rng, clean=clean)
             vp = int(rng.choice([v for v in range(self.views) if v != va]))
@@ -326,7 +332,7 @@ class TripletSampler:
                 neg_recipe = int(chosen[int(rng.choice(others))])
             pn = int(rng.choice(self.photos.photos_of(neg_recipe)))
             photos[i] = (pa, pp, pn)
-            views[i] = (va, vp, self._view(rng, clean=False))
+            views[i] = (va, vp, self._view(rng, clean=self.query_gallery and recipes is None))
             labels[i] = (row_labels[i], row_labels[i], self._label(neg_recipe))
         return TripletBatch(photos, views, labels)
 

@@ -47,6 +47,9 @@ class AugmentConfig(_Section):
     rotation_degrees: float = Field(default=15.0, ge=0, le=180)
     brightness: tuple[float, float] = (0.9, 1.1)
     horizontal_flip: bool = True
+    fill: Literal["reflect", "constant"] = Field(
+        default="reflect", description="what rotation uncovers: mirrored photo or black (as a tilted shot)"
+    )
     crop_scale: tuple[float, float] = (0.3, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     contrast: tuple[float, float] = (0.8, 1.2)
@@ -70,7 +73,7 @@ class PhaseConfig(_Section):
 class EvalConfig(_Section):
     """Held-out evaluation: distorted queries against the whole catalogue."""
 
-    queries_per_photo: int = Field(default=4, ge=1)
+    queries_per_photo: int = Field(default=8, ge=1, description="distorted queries per held-out photo")
     distortions: tuple[str, ...] = Field(
         default=("moderate", "strong"), min_length=1, description="query sets; the first is the headline"
     )
@@ -98,6 +101,10 @@ class TrainConfig(_Section):
     label_aware: bool = Field(
         default=False, description="positives may come from any recipe of the same category"
     )
+    query_gallery: bool = Field(
+        default=False,
+        description="training anchors are augmented views, positives and negatives clean photos (a search)",
+    )
     cache_views: int = Field(
         default=6, ge=2, description="views per photo in the phase-1 feature cache; view 0 is clean"
     )
@@ -112,9 +119,13 @@ class TrainConfig(_Section):
         default=40, ge=1, description="top backbone layers trained in phase 2 (BatchNorm stays frozen)"
     )
     mixed_precision: bool = Field(default=True, description="mixed_float16 when a GPU is visible")
-    head_init: Literal["pca", "random"] = Field(
+    head_init: Literal["pca", "whitened", "random"] = Field(
         default="pca",
-        description="start the head as the PCA of training features (see train.init_head_with_pca)",
+        description="start the head as the PCA or the learned whitening of the training features "
+        "(train.init_head_with_pca / init_head_with_whitening)",
+    )
+    whitening_shrinkage: float = Field(
+        default=0.8, ge=0, le=1, description="head_init=whitened: covariance shrinkage towards the identity"
     )
     phase1: PhaseConfig = PhaseConfig()
     phase2: PhaseConfig = PhaseConfig(epochs=0, learning_rate=1e-5, batch_recipes=16)
@@ -160,20 +171,53 @@ def _preset(name: str, **fields: Any) -> TrainConfig:
     return TrainConfig.model_validate({"preset": name, **fields})
 
 
+# What the seed left open, tuned for the hard-negative presets on the demo catalogue (queries of the
+# validation split, several training seeds; the README's Training section has the figures):
+# * the head starts as the learned whitening of the cached features (shrinkage 0.9) instead of their
+#   PCA: directions in which a distorted copy drifts from its photo are scaled down. This start is
+#   what moves strong-query Recall@1 (+3.9 points on validation queries untrained, +3.6 trained);
+#   triplet training then runs at a low learning rate (3e-5), because faster or longer it overfits
+#   the ~320 training photos and gives the gain back (1e-4: −0.8 points, 3e-4: −2.6);
+# * the augmentation as strong as the evaluation's "strong" phone-photo distortion — tilt ±20° with
+#   black corners (a tilted shot shows no mirrored photo), crops of 30–75 % of the area, light 0.7–1.3,
+#   colour 0.6–1.4, JPEG 35–75 — instead of the seed's mild ±15° / 0.9–1.1 (black corners: ≈ +1.5);
+# * triplets shaped like a search (``query_gallery``): augmented anchor, clean positive and negative;
+# * 8 cached views per photo (16 no better), P = 32 recipes per batch (16 and 64 the same).
+QUERY_LIKE: dict[str, Any] = {
+    "head_init": "whitened",
+    "whitening_shrinkage": 0.9,
+    "query_gallery": True,
+    "cache_views": 8,
+    "augment": {
+        "rotation_degrees": 20.0,
+        "brightness": (0.7, 1.3),
+        "crop_scale": (0.3, 0.75),
+        "contrast": (0.7, 1.3),
+        "saturation": (0.6, 1.4),
+        "jpeg_quality": (35, 75),
+        "fill": "constant",
+    },
+}
+
+
 PRESETS: dict[str, TrainConfig] = {
     # 001-raw: the pretrained backbone with global average pooling, no training.
     "raw": _preset("raw", train=False, phase1={"epochs": 0}),
     # 002-tl: frozen backbone, random negatives, margin 0.3, 10 epochs.
     "tl": _preset("tl", mining="random", margin=0.3, phase1={"epochs": 10}),
     # 003-tl-hard: frozen backbone, hardest negative in the batch, margin 0.8, 15 epochs.
-    "tl-hard": _preset("tl-hard", mining="batch-hard", margin=0.8, phase1={"epochs": 15}),
+    # Seed-open settings: QUERY_LIKE.
+    "tl-hard": _preset(
+        "tl-hard", mining="batch-hard", margin=0.8, phase1={"epochs": 15, "learning_rate": 3e-5}, **QUERY_LIKE
+    ),
     # 004-ft: tl-hard for 6 epochs, then the top 40 backbone layers unfrozen for 20 more.
     "ft": _preset(
         "ft",
+        **QUERY_LIKE,
         mining="batch-hard",
         margin=0.8,
         unfreeze_layers=40,
-        phase1={"epochs": 6},
+        phase1={"epochs": 6, "learning_rate": 3e-5},
         phase2={"epochs": 20, "learning_rate": 1e-5, "batch_recipes": 16},
     ),
 }

@@ -6,13 +6,16 @@ trains on triplets of cached features, so an epoch costs a few dense layers inst
 passes. Phase 2 (``phase2.epochs > 0``) unfreezes the top ``unfreeze_layers`` backbone layers
 (BatchNorm kept frozen) and trains on augmented images rendered on the fly, at a lower learning rate.
 
-The head starts as the PCA projection of the training features (``head_init="pca"``, see
-:func:`init_head_with_pca`), so training refines the backbone's own ranking; the evaluation shows that
-starting point as a row of its own, next to the raw backbone and the trained model.
+The head starts as a linear map fitted to the cached training features — their PCA
+(``head_init="pca"``, :func:`init_head_with_pca`) or their learned whitening (``"whitened"``,
+:func:`init_head_with_whitening`) — so training refines a ranking at least as good as the backbone's;
+the evaluation shows that starting point as a row of its own, next to the raw backbone and the trained
+model.
 
 Both phases: AdamW (weight decay 1e-4), ReduceLROnPlateau and EarlyStopping (best weights restored)
 on the validation loss, a best-weights checkpoint, a CSV log. The raw backbone is evaluated in the
-same run on the same queries, from features computed before any training.
+same run on the same queries, from features computed before any training, and every other row is
+compared with it query by query (:func:`compare_with_raw`: difference, bootstrap interval, counts).
 """
 
 from __future__ import annotations
@@ -43,9 +46,13 @@ from training.data import (
     view_dataset,
 )
 from training.evaluate import (
+    PairedDelta,
     RetrievalScores,
+    category_hits,
     make_queries,
+    paired_delta,
     plot_embedding_map,
+    recipe_ranks,
     score,
     write_report,
 )
@@ -59,7 +66,7 @@ log = logging.getLogger(__name__)
 
 POOL_LAYER = "avg_pool"
 BACKBONE_LAYER = "backbone"
-HEAD_INIT_ROW = "head at init (PCA, untrained)"
+HEAD_INIT_ROW = "head at init (untrained)"
 SEED_TARGETS = {
     "triplet_accuracy": (">=", 0.85),
     "pos_similarity": (">=", 0.75),
@@ -175,6 +182,20 @@ def _chunks(images: np.ndarray, size: int = 32) -> Iterable[np.ndarray]:
     return (images[i : i + size] for i in range(0, len(images), size))
 
 
+def _set_linear_head(model: keras.Model, u: np.ndarray, mean: np.ndarray) -> bool:
+    """Make the Dense(2D) → Dense(D) head compute ``(x − mean) · u`` exactly; False if it cannot."""
+    hidden, projection = model.get_layer("projection_hidden"), model.get_layer("projection")
+    dim = int(projection.kernel.shape[-1])
+    if int(hidden.kernel.shape[-1]) != 2 * dim:
+        log.warning("head is not Dense(2×%d) → Dense(%d): keeping its random initialisation", dim, dim)
+        return False
+    full = np.zeros((u.shape[0], dim))
+    full[:, : min(dim, u.shape[1])] = u[:, :dim]
+    hidden.set_weights([np.concatenate([full, -full], axis=1), np.concatenate([-mean @ full, mean @ full])])
+    projection.set_weights([np.concatenate([np.eye(dim), -np.eye(dim)]), np.zeros(dim)])
+    return True
+
+
 def init_head_with_pca(model: keras.Model, features: np.ndarray) -> bool:
     """Start the head as the PCA projection of the training features instead of a random one.
 
@@ -185,19 +206,51 @@ def init_head_with_pca(model: keras.Model, features: np.ndarray) -> bool:
     random projection fitted to a few hundred recipes. Returns False (random init kept) when the head
     does not have that shape.
     """
-    hidden, projection = model.get_layer("projection_hidden"), model.get_layer("projection")
-    dim = int(projection.kernel.shape[-1])
     x = features.reshape(-1, features.shape[-1]).astype(np.float64)
-    if int(hidden.kernel.shape[-1]) != 2 * dim or len(x) < 2:
-        log.warning("head is not Dense(2×%d) → Dense(%d): keeping its random initialisation", dim, dim)
+    if len(x) < 2:
         return False
     mean = x.mean(axis=0)
     _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    u = np.zeros((x.shape[1], dim))
-    u[:, : min(dim, len(vt))] = vt[:dim].T
-    hidden.set_weights([np.concatenate([u, -u], axis=1), np.concatenate([-mean @ u, mean @ u])])
-    projection.set_weights([np.concatenate([np.eye(dim), -np.eye(dim)]), np.zeros(dim)])
+    if not _set_linear_head(model, vt.T, mean):
+        return False
     log.info("head initialised with the PCA of %d training feature vectors", len(x))
+    return True
+
+
+def whitening_projection(features: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+    """Learned whitening (Radenović et al.): (F, F) projection and mean from a (N, V, F) feature cache.
+
+    View 0 is the clean photo, views 1… its augmented copies. The directions in which an augmented
+    copy moves away from its photo (the covariance of the differences, shrunk towards a multiple of the
+    identity by ``shrinkage``) are scaled down, then the result is rotated to its principal axes: a
+    linear map under which a distorted photo stays near its original, ordered by how much it tells
+    photos apart.
+    """
+    if features.ndim != 3 or features.shape[1] < 2:
+        raise ValueError(f"whitening needs (photos, views ≥ 2, features), got {features.shape}")
+    x = features.astype(np.float64)
+    diff = (x[:, 1:] - x[:, :1]).reshape(-1, x.shape[-1])
+    cov = diff.T @ diff / max(1, len(diff))
+    cov = (1 - shrinkage) * cov + shrinkage * (np.trace(cov) / len(cov)) * np.eye(len(cov))
+    eigval, eigvec = np.linalg.eigh(cov)
+    inv_sqrt = eigvec @ np.diag(1.0 / np.sqrt(np.maximum(eigval, 1e-12))) @ eigvec.T
+    flat = x.reshape(-1, x.shape[-1])
+    mean = flat.mean(axis=0)
+    _, _, vt = np.linalg.svd((flat - mean) @ inv_sqrt, full_matrices=False)
+    return inv_sqrt @ vt.T, mean
+
+
+def init_head_with_whitening(model: keras.Model, features: np.ndarray, shrinkage: float) -> bool:
+    """Start the head as the learned whitening of the cached features (see :func:`whitening_projection`)."""
+    projection, mean = whitening_projection(features, shrinkage)
+    if not _set_linear_head(model, projection, mean):
+        return False
+    log.info(
+        "head initialised with the learned whitening of %d photos × %d views (shrinkage %g)",
+        features.shape[0],
+        features.shape[1],
+        shrinkage,
+    )
     return True
 
 
@@ -417,8 +470,12 @@ def run(
         cache[rep_p, rep_v] = augmented
         timings["phase1_cache_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        if config.head_init == "pca":
-            init_head_with_pca(model, cache[_photos_of(photos, data.recipes["train"])])
+        if config.head_init != "random":
+            train_cache = cache[_photos_of(photos, data.recipes["train"])]
+            if config.head_init == "whitened":
+                init_head_with_whitening(model, train_cache, config.whitening_shrinkage)
+            else:
+                init_head_with_pca(model, train_cache)
             init_fn = _model_fn(head)
             initial = {level: np.asarray(init_fn(tf.constant(f))) for level, f in query_features.items()}
             head_init_embeddings = (np.asarray(init_fn(tf.constant(clean))), initial)
@@ -499,10 +556,14 @@ def run(
             gallery_category=categories,
             held_out=test_photos,
             distortion=level,
+            query_groups=query_photo,
         )
         for level, (_, query_photo) in query_sets.items()
         for name in gallery
     }
+    comparisons = compare_with_raw(
+        gallery, query_emb, query_sets, photos=photos, categories=categories, held_out=test_photos
+    )
     timings["evaluate_s"] = time.perf_counter() - t
     plot_embedding_map(
         gallery,
@@ -527,6 +588,7 @@ def run(
         },
         targets=_targets_line(validation),
         notes=[f"catalogue {catalog_path}: {len(photos)} photos; recipes per split {counts}"],
+        comparisons=comparisons,
     )
     for name, r in results.items():
         log.info("%s: %s", name, ", ".join(f"{k} {v:.3f}" for k, v in r.flat().items()))
@@ -542,6 +604,11 @@ def run(
         name, _, level = key.partition("@")
         for prefix in [p for p, row in (("test", mine), ("raw", "raw")) if row == name]:
             metrics.update({f"{prefix}/{level + '/' if level else ''}{k}": v for k, v in r.flat().items()})
+    for c in comparisons:
+        if c.model == mine:
+            level = "" if c.distortion in (headline, "clean") else f"{c.distortion}/"
+            key = f"test/{level}{c.metric}_vs_raw"
+            metrics.update({key: c.delta, f"{key}_low": c.low, f"{key}_high": c.high})
     metrics.update({f"validation/{k}": v for k, v in validation.items()})
     picks = np.linspace(0, len(photos) - 1, min(parity_count, len(photos))).astype(int)
     parity = [photos.files[i] for i in sorted(set(picks.tolist()))]
@@ -577,6 +644,40 @@ def run(
     return RunResult(model_dir, run_dir, results, validation, timings, history)
 
 
+def compare_with_raw(
+    gallery: dict[str, np.ndarray],
+    query_emb: dict[str, dict[str, np.ndarray]],
+    query_sets: dict[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    photos: PhotoSet,
+    categories: np.ndarray | None,
+    held_out: np.ndarray,
+) -> list[PairedDelta]:
+    """Every model minus the raw backbone on the same queries: R@1 per query level, cat P@5 once."""
+    out: list[PairedDelta] = []
+    models = [name for name in gallery if name != "raw"]
+    for level, (_, query_photo) in query_sets.items():
+        recipe = photos.photo_recipe[query_photo]
+        hits = {
+            name: recipe_ranks(query_emb[name][level], recipe, gallery[name], photos.photo_recipe) == 0
+            for name in gallery
+        }
+        out += [
+            paired_delta(hits[n], hits["raw"], query_photo, metric="recall@1", model=n, distortion=level)
+            for n in models
+        ]
+    if categories is not None and (categories[held_out] >= 0).any():
+        shares = {
+            name: category_hits(gallery[name], photos.photo_recipe, categories, held_out) for name in gallery
+        }
+        groups = held_out[categories[held_out] >= 0]
+        out += [
+            paired_delta(shares[n], shares["raw"], groups, metric="category_p@5", model=n, distortion="clean")
+            for n in models
+        ]
+    return out
+
+
 def _fit_phase(
     phase: str,
     triplet_model: keras.Model,
@@ -598,6 +699,7 @@ def _fit_phase(
             views=views,
             batch_recipes=settings.batch_recipes,
             label_aware=config.label_aware,
+            query_gallery=config.query_gallery,
             seed=config.seed + offset,
         )
         for offset, split in enumerate(("train", "validation"))

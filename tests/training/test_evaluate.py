@@ -13,12 +13,16 @@ from PIL import Image
 from embedder.preprocess import preprocess
 from tests.imagegen import encode, synthetic_photo
 from training.evaluate import (
+    bootstrap_interval,
+    category_hits,
     category_precision,
     distort,
     instance_retrieval,
     make_queries,
+    paired_delta,
     pca_2d,
     plot_embedding_map,
+    recipe_ranks,
     score,
     write_report,
 )
@@ -147,3 +151,91 @@ def test_reports_and_pictures(tmp_path: Path) -> None:
         {"raw": emb, "tl-hard": emb[:, ::-1]}, np.arange(40) % 3 - 1, ["a", "b"], tmp_path / "map.png"
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bootstrap_interval_resamples_whole_photos() -> None:
+    groups = np.repeat(np.arange(20), 4)  # 20 photos × 4 queries
+    assert bootstrap_interval(np.ones(80), groups) == (1.0, 1.0)
+    # Half the photos always right, half always wrong: the interval straddles 0.5 and is wide,
+    # wider than if the 80 queries were independent of each other.
+    values = (groups < 10).astype(float)
+    low, high = bootstrap_interval(values, groups, seed=1)
+    low_iid, high_iid = bootstrap_interval(values, np.arange(80), seed=1)
+    assert low < 0.5 < high and high - low > 0.3
+    assert high - low > high_iid - low_iid
+
+
+def test_paired_delta_counts_and_verdict() -> None:
+    groups = np.repeat(np.arange(30), 4)
+    raw = np.ones(120, bool)
+    raw[::4] = False  # raw misses the first query of every photo
+    better = paired_delta(np.ones(120, bool), raw, groups, metric="recall@1", model="m", distortion="strong")
+    assert (better.better, better.worse, better.queries, better.photos) == (30, 0, 120, 30)
+    assert better.delta == pytest.approx(0.25) and better.low > 0 and better.verdict == "better"
+    assert better.model_value == 1.0 and better.reference_value == pytest.approx(0.75)
+    # Three photos gained and two lost: no clear difference.
+    model = raw.copy()
+    model[[0, 4, 8]] = True
+    model[[13, 17]] = False
+    mixed = paired_delta(model, raw, groups, metric="recall@1", model="m")
+    assert (mixed.better, mixed.worse) == (3, 2)
+    assert mixed.low < 0 < mixed.high and mixed.verdict == "no clear difference"
+    worse = paired_delta(raw, np.ones(120, bool), groups, metric="recall@1", model="m")
+    assert worse.verdict == "worse"
+    with pytest.raises(ValueError, match="one value per query"):
+        paired_delta(np.ones(3), np.ones(4), np.arange(3), metric="recall@1", model="m")
+
+
+def test_per_query_figures_agree_with_the_means() -> None:
+    queries, recipes = _angles([95, 10, 60]), np.array([0, 2, 3])
+    ranks = recipe_ranks(queries, recipes, GALLERY, GALLERY_RECIPE)
+    assert ranks.tolist() == [0, 2, 3]
+    recall, _ = instance_retrieval(queries, recipes, GALLERY, GALLERY_RECIPE)
+    assert recall[1] == pytest.approx(np.mean(ranks == 0))
+    categories = np.array([5, 5, 5, 7, 7])
+    held = np.array([0, 2, 3])
+    shares = category_hits(GALLERY, GALLERY_RECIPE, categories, held, k=5)
+    expected = category_precision(
+        GALLERY[held],
+        query_recipe=GALLERY_RECIPE[held],
+        query_category=categories[held],
+        gallery=GALLERY,
+        gallery_recipe=GALLERY_RECIPE,
+        gallery_category=categories,
+    )
+    assert shares.mean() == pytest.approx(expected[5])
+    result = score(
+        queries=queries,
+        query_recipe=recipes,
+        gallery=GALLERY,
+        gallery_recipe=GALLERY_RECIPE,
+        gallery_category=None,
+        held_out=held,
+        query_groups=np.array([0, 1, 2]),
+    )
+    assert result.recall_at_1_ci is not None
+    low, high = result.recall_at_1_ci
+    assert low <= result.recall[1] <= high
+
+
+def test_report_shows_the_paired_comparison(tmp_path: Path) -> None:
+    result = score(
+        queries=_angles([95, 10]),
+        query_recipe=np.array([0, 2]),
+        gallery=GALLERY,
+        gallery_recipe=GALLERY_RECIPE,
+        gallery_category=None,
+        held_out=np.array([2, 3]),
+    )
+    delta = paired_delta(
+        np.array([1.0, 1.0]), np.array([1.0, 0.0]), np.array([0, 1]), metric="recall@1", model="tl-hard"
+    )
+    json_path, md_path = write_report(tmp_path, {"raw": result}, title="t", comparisons=[delta])
+    md = md_path.read_text()
+    assert "## Against raw, on the same queries" in md
+    assert "| tl-hard | moderate | R@1 | 50.0 | 100.0 | +50.0 |" in md and "| 1 / 0 |" in md
+    data = json.loads(json_path.read_text())
+    assert data["comparisons"][0]["delta"] == 0.5 and data["comparisons"][0]["verdict"] in {
+        "better",
+        "no clear difference",
+    }

@@ -79,6 +79,10 @@ def test_presets_reproduce_the_seed_notebooks() -> None:
     assert (ft.mining, ft.margin, ft.phase1.epochs, ft.phase2.epochs) == ("batch-hard", 0.8, 6, 20)
     assert ft.unfreeze_layers == 40 and ft.phase2.learning_rate < ft.phase1.learning_rate
     assert hard.weight_decay == 1e-4 and hard.lr_patience == 3 and hard.early_stopping_patience == 5
+    # What the seed left open (presets.QUERY_LIKE): ft's first phase is tl-hard's.
+    assert hard.head_init == ft.head_init == "whitened" and tl.head_init == "pca"
+    assert hard.augment == ft.augment and hard.augment.fill == "constant" and tl.augment.fill == "reflect"
+    assert hard.phase1.learning_rate == ft.phase1.learning_rate and hard.query_gallery and ft.query_gallery
 
 
 def test_overrides_parse_values_and_reject_unknown_keys() -> None:

@@ -74,6 +74,17 @@ def test_preset_trains_evaluates_and_exports(
     rows = {"raw"} if preset == "raw" else {"raw", preset, HEAD_INIT_ROW}
     assert set(report["models"]) == rows | {f"{row}@strong" for row in rows}
     assert {m["distortion"] for m in report["models"].values()} == {"moderate", "strong"}
+    # Each trained row against raw on the same queries, with an interval: R@1 per level, cat P@5 once.
+    compared = {(c["model"], c["metric"], c["distortion"]) for c in report["comparisons"]}
+    assert compared == {
+        (row, metric, level)
+        for row in rows - {"raw"}
+        for metric, level in (("recall@1", "moderate"), ("recall@1", "strong"), ("category_p@5", "clean"))
+    }
+    assert all(c["low"] <= c["delta"] <= c["high"] for c in report["comparisons"])
+    if preset != "raw":
+        key = "test/strong/recall@1_vs_raw"
+        assert manifest.metrics[f"{key}_low"] <= manifest.metrics[key] <= manifest.metrics[f"{key}_high"]
     for picture in ["embedding_map.png"] + ([] if preset == "raw" else ["training_curves.png"]):
         assert (run_dir / picture).read_bytes()[:4] == b"\x89PNG"
         assert (model_dir / "report" / picture).is_file()

@@ -99,6 +99,31 @@ def test_one_photo_recipes_get_two_different_views() -> None:
         assert (b.labels[:, 0] == owners[:, 0]).all() and (b.labels[:, 2] == owners[:, 2]).all()
 
 
+def test_rotation_fill_mirrors_or_leaves_black_corners(photo: np.ndarray) -> None:
+    tilt = IDENTITY.model_copy(update={"rotation_degrees": 30.0})
+    bright = np.clip(photo.astype(int) + 40, 40, 255).astype(np.uint8)  # no black pixel of its own
+    for fill, corners_black in (("reflect", False), ("constant", True)):
+        config = tilt.model_copy(update={"fill": fill})
+        views = [augment(tf.constant(bright), tf.constant([s, 1]), config).numpy() for s in range(6)]
+        tilted = [v for v in views if not np.array_equal(v, bright)]
+        assert tilted
+        black = [bool((v[0, 0] == 0).all() or (v[0, -1] == 0).all()) for v in tilted]
+        assert any(black) if corners_black else not any(black)
+
+
+def test_query_gallery_triplets_look_like_a_search() -> None:
+    photos = _photo_set([1] * 8 + [2] * 2)
+    sampler = TripletSampler(photos, range(10), views=5, batch_recipes=6, query_gallery=True, seed=3)
+    for _ in range(20):
+        b = sampler.batch()
+        assert (b.views[:, 0] >= 1).all()  # the anchor is an augmented view: the query
+        assert (b.views[:, 1:] == 0).all()  # positive and negative are clean: the gallery
+        owners = photos.photo_recipe[b.photos]
+        assert (owners[:, 0] == owners[:, 1]).all() and (owners[:, 0] != owners[:, 2]).all()
+    for batch in sampler.fixed_batches(1):  # validation keeps its clean anchors
+        assert (batch.views[:, 0] == 0).all()
+
+
 def test_several_photo_recipes_pair_different_photos() -> None:
     photos = _photo_set([3, 2, 4, 2])
     sampler = TripletSampler(photos, range(4), views=3, batch_recipes=4, seed=1)
