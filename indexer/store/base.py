@@ -244,6 +244,17 @@ class RecipeStore(ABC):
             raise ModelVersionMismatch(name, info.model_version, model_version)
         return info
 
+    def query_vector(self, name: str, vector: np.ndarray, model_version: str) -> np.ndarray:
+        """The query as a flat float32 vector, checked against the collection's model and dimension."""
+        info = self.check_model_version(name, model_version)
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if query.shape != (info.dimension,):
+            raise StoreError(
+                f"query vector of dimension {query.shape[0]} does not fit collection {name!r} "
+                f"of dimension {info.dimension}"
+            )
+        return query
+
 
 def check_vectors(name: str, points: Iterable[RecipePoint], dimension: int) -> None:
     """Every vector has the collection's dimension and finite values."""

@@ -397,13 +397,7 @@ class EdgeStore(RecipeStore):
         filter: SearchFilter | None = None,
         model_version: str,
     ) -> list[StoreHit]:
-        info = self.check_model_version(name, model_version)
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if query.shape != (info.dimension,):
-            raise StoreError(
-                f"query vector of dimension {query.shape[0]} does not fit collection {name!r} "
-                f"of dimension {info.dimension}"
-            )
+        query = self.query_vector(name, vector, model_version)
         request = qe.QueryRequest(
             limit=int(limit),
             offset=int(offset) or None,

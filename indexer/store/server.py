@@ -217,13 +217,7 @@ class ServerStore(RecipeStore):
         filter: SearchFilter | None = None,
         model_version: str,
     ) -> list[StoreHit]:
-        info = self.check_model_version(name, model_version)
-        query = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if query.shape != (info.dimension,):
-            raise StoreError(
-                f"query vector of dimension {query.shape[0]} does not fit collection {name!r} "
-                f"of dimension {info.dimension}"
-            )
+        query = self.query_vector(name, vector, model_version)
         result = self.client.query_points(
             name,
             query=query.tolist(),
