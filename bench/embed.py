@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,23 +21,9 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def _photos(folder: Path | None, n: int) -> list[bytes]:
-    if folder is not None:
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
-        if not files:
-            sys.exit(f"{folder}: no photos found")
-        return [files[i % len(files)].read_bytes() for i in range(n)]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.imagegen import encode, synthetic_photo
-
-    return [encode(synthetic_photo(i, (640, 480))) for i in range(n)]
-
-
-def _percentiles(times_ms: list[float]) -> tuple[float, float]:
-    times_ms = sorted(times_ms)
-    return statistics.median(times_ms), times_ms[min(len(times_ms) - 1, int(0.99 * len(times_ms)))]
+from bench.common import free_port, load_photos, percentiles
 
 
 def main() -> None:
@@ -57,7 +42,7 @@ def main() -> None:
     from embedder.preprocess import preprocess
     from embedder.runtime import EmbeddingModel
 
-    photos = _photos(args.photos, args.batch)
+    photos = load_photos(args.photos, args.batch)
     one = [photos[0]]
     model = EmbeddingModel(args.model)
     print(f"model {model.version} ({model.manifest.backbone}, {model.dimension}-D) on {model.provider}")
@@ -76,9 +61,7 @@ def main() -> None:
     paths["bare onnxruntime"] = model.embed_images
 
     # The service runs in its own process, as deployed (a client in the same process would share its GIL).
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = dict(
         os.environ,
         RECIPELENS_EMBEDDER_MODEL_DIR=str(args.model),
@@ -110,7 +93,7 @@ def main() -> None:
     finally:
         service.terminate()
         service.wait(timeout=30)
-    rows = {name: (*_percentiles(latency[name]), statistics.median(rates[name])) for name in latency}
+    rows = {name: (*percentiles(latency[name]), statistics.median(rates[name])) for name in latency}
 
     print()
     print(f"| path | batch-1 p50 ms | batch-1 p99 ms | batch-{args.batch} img/s |")

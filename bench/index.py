@@ -45,16 +45,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import percentiles  # noqa: E402
+
 RECALL_TARGET = 0.95
 EF_SWEEP = (16, 32, 64, 128, 256, 512, 1024)
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _percentiles(times_ms: list[float]) -> tuple[float, float]:
-    ordered = sorted(times_ms)
-    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-
-
 def _rss_bytes() -> int:
     with open("/proc/self/statm", encoding="ascii") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -345,7 +342,7 @@ def bench_ann(args: argparse.Namespace, work: Path) -> list[str]:
     print(f"    mean cosine of a query to its 1st / 10th neighbour: {nn1:.3f} / {nn10:.3f}", flush=True)
 
     found, times = _timed(lambda q: brute_force_top(data, q, k).tolist(), queries)
-    brute_p50, brute_p99 = _percentiles(times)
+    brute_p50, brute_p99 = percentiles(times)
     rows = [
         AnnRow(
             "numpy brute force (float32 matmul + argpartition)",
@@ -400,7 +397,7 @@ def bench_ann(args: argparse.Namespace, work: Path) -> list[str]:
         first = True
         for ef in EF_SWEEP:
             found, times = _timed(lambda q, ef=ef: search(q, ef), queries)  # type: ignore[misc]
-            p50, p99 = _percentiles(times)
+            p50, p99 = percentiles(times)
             recall = _recall(found, truth, k)
             row = AnnRow(label, str(ef), p50, p99, recall, brute_p50 / p50)
             if first:
@@ -420,7 +417,7 @@ def bench_ann(args: argparse.Namespace, work: Path) -> list[str]:
             ],
             queries,
         )
-        p50, p99 = _percentiles(times)
+        p50, p99 = percentiles(times)
         rows.append(
             AnnRow(
                 f"Qdrant Edge HNSW {'+ int8 SQ' if quant else 'float32'} via EdgeStore.search (payload)",

@@ -24,21 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _photos(folder: Path | None, n: int) -> list[bytes]:
-    if folder is not None:
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
-        if not files:
-            sys.exit(f"{folder}: no photos found")
-        return [files[i % len(files)].read_bytes() for i in range(n)]
-    from tests.imagegen import encode, synthetic_photo
-
-    return [encode(synthetic_photo(i, (640, 480))) for i in range(n)]
-
-
-def _percentiles(times_ms: list[float]) -> tuple[float, float]:
-    times_ms = sorted(times_ms)
-    return statistics.median(times_ms), times_ms[min(len(times_ms) - 1, int(0.99 * len(times_ms)))]
+from bench.common import free_port, load_photos, percentiles  # noqa: E402
 
 
 def _index(model_dir: Path, store_path: Path, photos: list[bytes]) -> None:
@@ -90,14 +76,6 @@ def _wait_serving(address: str, start: float) -> float:
     raise SystemExit(f"gateway at {address} did not become SERVING within 60 s")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -122,7 +100,7 @@ def main() -> None:
 
         model_dir = work / "models" / "tiny"
         write_tiny_model(model_dir)
-    photos = _photos(args.photos, args.n)
+    photos = load_photos(args.photos, args.n)
     _index(model_dir, work / "qdrant", photos)
     model = EmbeddingModel(model_dir)
     print(
@@ -140,8 +118,8 @@ def main() -> None:
     env.update(
         RECIPELENS_GATEWAY_MODEL_DIR=str(model_dir),
         RECIPELENS_GATEWAY_STORE_PATH=str(work / "qdrant"),
-        RECIPELENS_GATEWAY_GRPC_PORT=str(_free_port()),
-        RECIPELENS_GATEWAY_HTTP_PORT=str(_free_port()),
+        RECIPELENS_GATEWAY_GRPC_PORT=str(free_port()),
+        RECIPELENS_GATEWAY_HTTP_PORT=str(free_port()),
         RECIPELENS_GATEWAY_LOG_LEVEL="WARNING",
     )
     if args.embedder:
@@ -170,8 +148,8 @@ def main() -> None:
                 t2 = time.perf_counter()
                 bare_times.append((t1 - t0) * 1000)
                 times.append((t2 - t1) * 1000)
-            bare_p50, bare_p99 = _percentiles(bare_times)
-            gw_p50, gw_p99 = _percentiles(times)
+            bare_p50, bare_p99 = percentiles(bare_times)
+            gw_p50, gw_p99 = percentiles(times)
 
         total = max(args.repeats, 8 * args.clients)
         clients = [RecipeSearchClient(address, timeout_s=60) for _ in range(args.clients)]

@@ -1,0 +1,35 @@
+"""Helpers the benchmark scripts share: the photos they measure on, percentiles, a free port."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import sys
+from pathlib import Path
+
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+
+
+def load_photos(folder: Path | None, n: int) -> list[bytes]:
+    """``n`` photos from ``folder`` (cycled), or ``n`` generated 640×480 JPEGs when no folder is given."""
+    if folder is not None:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+        if not files:
+            sys.exit(f"{folder}: no photos found")
+        return [files[i % len(files)].read_bytes() for i in range(n)]
+    from tests.imagegen import encode, synthetic_photo
+
+    return [encode(synthetic_photo(i, (640, 480))) for i in range(n)]
+
+
+def percentiles(times_ms: list[float]) -> tuple[float, float]:
+    """Median and 99th percentile."""
+    ordered = sorted(times_ms)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
