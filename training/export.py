@@ -1,7 +1,8 @@
 """Export a Keras embedding model to a verified ONNX model folder.
 
 ``export_model`` converts with ``tf2onnx.convert.from_keras`` (opset 17, one float32 input ``image``
-with a dynamic batch), renames the output to ``embedding`` and gives every node and intermediate tensor
+with a dynamic batch), folds the stem's input scaling into the first convolution
+(:mod:`training.onnx_fold`), renames the output to ``embedding`` and gives every node and intermediate tensor
 a canonical name, so the file's bytes — and the manifest version derived from them — depend on the
 network and its weights only, not on Keras' layer-name counters. Every export is checked: Keras and
 onnxruntime embed the same real photos (batch of all of them and batch of one) and must agree within
@@ -32,6 +33,7 @@ from PIL import Image
 from embedder.manifest import MODEL_FILE, ModelManifest, write_manifest
 from embedder.preprocess import IMAGE_SIZE, preprocess, preprocess_file
 from training.models import INPUT_NAME, keras_path
+from training.onnx_fold import fold_input_scaling
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,7 @@ def convert_to_onnx(keras_model: keras.Model, image_size: int = IMAGE_SIZE) -> o
         raise ExportError(f"unexpected input shape {shape} (want [N, {image_size}, {image_size}, 3])")
     if inputs[0].name != INPUT_NAME:
         raise ExportError(f"the ONNX input is named {inputs[0].name!r}, expected {INPUT_NAME!r}")
+    fold_input_scaling(proto, INPUT_NAME)
     _canonicalise(proto, OUTPUT_NAME)
     onnx.checker.check_model(proto)
     return proto

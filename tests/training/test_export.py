@@ -37,6 +37,8 @@ def test_exported_graph_has_one_image_input_and_a_dynamic_batch(raw_model_dir: P
     assert dims[0].dim_param == "batch"
     assert [d.dim_value for d in dims[1:]] == [224, 224, 3]
     assert [o.name for o in graph.output] == ["embedding"]
+    # the stem's Rescaling + Normalization (three passes over the input) folded into the first Conv
+    assert [node.op_type for node in graph.node[:3]] == ["Transpose", "Add", "Conv"]
     session = ort.InferenceSession(str(raw_model_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
     for n in (1, 5):
         (out,) = session.run(None, {"image": _photos(n).astype(np.float32)})
