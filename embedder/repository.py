@@ -88,11 +88,13 @@ class ModelRepository:
         *,
         providers: Sequence[str] = DEFAULT_PROVIDERS,
         intra_op_threads: int = 0,
+        spinning: bool = False,
         warmup: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.providers = tuple(providers)
         self.intra_op_threads = intra_op_threads
+        self.spinning = spinning
         self.warmup = warmup
         self.refused: dict[Path, str] = {}
         self._lock = threading.Lock()
@@ -152,7 +154,11 @@ class ModelRepository:
 
     def _load(self, folder: Path) -> EmbeddingModel:
         model = EmbeddingModel(
-            folder, providers=self.providers, intra_op_threads=self.intra_op_threads, verify=True
+            folder,
+            providers=self.providers,
+            intra_op_threads=self.intra_op_threads,
+            spinning=self.spinning,
+            verify=True,
         )
         if self.warmup:
             size = model.image_size

@@ -340,7 +340,11 @@ class EmbedderServer:
         )
         try:
             repository = await asyncio.to_thread(
-                ModelRepository, s.model_dir, providers=s.providers, intra_op_threads=s.intra_op_threads
+                ModelRepository,
+                s.model_dir,
+                providers=s.providers,
+                intra_op_threads=s.intra_op_threads,
+                spinning=s.spinning,
             )
         except ModelRepositoryError as exc:
             raise ServerStartError(str(exc)) from None

@@ -50,6 +50,10 @@ class EmbedderSettings(BaseSettings):
     max_images_per_request: int = Field(64, ge=1)
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb limit per image")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per session; 0 = its default")
+    spinning: bool = Field(
+        False,
+        description="onnxruntime threads go on spin-waiting between runs: for cores nothing else uses",
+    )
     decode_threads: int = Field(0, ge=0, description="image decoding threads; 0 = one per CPU, at most 8")
     reload_interval_s: float = Field(2.0, ge=0, description="model folder polling period; 0 disables")
     grace_period_s: float = Field(5.0, ge=0, description="how long in-flight calls may finish on stop")

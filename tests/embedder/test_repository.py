@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from embedder.repository import ModelRepository, ModelRepositoryError, UnknownModelError
-from embedder.runtime import select_providers
+from embedder.runtime import STOP_SPINNING, select_providers
 from tests.embedder.conftest import NEW, NEWEST, OLD, corrupt, make_model
 
 CPU = ["CPUExecutionProvider"]
@@ -30,6 +30,18 @@ def test_loads_every_folder_and_defaults_to_the_newest(two_models: tuple[Path, s
     assert "feedfacefeedface" in str(info.value)
     assert old in str(info.value) and new in str(info.value)
     assert info.value.available == [new, old]
+
+
+def test_onnxruntime_threads_spin_between_runs_only_when_asked(two_models: tuple[Path, str, str]) -> None:
+    root, old, new = two_models
+    quiet = ModelRepository(root, providers=CPU)  # the default: idle threads leave the cores to others
+    spinning = ModelRepository(root, providers=CPU, spinning=True)
+    for version in (old, new):
+        options = quiet.get(version).session.get_session_options()
+        assert options.get_session_config_entry(STOP_SPINNING) == "1"
+        options = spinning.get(version).session.get_session_options()
+        with pytest.raises(RuntimeError, match="does not have"):  # onnxruntime's default: go on spinning
+            options.get_session_config_entry(STOP_SPINNING)
 
 
 def test_a_single_model_folder_is_a_repository(two_models: tuple[Path, str, str]) -> None:
