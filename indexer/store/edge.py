@@ -24,9 +24,10 @@ by several processes, and loading or closing it writes nothing. So:
   is writing makes that writer's next flush fail — measured), so reads of it (count, resume checks)
   take the write lock too. When a collection is marked complete it is loaded and closed once under
   the lock: the first load after writing compacts journals, later loads change no file (measured).
-* Aliases are re-read from ``aliases.json`` on every resolve (one small file read), so a swap by the
-  indexer is seen by a running gateway on its next search; a reader's cached handle is reopened when
-  ``collection.json``'s generation changes.
+* ``aliases.json`` and ``collection.json`` are checked on every read — one ``stat``; the file is read
+  again whenever its inode, size or times changed, and every write replaces it, so a new inode — so a
+  swap by the indexer is seen by a running gateway on its next search; a reader's cached handle is
+  reopened when ``collection.json``'s generation changes.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ class EdgeStore(RecipeStore):
         self._readers: dict[str, tuple[qe.EdgeShard, int]] = {}  # name → (shard, generation)
         self._retired: list[qe.EdgeShard] = []
         self._lock = threading.RLock()
+        self._texts: dict[Path, tuple[tuple[int, int, int, int], str]] = {}  # path → (stat key, text)
 
     # -- paths and metadata ------------------------------------------------------------------
     def _dir(self, name: str) -> Path:
@@ -136,10 +138,25 @@ class EdgeStore(RecipeStore):
             raise StoreError(f"invalid collection name {name!r}")
         return self.collections_dir / name
 
+    def _read_json(self, path: Path) -> Any:
+        """A metadata file's JSON; its text is cached until the file's inode, size or times change."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._texts.pop(path, None)
+            raise
+        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        cached = self._texts.get(path)
+        if cached is None or cached[0] != key:
+            # Replaced between the stat and this read: the next stat differs from ``key`` and reads again.
+            cached = (key, path.read_text(encoding="utf-8"))
+            self._texts[path] = cached
+        return json.loads(cached[1])
+
     def _read_meta(self, name: str) -> dict[str, Any]:
         path = self._dir(name) / META_FILE
         try:
-            meta: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            meta: dict[str, Any] = self._read_json(path)
         except FileNotFoundError:
             raise CollectionNotFound(f"no collection {name!r} in {self.collections_dir}") from None
         except (OSError, ValueError) as exc:
@@ -454,7 +471,7 @@ class EdgeStore(RecipeStore):
     def aliases(self) -> dict[str, str]:
         path = self.root / ALIASES_FILE
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = self._read_json(path)
         except FileNotFoundError:
             if not self.collections_dir.is_dir():  # the folder itself went away (unmounted, moved)
                 raise StoreError(f"the Qdrant Edge folder {self.root} is not there any more") from None

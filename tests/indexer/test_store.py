@@ -173,6 +173,36 @@ def test_edge_two_processes_share_a_root(tmp_path: Path) -> None:
             s.close()
 
 
+def test_edge_metadata_is_read_again_exactly_when_the_file_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "q"
+    with EdgeStore(root) as writer:
+        writer.create_collection("a", dimension=DIM, model_version="m1")
+        writer.mark_complete("a")
+        writer.swap_alias("recipes", "a")
+    reads: list[str] = []
+    real_read_text = Path.read_text
+
+    def counting_read_text(self: Path, *args: object, **kwargs: object) -> str:
+        reads.append(self.name)
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting_read_text)
+    with EdgeStore(root) as reader:
+        for _ in range(5):  # a gateway's searches: one stat each, the text read once
+            assert reader.resolve_alias("recipes") == "a"
+            assert reader.collection_info("a").model_version == "m1"
+        assert sorted(reads) == ["aliases.json", "collection.json"]
+        # Rewritten in place, same size (an editor, not our atomic replace): still noticed.
+        meta = root / "collections" / "a" / "collection.json"
+        text = real_read_text(meta)
+        meta.write_text(text.replace('"m1"', '"m2"'), encoding="utf-8")
+        assert reader.collection_info("a").model_version == "m2"
+        (root / "aliases.json").unlink()
+        assert reader.resolve_alias("recipes") is None
+
+
 def test_int8_quantized_edge_collection_finds_each_point_first(tmp_path: Path) -> None:
     from indexer.store.base import RecipePoint, point_id
     from indexer.store.edge import EdgeStore
