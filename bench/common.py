@@ -1,7 +1,8 @@
-"""Helpers the benchmark scripts share: the photos they measure on, percentiles, a free port."""
+"""Helpers the benchmark scripts share: the photos they measure on, percentiles, a free port, CPU time."""
 
 from __future__ import annotations
 
+import os
 import socket
 import statistics
 import sys
@@ -33,3 +34,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds all cores of this machine have spent busy since boot, every process counted (Linux).
+
+    From ``/proc/stat``: user + nice + system + irq + softirq; idle, I/O wait and time stolen by the
+    hypervisor are not work. NaN where ``/proc/stat`` is not there.
+    """
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    except (OSError, ValueError):
+        return float("nan")
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")

@@ -4,6 +4,11 @@ One run, same photos: (1) one client's p50/p99 over gRPC through the gateway vs 
 onnxruntime session (target: overhead ≤ 25 %); (2) 16 concurrent clients vs sequential requests (target
 ≥ 1.8× images/s, from batching); (3) cold start of a fresh gateway process to gRPC health SERVING (≤ 5 s).
 
+(2) also counts the CPU time the whole machine spends per search (clients, gateway and embedder alike) in
+both phases. ``cores × sequential latency / CPU per search`` is then the most that concurrency can gain
+at that cost per search: batching helps only as far as it makes a search cheaper, and where one search
+already keeps every core busy there is no idle capacity for concurrency to use.
+
     python bench/search.py --model models/lite0-raw-<version> --photos data/demo/images
     python bench/search.py                         # tiny generated model and photos (plumbing check)
     python bench/search.py --embedder              # through the embedder service instead of in-process
@@ -24,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, load_photos, percentiles  # noqa: E402
+from bench.common import free_port, load_photos, machine_cpu_seconds, percentiles  # noqa: E402
 
 
 def _index(model_dir: Path, store_path: Path, photos: list[bytes]) -> None:
@@ -160,18 +165,24 @@ def main() -> None:
 
         # Alternating rounds of sequential and concurrent searches; medians of the rates.
         sequential_rates, concurrent_rates = [], []
+        sequential_cpu, concurrent_cpu = [], []  # machine CPU ms per search
         with ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(worker, range(args.clients)))  # warm-up of every channel
             for _ in range(args.rounds):
-                t0 = time.perf_counter()
+                c0, t0 = machine_cpu_seconds(), time.perf_counter()
                 for i in range(total):
                     clients[0].search(photos[i % len(photos)], top_k=5)
-                sequential_rates.append(total / (time.perf_counter() - t0))
-                t0 = time.perf_counter()
+                c1, t1 = machine_cpu_seconds(), time.perf_counter()
                 list(pool.map(worker, range(args.clients)))
-                concurrent_rates.append(total / (time.perf_counter() - t0))
+                c2, t2 = machine_cpu_seconds(), time.perf_counter()
+                sequential_rates.append(total / (t1 - t0))
+                concurrent_rates.append(total / (t2 - t1))
+                sequential_cpu.append((c1 - c0) / total * 1000)
+                concurrent_cpu.append((c2 - c1) / total * 1000)
         sequential = statistics.median(sequential_rates)
         concurrent = statistics.median(concurrent_rates)
+        cpu_seq = statistics.median(sequential_cpu)
+        cpu_conc = statistics.median(concurrent_cpu)
         for c in clients:
             c.close()
     finally:
@@ -198,6 +209,13 @@ def main() -> None:
     print(f"| sequential searches/s | {sequential:.1f} | |")
     print(f"| {args.clients} concurrent clients searches/s | {concurrent:.1f} | |")
     print(f"| concurrent / sequential | {concurrent / sequential:.2f}× | ≥ 1.8× |")
+    cores = os.cpu_count() or 1
+    print(f"| machine CPU per search, sequential / concurrent | {cpu_seq:.1f} / {cpu_conc:.1f} ms | |")
+    print(f"| CPU busy while sequential | {cpu_seq * sequential / 10 / cores:.0f} % of {cores} cores | |")
+    print(
+        f"| ceiling at the concurrent CPU cost: {cores} cores × latency / CPU per search "
+        f"| {cores * 1000 / sequential / cpu_conc:.2f}× | |"
+    )
     if not args.embedder:
         print(f"| cold start to SERVING (median of 3) | {cold:.2f} s | ≤ 5 s |")
 
