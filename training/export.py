@@ -1,12 +1,12 @@
 """Export a Keras embedding model to a verified ONNX model folder.
 
 ``export_model`` converts with ``tf2onnx.convert.from_keras`` (opset 17, one float32 input ``image``
-with a dynamic batch), folds the stem's input scaling into the first convolution
-(:mod:`training.onnx_fold`), renames the output to ``embedding`` and gives every node and intermediate tensor
-a canonical name, so the file's bytes — and the manifest version derived from them — depend on the
-network and its weights only, not on Keras' layer-name counters. Every export is checked: Keras and
-onnxruntime embed the same real photos (batch of all of them and batch of one) and must agree within
-``tolerance`` with unit-norm outputs, or :class:`ExportParityError` is raised and no folder is left.
+with a dynamic batch), folds the stem's input scaling into the first convolution (:mod:`training.onnx_fold`),
+renames the output to ``embedding`` and gives every node and intermediate tensor a canonical name, so the
+file's bytes — and the manifest version derived from them — depend on the network and its weights only,
+not on Keras' layer-name counters. Every export is checked: Keras and onnxruntime embed the same real
+photos (batch of all of them and batch of one) and must agree within ``tolerance`` with unit-norm
+outputs, or :class:`ExportParityError` is raised and no folder is left.
 
 The folder is assembled under a temporary name in ``out_dir`` and renamed into place as
 ``<out_dir>/<name>-<version>``; a folder of that version already there is kept as it is.

@@ -24,8 +24,8 @@ by several processes, and loading or closing it writes nothing. So:
   is writing makes that writer's next flush fail — measured), so reads of it (count, resume checks)
   take the write lock too. When a collection is marked complete it is loaded and closed once under
   the lock: the first load after writing compacts journals, later loads change no file (measured).
-* ``aliases.json`` and ``collection.json`` are checked on every read — one ``stat``; the file is read
-  again whenever its inode, size or times changed, and every write replaces it, so a new inode — so a
+* ``aliases.json`` and ``collection.json`` are checked with one ``stat`` on every read and read again
+  when their inode, size or times changed (every write replaces the file, so the inode changes), so a
   swap by the indexer is seen by a running gateway on its next search; a reader's cached handle is
   reopened when ``collection.json``'s generation changes.
 """
