@@ -18,7 +18,7 @@ def load_photos(folder: Path | None, n: int) -> list[bytes]:
         if not files:
             sys.exit(f"{folder}: no photos found")
         return [files[i % len(files)].read_bytes() for i in range(n)]
-    from tests.imagegen import encode, synthetic_photo
+    from tests.support.imagegen import encode, synthetic_photo
 
     return [encode(synthetic_photo(i, (640, 480))) for i in range(n)]
 

@@ -159,7 +159,7 @@ def bench_indexing(args: argparse.Namespace, work: Path) -> list[str]:
     from indexer.catalog import read_catalog
 
     if args.model is None:
-        from tests.tinymodel import write_tiny_model
+        from tests.support.tinymodel import write_tiny_model
 
         model_dir = work / "tiny-model"
         write_tiny_model(model_dir)

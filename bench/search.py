@@ -101,7 +101,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="recipelens-bench-"))
     model_dir = args.model
     if model_dir is None:
-        from tests.tinymodel import write_tiny_model
+        from tests.support.tinymodel import write_tiny_model
 
         model_dir = work / "models" / "tiny"
         write_tiny_model(model_dir)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.imagegen import encode, synthetic_photo
-from tests.tinymodel import write_tiny_model
+from tests.support.imagegen import encode, synthetic_photo
+from tests.support.tinymodel import write_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -27,8 +27,8 @@ from tests.deploy.deployfiles import (
     stage_instructions,
 )
 from tests.deploy.services import LocalService, clean_env, free_port, healthcheck_bin
-from tests.imagegen import encode, synthetic_photo
-from tests.tinymodel import write_tiny_model
+from tests.support.imagegen import encode, synthetic_photo
+from tests.support.tinymodel import write_tiny_model
 
 SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
 

@@ -10,7 +10,7 @@ from embedder.client import EmbedderClient
 from embedder.manifest import MODEL_FILE, read_manifest, write_manifest
 from embedder.server import RunningServer, start_server
 from embedder.settings import EmbedderSettings
-from tests.tinymodel import write_tiny_model
+from tests.support.tinymodel import write_tiny_model
 
 OLD = "2024-01-01T00:00:00+00:00"
 NEW = "2024-06-01T00:00:00+00:00"

@@ -25,7 +25,7 @@ from embedder.client import EmbedderClient, EmbedderError
 from embedder.runtime import EmbeddingModel
 from embedder.server import SERVICE_NAME, RunningServer, ServerStartError, start_server
 from tests.embedder.conftest import NEW, NEWEST, corrupt, make_model, settings_for
-from tests.imagegen import encode, synthetic_photo
+from tests.support.imagegen import encode, synthetic_photo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,8 +14,8 @@ from gateway.settings import GatewaySettings
 from indexer.keywords import ingredient_keywords
 from indexer.store.base import RecipePoint, RecipeStore, point_id
 from indexer.store.edge import EdgeStore
-from tests.imagegen import encode, synthetic_photo
-from tests.tinymodel import write_tiny_model
+from tests.support.imagegen import encode, synthetic_photo
+from tests.support.tinymodel import write_tiny_model
 
 N_RECIPES = 24
 XSS_TITLE = "<script>alert(1)</script>"
@@ -110,6 +110,6 @@ def gateway(world: World) -> Iterator[RunningGateway]:
 @pytest.fixture(scope="session")
 def query_photos() -> list[bytes]:
     """Cropped, recompressed copies of catalogue photos 0..5: the kind of query a phone sends."""
-    from tests.imagegen import distorted
+    from tests.support.imagegen import distorted
 
     return [distorted(synthetic_photo(1000 + i), seed=i) for i in range(6)]

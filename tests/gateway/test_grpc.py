@@ -18,7 +18,7 @@ from recipelens.v1 import search_pb2
 from gateway.client import RecipeSearchClient, search_filter
 from gateway.server import RunningGateway, start_gateway
 from tests.gateway.conftest import World, gateway_settings
-from tests.imagegen import encode, synthetic_photo
+from tests.support.imagegen import encode, synthetic_photo
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.imagegen import encode, synthetic_photo
+from tests.support.imagegen import encode, synthetic_photo
 
 CATEGORIES = ("Soups", "Salads", "Desserts")
 INGREDIENTS = (
@@ -57,7 +57,7 @@ def catalog40(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def second_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another tiny model: a different model version."""
-    from tests.tinymodel import write_tiny_model
+    from tests.support.tinymodel import write_tiny_model
 
     folder = tmp_path_factory.mktemp("models") / "tiny-b"
     write_tiny_model(folder, seed=1)

@@ -20,8 +20,8 @@ from indexer.catalog import Recipe
 from indexer.edit import delete_recipe, upsert_recipe
 from indexer.store.base import ModelVersionMismatch, SearchFilter
 from indexer.store.edge import EdgeStore
-from tests.imagegen import distorted, encode, synthetic_photo
 from tests.indexer.conftest import write_kaggle_catalog
+from tests.support.imagegen import distorted, encode, synthetic_photo
 
 REPO = Path(__file__).resolve().parents[2]
 

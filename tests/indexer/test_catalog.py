@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from indexer.catalog import CatalogError, parse_list, read_catalog, validate_images, write_bad_report
-from tests.imagegen import encode, synthetic_photo
 from tests.indexer.conftest import write_kaggle_catalog
+from tests.support.imagegen import encode, synthetic_photo
 
 
 def _jpeg(path: Path, seed: int, size: tuple[int, int] = (96, 72)) -> Path:

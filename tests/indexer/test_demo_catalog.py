@@ -11,7 +11,7 @@ import pytest
 
 from indexer.catalog import read_catalog
 from indexer.demo_catalog import build_demo_catalog, main
-from tests.imagegen import encode, synthetic_photo
+from tests.support.imagegen import encode, synthetic_photo
 
 GROUPS = {"A": "Cereals", "B": "Legumes", "C": "Leafy Vegetables"}
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from tests.imagegen import encode, synthetic_photo
+from tests.support.imagegen import encode, synthetic_photo
 
 OK, INVALID, TOO_LARGE = "OK", "INVALID", "TOO_LARGE"
 GRPC_STATUS = {OK: "OK", INVALID: "INVALID_ARGUMENT", TOO_LARGE: "RESOURCE_EXHAUSTED"}

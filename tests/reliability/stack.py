@@ -21,8 +21,8 @@ import grpc
 
 from embedder.runtime import EmbeddingModel
 from indexer.store.edge import EdgeStore
-from tests.imagegen import distorted, encode, synthetic_photo
-from tests.tinymodel import write_tiny_model
+from tests.support.imagegen import distorted, encode, synthetic_photo
+from tests.support.tinymodel import write_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 N_RECIPES = 24

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from bench.load import LoadReport, run_load
 from embedder.manifest import MODEL_FILE
 from indexer.build import build_index
 from indexer.store.edge import EdgeStore
-from tests.imagegen import encode, synthetic_photo
 from tests.indexer.conftest import write_kaggle_catalog
 from tests.reliability.stack import REPO, Stack, World
+from tests.support.imagegen import encode, synthetic_photo
+from tests.support.load import LoadReport, run_load
 
 pytestmark = pytest.mark.reliability
 

@@ -9,10 +9,10 @@ import json
 import grpc
 import pytest
 
-from bench.load import SEARCH_PATH, multipart_body
 from gateway.client import RecipeSearchClient
 from tests.reliability.hostile import CORPUS, GRPC_STATUS, HTTP_STATUS, Hostile
 from tests.reliability.stack import Stack
+from tests.support.load import SEARCH_PATH, multipart_body
 
 pytestmark = pytest.mark.reliability
 

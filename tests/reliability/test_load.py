@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.load import LoadReport, run_load, table
 from tests.reliability.stack import Stack
+from tests.support.load import LoadReport, run_load, table
 
 pytestmark = pytest.mark.reliability
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bench.load import SEARCH_PATH, multipart_body
 from gateway.client import RecipeSearchClient
 from tests.gateway.conftest import XSS_TITLE
 from tests.reliability.stack import REPO, Stack, World
+from tests.support.load import SEARCH_PATH, multipart_body
 
 pytestmark = pytest.mark.reliability
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from embedder.manifest import read_manifest
-from tests.imagegen import encode, synthetic_photo
+from tests.support.imagegen import encode, synthetic_photo
 from tests.training.rawmodel import RawExport
 from training.cli import main
 

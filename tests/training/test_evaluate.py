@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from embedder.preprocess import preprocess
-from tests.imagegen import encode, synthetic_photo
+from tests.support.imagegen import encode, synthetic_photo
 from training.evaluate import (
     bootstrap_interval,
     category_hits,

@@ -16,7 +16,7 @@ import pytest
 from embedder.manifest import MODEL_FILE, ModelIntegrityError, read_manifest
 from embedder.preprocess import ImageDecodeError
 from embedder.runtime import EmbeddingModel
-from tests.imagegen import encode, synthetic_photo
+from tests.support.imagegen import encode, synthetic_photo
 from tests.training.rawmodel import RawExport
 
 pytestmark = pytest.mark.slow

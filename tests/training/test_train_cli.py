@@ -11,7 +11,7 @@ import pytest
 
 from embedder.manifest import read_manifest
 from embedder.runtime import EmbeddingModel
-from tests.imagegen import distorted, synthetic_photo
+from tests.support.imagegen import distorted, synthetic_photo
 from tests.training.triplet_catalog import write_catalog
 from training.train import HEAD_INIT_ROW
 from training.train_cli import main

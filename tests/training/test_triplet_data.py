@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from indexer.catalog import Recipe
-from tests.imagegen import encode, synthetic_photo
+from tests.support.imagegen import encode, synthetic_photo
 from training.data import (
     NO_CATEGORY,
     PhotoSet,

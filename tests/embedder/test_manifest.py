@@ -11,7 +11,7 @@ import pytest
 from embedder.manifest import MANIFEST_FILE, MODEL_FILE, ModelIntegrityError, read_manifest
 from embedder.preprocess import preprocess
 from embedder.runtime import EmbeddingModel
-from tests.tinymodel import write_tiny_model
+from tests.support.tinymodel import write_tiny_model
 
 
 def test_version_is_the_content_hash(tmp_path: Path) -> None:

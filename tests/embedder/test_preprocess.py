@@ -17,7 +17,7 @@ from PIL import Image
 import embedder.preprocess as preprocessing
 from embedder.preprocess import ImageDecodeError, decode, preprocess, preprocess_file
 from embedder.runtime import EmbeddingModel
-from tests.imagegen import encode, synthetic_photo
+from tests.support.imagegen import encode, synthetic_photo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RED, BLUE, WHITE = (220, 20, 20), (20, 20, 220), (255, 255, 255)

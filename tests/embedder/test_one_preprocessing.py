@@ -18,7 +18,7 @@ from embedder.server import start_server
 from embedder.settings import EmbedderSettings
 from gateway.embedding import InProcessEmbedder
 from indexer.catalog import load_photo, read_catalog
-from tests.imagegen import encode, synthetic_photo
+from tests.support.imagegen import encode, synthetic_photo
 
 
 def _odd_photos() -> dict[str, bytes]:
