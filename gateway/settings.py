@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from embedder.batcher import DEFAULT_MAX_QUEUE_DELAY_S
 from embedder.preprocess import DEFAULT_MAX_PIXELS
 from embedder.settings import split_list
 
@@ -44,7 +45,9 @@ class GatewaySettings(BaseSettings):
     max_batch_size: int = Field(
         default=32, ge=1, description="in-process embedder: images per onnxruntime run"
     )
-    max_queue_delay_ms: float = Field(default=0.0, ge=0, description="in-process embedder: batch fill wait")
+    max_queue_delay_ms: float = Field(
+        default=DEFAULT_MAX_QUEUE_DELAY_S * 1000.0, ge=0, description="in-process embedder: batch fill wait"
+    )
 
     store_path: Path = Field(
         default=Path("var/qdrant"), description="Qdrant Edge folder (the embedded default)"
@@ -82,10 +85,6 @@ class GatewaySettings(BaseSettings):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("set both tls_cert and tls_key (or neither)")
         return self
-
-    @property
-    def auth_enabled(self) -> bool:
-        return bool(self.api_keys)
 
     def summary(self) -> str:
         """One log line with every setting; secrets are masked and API keys only counted."""

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from embedder.runtime import EmbeddingModel
-from gateway.search import LocalQueryEmbedder, RecipeSearcher
-from indexer.build import BuildError, LocalPhotoEmbedder, build_index, rollback
+from indexer.build import BuildError, build_index, open_embedder, rollback
 from indexer.catalog import Recipe
 from indexer.edit import delete_recipe, upsert_recipe
 from indexer.store.base import ModelVersionMismatch, SearchFilter
 from indexer.store.edge import EdgeStore
 from tests.indexer.conftest import write_kaggle_catalog
 from tests.support.imagegen import distorted, encode, synthetic_photo
+from tests.support.search import SyncSearch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def test_build_search_rebuild_rollback(catalog40: Path, tiny_model_dir: Path, tm
         assert store.resolve_alias("recipes") == first.collection and store.count(first.collection) == 40
         assert "images/s" in first.line()
 
-        searcher = RecipeSearcher(store, LocalQueryEmbedder(tiny_model_dir))
+        searcher = SyncSearch(store, tiny_model_dir)
         for seed in (3, 17, 33):  # a cropped, recompressed photo finds its recipe first
             result = searcher.search(distorted(synthetic_photo(seed, (160, 120)), seed), top_k=3)
             assert result.hits[0].recipe_id == f"r{seed}", result.hits
@@ -75,7 +75,7 @@ def test_model_version_guard(
         assert summary.model_version in str(err.value) and old.version in str(err.value)
         recipe = Recipe("r1", "Dish 1", [], [], "", [catalog40 / "images" / "dish-001.jpg"])
         with pytest.raises(ModelVersionMismatch, match=old.version):
-            upsert_recipe(store, recipe, LocalPhotoEmbedder(old), catalog_root=catalog40)
+            upsert_recipe(store, recipe, open_embedder(tiny_model_dir, None), catalog_root=catalog40)
 
 
 def test_bad_photos_are_reported_and_threshold_fails(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -104,15 +104,13 @@ def test_bad_photos_are_reported_and_threshold_fails(tiny_model_dir: Path, tmp_p
 def test_incremental_upsert_and_delete(catalog40: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     with EdgeStore(tmp_path / "q") as store, EdgeStore(tmp_path / "q") as gateway_side:
         built = _build(catalog40, tiny_model_dir, store, verify_sample=2)
-        searcher = RecipeSearcher(gateway_side, LocalQueryEmbedder(tiny_model_dir))
+        searcher = SyncSearch(gateway_side, tiny_model_dir)
         searcher.search(encode(synthetic_photo(1, (160, 120))))  # the "gateway" holds the live collection
         photo = tmp_path / "new" / "new.jpg"
         photo.parent.mkdir()
         photo.write_bytes(encode(synthetic_photo(500, (160, 120))))
         new = Recipe("n1", "New dish", ["2 leeks"], ["leeks"], "Stew.", [photo], "Soups", "test")
-        edit = upsert_recipe(
-            store, new, LocalPhotoEmbedder(EmbeddingModel(tiny_model_dir)), catalog_root=photo.parent
-        )
+        edit = upsert_recipe(store, new, open_embedder(tiny_model_dir, None), catalog_root=photo.parent)
         assert edit.copied and edit.previous == built.collection and edit.upserted == 1
         result = searcher.search(distorted(synthetic_photo(500, (160, 120)), 1), top_k=1)  # seen at once
         assert result.collection == edit.collection and result.hits[0].recipe_id == "n1"
