@@ -95,7 +95,7 @@ class RecipeSearchServicer(search_pb2_grpc.RecipeSearchServicer):
                     search_filter = None
             result = await self.gateway.search(
                 request.image,
-                top_k=request.top_k,
+                top_k=request.top_k or None,
                 offset=request.offset,
                 search_filter=search_filter,
                 timeout_s=self._timeout(context),

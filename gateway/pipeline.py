@@ -198,14 +198,17 @@ class SearchGateway:
         self,
         image: bytes,
         *,
-        top_k: int = 0,
+        top_k: int | None = None,
         offset: int = 0,
         search_filter: SearchFilter | None = None,
         timeout_s: float | None = None,
     ) -> SearchResult:
-        """Photo → ranked recipes from the collection behind the alias, embedded with its model version."""
+        """Photo → ranked recipes from the collection behind the alias, embedded with its model version.
+
+        ``top_k`` ``None`` means the configured default (gRPC's unset 0 is passed as ``None``).
+        """
         start = time.perf_counter()
-        top_k = top_k or self.default_top_k
+        top_k = self.default_top_k if top_k is None else top_k
         check_paging(top_k, offset)
         budget = self.embed_timeout_s if timeout_s is None else min(timeout_s, self.embed_timeout_s)
         deadline = time.monotonic() + budget
