@@ -8,6 +8,7 @@ Imports no onnxruntime.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
@@ -69,4 +70,6 @@ class RemoteEmbedder(Embedder):
         await asyncio.to_thread(self.client.wait_ready, timeout_s)
 
     async def aclose(self) -> None:
-        self.client.close()
+        # In a thread: closing the channel waits for calls still retrying; the loop must not stall meanwhile.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(self.client.close), 5.0)

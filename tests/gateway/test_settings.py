@@ -24,7 +24,8 @@ def test_settings_and_the_remote_path_import_no_onnxruntime() -> None:
 
 
 def test_summary_masks_secrets() -> None:
-    settings = GatewaySettings(api_keys=[SecretStr("k1"), SecretStr("k2")], qdrant_api_key=SecretStr("q"))
+    keys = [SecretStr("api-secret-1"), SecretStr("api-secret-2")]
+    settings = GatewaySettings(api_keys=keys, qdrant_api_key=SecretStr("qdrant-secret"))
     line = settings.summary()
-    assert "api_keys=<2 key(s)>" in line and "k1" not in line and "qdrant_api_key=**********" in line
+    assert "api_keys=<2 key(s)>" in line and "api-secret" not in line and "qdrant-secret" not in line
     assert settings.max_queue_delay_ms == 0.0  # the one default: greedy batching
