@@ -18,7 +18,8 @@ from gateway.errors import GatewayError
 from gateway.pipeline import sniff_image
 from gateway.search import QueryEmbedder, RecipeSearcher, SearchError, SearchResult
 from gateway.settings import GatewaySettings
-from indexer.store.base import RecipeStore, StoreError, StoreSettings, open_store
+from indexer.store import open_store
+from indexer.store.base import RecipeStore, StoreError, StoreSettings
 
 PROG = "recipelens-search"
 

@@ -31,7 +31,8 @@ from gateway.http_app import create_app
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import SearchGateway
 from gateway.settings import GatewaySettings
-from indexer.store.base import RecipeStore, StoreSettings, open_store
+from indexer.store import open_store
+from indexer.store.base import RecipeStore, StoreSettings
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ from indexer.build import BuildError, build_index, open_embedder, rollback
 from indexer.catalog import CatalogError
 from indexer.edit import delete_recipe, read_recipe_arg, upsert_recipe
 from indexer.settings import IndexerSettings
-from indexer.store.base import RecipeStore, StoreError, open_store
+from indexer.store import open_store
+from indexer.store.base import RecipeStore, StoreError
 
 log = logging.getLogger("indexer")
 
