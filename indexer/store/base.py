@@ -256,7 +256,7 @@ class CollectionInfo:
 
 
 class StoreSettings(BaseModel):
-    """Where the vectors live. Part of each service's settings (``RECIPELENS_INDEXER_STORE__*``)."""
+    """Where the vectors live: one shape in every service's settings (``RECIPELENS_<SERVICE>_STORE__*``)."""
 
     qdrant_url: str | None = Field(default=None, description="a Qdrant server; unset = Qdrant Edge at `path`")
     qdrant_api_key: SecretStr | None = None
@@ -265,6 +265,13 @@ class StoreSettings(BaseModel):
     shard_number: int | None = Field(default=None, ge=1)
     replication_factor: int | None = Field(default=None, ge=1)
     timeout_s: int = Field(default=60, ge=1, description="server request timeout")
+
+    def shown(self) -> dict[str, Any]:
+        """``store.<field>`` → value for a settings log line; the API key masked."""
+        values = self.model_dump()
+        if self.qdrant_api_key is not None:
+            values["qdrant_api_key"] = "**********"
+        return {f"store.{k}": v for k, v in values.items()}
 
     def describe(self) -> str:
         if self.qdrant_url:
