@@ -58,7 +58,7 @@ def read_recipe_arg(text: str) -> tuple[Recipe, Path]:
         raise BuildError(f"{where}: invalid JSON: {exc}") from None
     recipe, bad = recipe_from_mapping(data, base, default_id="", where=where)
     if bad or recipe is None:
-        raise BuildError("; ".join(b.reason for b in bad))
+        raise BuildError("; ".join(b.reason if b.file in b.reason else f"{b.reason}: {b.file}" for b in bad))
     return recipe, base
 
 
