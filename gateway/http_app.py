@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import ErrorKind, GatewayError
 from gateway.pipeline import SearchGateway, public_image_url
 from gateway.search import RecipeHit
+from indexer.catalog import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +217,6 @@ def create_app(gateway: SearchGateway, *, images_root: Path | None = None) -> Fa
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(UploadLimit, limit=gateway.max_upload_bytes + FORM_OVERHEAD_BYTES)
     return app
-
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
 def safe_join(root: Path | None, relative: str) -> Path | None:

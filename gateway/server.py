@@ -1,8 +1,8 @@
 """``recipelens-gateway``: gRPC and HTTP in one process, one event loop, stopped gracefully on SIGTERM.
 
 The embedder is either the service at ``embedder_address`` or, when that is unset, onnxruntime in this
-process from ``model_dir`` (the embedded default). The store is Qdrant Edge at ``store_path`` or the Qdrant
-server at ``qdrant_url``. :func:`start_gateway` runs it in a background thread (tests, tools).
+process from ``model_dir`` (the embedded default). The store is Qdrant Edge at ``store.path`` or the Qdrant
+server at ``store.qdrant_url``. :func:`start_gateway` runs it in a background thread (tests, tools).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from gateway.http_app import create_app
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import SearchGateway
 from gateway.settings import GatewaySettings
-from indexer.store.base import RecipeStore, StoreSettings, open_store
+from indexer.store import open_store
+from indexer.store.base import RecipeStore
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,7 @@ def build_embedder(settings: GatewaySettings) -> Embedder:
 
 
 def build_store(settings: GatewaySettings) -> RecipeStore:
-    return open_store(
-        StoreSettings(
-            path=settings.store_path, qdrant_url=settings.qdrant_url, qdrant_api_key=settings.qdrant_api_key
-        )
-    )
+    return open_store(settings.store)
 
 
 def build_gateway(

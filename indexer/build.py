@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -44,6 +45,7 @@ from indexer.catalog import (
     recipe_payload,
     write_bad_report,
 )
+from indexer.settings import IndexerSettings
 from indexer.store.base import (
     DEFAULT_ALIAS,
     CollectionInfo,
@@ -202,27 +204,32 @@ def _decoded_batches(
             yield good
 
 
+def build_options(settings: IndexerSettings | None = None, **overrides: Any) -> IndexerSettings:
+    """``settings`` (or the defaults, without the environment and without a bad-item report) + overrides."""
+    base = settings.model_dump() if settings is not None else {"bad_report": None}
+    return IndexerSettings.model_validate({**base, **overrides})
+
+
 def build_index(
     catalog_path: str | Path,
     model_dir: str | Path,
     store: RecipeStore,
     *,
-    alias: str = DEFAULT_ALIAS,
+    settings: IndexerSettings | None = None,
     embedder: PhotoEmbedder | None = None,
-    embedder_address: str | None = None,
-    batch_size: int = 128,
-    max_in_flight: int = 4,
-    decode_threads: int = 0,
-    keep_previous: int = 1,
-    max_bad_fraction: float = 0.05,
-    verify_sample: int = 20,
-    min_side: int = 32,
-    bad_report: str | Path | None = None,
-    batch_pause_s: float = 0.0,
     progress: bool = True,
+    **overrides: Any,
 ) -> BuildSummary:
-    """Index a catalogue into a new (or resumed) collection and put it behind ``alias``."""
+    """Index a catalogue into a new (or resumed) collection and put it behind the alias.
+
+    The knobs (alias, batch_size, keep_previous, verify_sample, bad_report, …) are those of
+    :class:`~indexer.settings.IndexerSettings`: ``settings``, each overridable by keyword.
+    """
     started = time.perf_counter()
+    opts = build_options(settings, **overrides)
+    alias, batch_size, bad_report = opts.alias, opts.batch_size, opts.bad_report
+    embedder_address, max_in_flight = opts.embedder_address, opts.max_in_flight
+    max_bad_fraction, min_side = opts.max_bad_fraction, opts.min_side
     catalog = read_catalog(catalog_path)
     if embedder is None:
         embedder = open_embedder(model_dir, embedder_address, max_in_flight=max_in_flight)
@@ -286,7 +293,7 @@ def build_index(
     summary.skipped = len(items) - len(todo)
 
     bad: list[BadItem] = list(catalog.bad)
-    workers = decode_threads or min(8, os.cpu_count() or 1)
+    workers = opts.decode_threads or min(8, os.cpu_count() or 1)
     bar = tqdm(total=len(todo), desc=f"indexing {name}", unit="photo", disable=not progress, smoothing=0.1)
     try:
         with (
@@ -320,7 +327,7 @@ def build_index(
                 ]
                 if writing is not None:
                     bar.update(writing.result())
-                writing = upsert_pool.submit(_upsert, store, name, points, version, batch_pause_s)
+                writing = upsert_pool.submit(_upsert, store, name, points, version, opts.batch_pause_s)
                 bar.set_postfix(bad=len(bad), refresh=False)
             if writing is not None:
                 bar.update(writing.result())
@@ -341,11 +348,13 @@ def build_index(
         )
     bad_files = {(b.recipe_id, b.file) for b in bad}
     good = [item for item in items if (item[0].id, str(item[1])) not in bad_files]
-    _verify_sample(store, name, embedder=embedder, good=good, sample=verify_sample, image_size=image_size)
+    _verify_sample(
+        store, name, embedder=embedder, good=good, sample=opts.verify_sample, image_size=image_size
+    )
 
     store.mark_complete(name)
     store.swap_alias(alias, name)
-    summary.dropped = prune(store, alias, keep_previous, previous=previous)
+    summary.dropped = prune(store, alias, opts.keep_previous, previous=previous)
     summary.seconds = time.perf_counter() - started
     log.info("%s", summary.line())
     return summary
