@@ -31,7 +31,7 @@ from gateway.errors import ErrorKind, GatewayError, embedder_failure, store_fail
 from gateway.metrics import GatewayMetrics
 from gateway.search import RecipeHit, SearchResult, check_paging
 from gateway.settings import GatewaySettings
-from indexer.store.base import RecipeStore, SearchFilter, StoreHit
+from indexer.store.base import InvalidFilter, RecipeStore, SearchFilter, StoreHit
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,17 @@ def sniff_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[str, i
             f"image is {width}x{height} = {width * height} pixels, the limit is {max_pixels}",
         )
     return fmt, width, height
+
+
+def search_filter(
+    categories: Sequence[str] = (), must_include: Sequence[str] = (), must_exclude: Sequence[str] = ()
+) -> SearchFilter | None:
+    """The filter both front ends pass on (``None`` when empty); over the caps: INVALID_ARGUMENT."""
+    try:
+        built = SearchFilter(tuple(categories), tuple(must_include), tuple(must_exclude))
+    except InvalidFilter as exc:
+        raise GatewayError(ErrorKind.INVALID_ARGUMENT, str(exc)) from None
+    return None if built.is_empty() else built
 
 
 @dataclass
@@ -220,7 +231,7 @@ class SearchGateway:
             try:
                 found = await self._bounded(
                     self._blocking(
-                        lambda: self.store.search(
+                        lambda: self.store.search_recipes(
                             collection,
                             vector,
                             limit=top_k,
@@ -234,9 +245,9 @@ class SearchGateway:
                 )
             except Exception as exc:
                 raise store_failure(exc, "search") from None
-        hits = [RecipeHit.from_store(offset + i + 1, h) for i, h in enumerate(found)]
+        hits = [RecipeHit.from_match(offset + i + 1, m) for i, m in enumerate(found.hits)]
         took_ms = (time.perf_counter() - start) * 1000.0
-        return SearchResult(hits=hits, model_version=model_version, collection=collection, took_ms=took_ms)
+        return SearchResult(hits, model_version, collection, took_ms, list(found.warnings))
 
     async def get_recipe(self, recipe_id: str, *, timeout_s: float | None = None) -> RecipeHit:
         """One recipe of the live collection, by its recipe id (or its point id)."""
