@@ -319,13 +319,17 @@ class SearchGateway:
 
 
 def public_image_url(image: str, images_root: Path | None) -> str:
-    """Where a client fetches a catalogue image: URLs as they are, files under ``/images/``."""
+    """Where a client fetches a catalogue image: URLs as they are, files under ``/images/``.
+
+    Stored names are relative to ``images_root`` (see :mod:`gateway.images`); without it, or for an
+    absolute path outside it, there is no URL (``""``).
+    """
     if not image or image.startswith(("http://", "https://")):
         return image
+    if images_root is None:
+        return ""
     path = PurePosixPath(image.replace("\\", "/"))
     if path.is_absolute():
-        if images_root is None:
-            return ""
         try:
             path = PurePosixPath(Path(image).resolve().relative_to(images_root.resolve()).as_posix())
         except ValueError:
