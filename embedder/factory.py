@@ -36,8 +36,8 @@ def open_embedder(
 
         return RemoteEmbedder(embedder_address, timeout_s=timeout_s, retries=retries)
     from embedder.inprocess import InProcessEmbedder
+    from embedder.providers import DEFAULT_PROVIDERS
     from embedder.repository import ModelRepository
-    from embedder.runtime import DEFAULT_PROVIDERS
 
     repository = ModelRepository(
         model_dir,

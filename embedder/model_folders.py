@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from embedder.manifest import MANIFEST_FILE, MODEL_FILE, ModelIntegrityError, ModelManifest, read_manifest
-from embedder.runtime import DEFAULT_PROVIDERS, EmbeddingModel
+from embedder.providers import DEFAULT_PROVIDERS
+from embedder.runtime import EmbeddingModel
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from embedder.model_folders import (
     folder_signature,
     load_model,
 )
-from embedder.runtime import DEFAULT_PROVIDERS, EmbeddingModel
+from embedder.providers import DEFAULT_PROVIDERS
+from embedder.runtime import EmbeddingModel
 
 log = logging.getLogger(__name__)
 

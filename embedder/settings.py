@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from embedder.batcher import DEFAULT_MAX_QUEUE_DELAY_S
 from embedder.preprocess import DEFAULT_MAX_PIXELS
+from embedder.providers import DEFAULT_PROVIDERS
 
 MiB = 1 << 20
 
@@ -29,9 +30,7 @@ def split_list(value: Any) -> Any:
 
 
 def default_providers() -> list[str]:
-    """The runtime's preferred provider order (imported here lazily: settings modules load no runtime)."""
-    from embedder.runtime import DEFAULT_PROVIDERS
-
+    """The runtime's preferred provider order (plain names: settings modules load no runtime)."""
     return list(DEFAULT_PROVIDERS)
 
 
