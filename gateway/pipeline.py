@@ -31,7 +31,15 @@ from gateway.errors import ErrorKind, GatewayError, embedder_failure, store_fail
 from gateway.metrics import GatewayMetrics
 from gateway.search import RecipeHit, SearchResult, check_paging
 from gateway.settings import GatewaySettings
-from indexer.store.base import InvalidFilter, RecipeStore, SearchFilter, StoreHit
+from indexer.store.base import (
+    CollectionNotFound,
+    InvalidFilter,
+    ModelVersionMismatch,
+    RecipeResults,
+    RecipeStore,
+    SearchFilter,
+    StoreHit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +185,29 @@ class SearchGateway:
             raise GatewayError(ErrorKind.UNAVAILABLE, f"{what} did not finish within the deadline") from None
 
     def _live_collection(self) -> tuple[str, str]:
-        collection = self.store.resolve_alias(self.alias)
-        if collection is None:
-            raise GatewayError(
-                ErrorKind.FAILED_PRECONDITION,
-                f"no collection behind alias {self.alias!r}: build one with `recipelens-index build`",
-            )
-        return collection, self.store.collection_info(collection).model_version
+        for attempt in (1, 2):
+            collection = self.store.resolve_alias(self.alias)
+            if collection is None:
+                raise GatewayError(
+                    ErrorKind.FAILED_PRECONDITION,
+                    f"no collection behind alias {self.alias!r}: build one with `recipelens-index build`",
+                )
+            try:
+                return collection, self.store.collection_info(collection).model_version
+            except CollectionNotFound:
+                if attempt == 2:
+                    raise  # dropped between the alias lookup and the read, twice: a store in trouble
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _moved(self, collection: str, exc: Exception, deadline: float) -> tuple[str, str] | None:
+        """Where the alias points now, when a store failure came from ``collection`` being replaced."""
+        if isinstance(exc, GatewayError | InvalidFilter | ModelVersionMismatch):
+            return None
+        try:
+            now = await self.live_collection(deadline)
+        except GatewayError:
+            return None
+        return now if now[0] != collection else None
 
     async def live_collection(self, deadline: float) -> tuple[str, str]:
         """The collection behind the alias and the model version that filled it."""
@@ -227,9 +251,10 @@ class SearchGateway:
             sniff_image(image, max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels)
         collection, model_version = await self.live_collection(deadline)
         vector = await self._embed(image, model_version, deadline)
-        with self.metrics.time_stage("search"):
-            try:
-                found = await self._bounded(
+
+        async def find() -> RecipeResults:
+            with self.metrics.time_stage("search"):
+                return await self._bounded(
                     self._blocking(
                         lambda: self.store.search_recipes(
                             collection,
@@ -243,8 +268,23 @@ class SearchGateway:
                     deadline,
                     "store search",
                 )
-            except Exception as exc:
+
+        try:
+            found = await find()
+        except Exception as exc:
+            # The collection may have gone under the search (alias swapped, old one dropped): look the
+            # alias up once more and answer from where it points now, re-embedding if its model differs.
+            moved = await self._moved(collection, exc, deadline)
+            if moved is None:
                 raise store_failure(exc, "search") from None
+            log.info("collection %s went away during a search (%s); searching %s", collection, exc, moved[0])
+            if moved[1] != model_version:
+                vector = await self._embed(image, moved[1], deadline)
+            collection, model_version = moved
+            try:
+                found = await find()
+            except Exception as again:
+                raise store_failure(again, "search") from None
         hits = [RecipeHit.from_match(offset + i + 1, m) for i, m in enumerate(found.hits)]
         took_ms = (time.perf_counter() - start) * 1000.0
         return SearchResult(hits, model_version, collection, took_ms, list(found.warnings))
