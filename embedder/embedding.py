@@ -82,6 +82,15 @@ class Embedder(ABC):
     ) -> np.ndarray:
         """``(N, D)`` float32 unit vectors of that model version, one per prepared photo."""
 
+    def stream(
+        self, batches: Iterable[Sequence[Any]], model_version: str, max_in_flight: int
+    ) -> Iterator[np.ndarray] | None:
+        """A synchronous stream of prepared batches → vectors, where one beats concurrent calls; else None.
+
+        The remote embedder streams over one ``EmbedStream`` call; ``batches`` is read lazily.
+        """
+        return None
+
     @abstractmethod
     async def status(self, timeout_s: float = 10.0) -> EmbedderStatus:
         """The models held now (raises :class:`EmbedderError` UNAVAILABLE when unreachable)."""
@@ -158,10 +167,14 @@ class SyncEmbedder:
 
     def embed_batches(self, batches: Iterable[Sequence[DecodedPhoto]]) -> Iterator[np.ndarray]:
         """One ``(N, D)`` array per batch, in order, with up to ``max_in_flight`` batches being embedded."""
+        prepared = ([self.embedder.prepared(photo) for photo in batch] for batch in batches)
+        streamed = self.embedder.stream(prepared, self.version, self.max_in_flight)
+        if streamed is not None:
+            yield from streamed
+            return
         running: deque[Future[np.ndarray]] = deque()
         try:
-            for batch in batches:
-                items = [self.embedder.prepared(photo) for photo in batch]
+            for items in prepared:
                 coro = self.embedder.embed_prepared(items, self.version, self.timeout_s)
                 running.append(asyncio.run_coroutine_threadsafe(coro, self._loop.loop))
                 if len(running) >= self.max_in_flight:

@@ -74,9 +74,6 @@ class Photo:
     array: np.ndarray
 
 
-# The build's embedder: the one embedder interface (in-process or the gRPC service), driven synchronously.
-PhotoEmbedder = SyncEmbedder
-
 # In-process, one onnxruntime run may take several of the build's batches at once.
 IN_PROCESS_MAX_BATCH = 256
 
@@ -216,7 +213,7 @@ def build_index(
     store: RecipeStore,
     *,
     settings: IndexerSettings | None = None,
-    embedder: PhotoEmbedder | None = None,
+    embedder: SyncEmbedder | None = None,
     progress: bool = True,
     **overrides: Any,
 ) -> BuildSummary:
@@ -373,7 +370,7 @@ def _verify_sample(
     store: RecipeStore,
     name: str,
     *,
-    embedder: PhotoEmbedder,
+    embedder: SyncEmbedder,
     good: Sequence[tuple[Recipe, Path | str, str]],
     sample: int,
     image_size: int,
