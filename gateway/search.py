@@ -1,4 +1,5 @@
-"""What a search answers: ranked recipe hits, and the paging rules every front end shares.
+"""What a search answers: distinct recipes, each at the rank of its best-matching photo, and the paging
+rules every front end shares (``top_k`` and ``offset`` count recipes).
 
 The search itself (photo → embed → search → hits) is :class:`gateway.pipeline.SearchGateway`.
 """
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import ErrorKind, GatewayError
-from indexer.store.base import StoreHit
+from indexer.store.base import RecipeMatch, StoreHit
 
 MAX_TOP_K = 100
 MAX_OFFSET = 10_000
@@ -25,7 +26,7 @@ def check_paging(top_k: int, offset: int) -> None:
 
 @dataclass(frozen=True)
 class RecipeHit:
-    """One recipe found for a photo."""
+    """One recipe found for a photo; ``image`` is its photo that matched best (the one scored)."""
 
     rank: int
     score: float
@@ -36,6 +37,16 @@ class RecipeHit:
     image: str
     category: str
     payload: dict[str, Any] = field(repr=False)
+
+    @property
+    def matched_image(self) -> str:
+        """The catalogue name (or URL) of the recipe's best-matching photo."""
+        return self.image
+
+    @classmethod
+    def from_match(cls, rank: int, match: RecipeMatch) -> RecipeHit:
+        """A recipe of a grouped search (its best photo's payload and score)."""
+        return cls.from_store(rank, StoreHit(match.point_id, match.score, match.payload))
 
     @classmethod
     def from_store(cls, rank: int, hit: StoreHit) -> RecipeHit:
@@ -55,7 +66,10 @@ class RecipeHit:
 
 @dataclass(frozen=True)
 class SearchResult:
+    """A page of distinct recipes and the filter terms that matched nothing in the collection."""
+
     hits: list[RecipeHit]
     model_version: str
     collection: str
     took_ms: float
+    warnings: list[str] = field(default_factory=list)
