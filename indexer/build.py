@@ -33,8 +33,9 @@ import numpy as np
 from tqdm import tqdm
 
 from embedder.manifest import ModelIntegrityError, ModelManifest, read_manifest
-from embedder.preprocess import ImageDecodeError
+from embedder.preprocess import ImageDecodeError, preprocess
 from embedder.runtime import EmbeddingModel
+from indexer.calibration import CALIBRATION_KEY
 from indexer.catalog import (
     BadItem,
     Recipe,
@@ -43,6 +44,7 @@ from indexer.catalog import (
     recipe_payload,
     write_bad_report,
 )
+from indexer.quality import QUALITY_KEY, CollectionQuality, assess_collection, gate_failures, quality_of
 from indexer.store.base import (
     DEFAULT_ALIAS,
     CollectionInfo,
@@ -160,6 +162,8 @@ class BuildSummary:
     previous: str | None = None
     dropped: list[str] = field(default_factory=list)
     bad_report: Path | None = None
+    quality: CollectionQuality | None = None
+    forced: bool = False
 
     @property
     def images_per_s(self) -> float:
@@ -267,9 +271,16 @@ def build_index(
     min_side: int = 32,
     bad_report: str | Path | None = None,
     batch_pause_s: float = 0.0,
+    quality_sample: int = 100,
+    gate_tolerance_points: float = 1.0,
+    force: bool = False,
     progress: bool = True,
 ) -> BuildSummary:
-    """Index a catalogue into a new (or resumed) collection and put it behind ``alias``."""
+    """Index a catalogue into a new (or resumed) collection and put it behind ``alias``.
+
+    Before the alias moves, the collection's figures are measured and compared with the live one's
+    (:mod:`indexer.quality`); ``force`` moves it even when they are worse.
+    """
     started = time.perf_counter()
     catalog = read_catalog(catalog_path)
     if embedder is None:
@@ -390,6 +401,18 @@ def build_index(
     bad_files = {(b.recipe_id, b.file) for b in bad}
     good = [item for item in items if (item[0].id, str(item[1])) not in bad_files]
     _verify_sample(store, name, embedder=embedder, good=good, sample=verify_sample, image_size=image_size)
+    summary.quality = _assess_and_gate(
+        store,
+        name,
+        previous,
+        embedder=embedder,
+        good=good,
+        image_size=image_size,
+        sample=quality_sample,
+        tolerance_points=gate_tolerance_points,
+        force=force,
+    )
+    summary.forced = force
 
     store.mark_complete(name)
     store.swap_alias(alias, name)
@@ -439,6 +462,59 @@ def _verify_sample(
             f"verification failed: {len(failures)} of {len(photos)} sampled photos do not find their own "
             f"recipe first in {name}: " + "; ".join(failures[:5]) + "; the alias was not moved"
         )
+
+
+def _embed_bytes(embedder: PhotoEmbedder, datas: list[bytes], image_size: int) -> np.ndarray:
+    """Vectors of encoded pictures that are not catalogue photos (calibration and quality queries)."""
+    anonymous = Recipe("", "", [], [], "", [])
+    photos = [Photo(anonymous, "", "", data, preprocess(data, size=image_size)) for data in datas]
+    batches = [photos[i : i + 64] for i in range(0, len(photos), 64)]
+    return np.concatenate(list(embedder.embed_batches(batches)))
+
+
+def _assess_and_gate(
+    store: RecipeStore,
+    name: str,
+    live: str | None,
+    *,
+    embedder: PhotoEmbedder,
+    good: Sequence[tuple[Recipe, Path | str, str]],
+    image_size: int,
+    sample: int,
+    tolerance_points: float,
+    force: bool,
+) -> CollectionQuality:
+    """Calibrate the match verdict, record the figures, refuse (unless ``force``) when worse than live."""
+    calibration, quality = assess_collection(
+        store,
+        name,
+        embedder.version,
+        [(recipe.id, image) for recipe, image, _ in good],
+        lambda datas: _embed_bytes(embedder, datas, image_size),
+        sample=sample,
+    )
+    store.set_extra(name, {CALIBRATION_KEY: calibration.to_metadata(), QUALITY_KEY: quality.to_metadata()})
+    if live is None or live == name:
+        return quality
+    before = quality_of(store.collection_info(live).extra)
+    if before is None:
+        log.info("quality gate: live collection %s has no recorded figures; nothing to compare", live)
+        return quality
+    failures = gate_failures(before, quality, tolerance_points)
+    if not failures:
+        log.info("quality gate passed: %s (live %s: %s)", name, live, before.line())
+        return quality
+    message = (
+        f"quality gate: new collection {name} is worse than live {live} by more than "
+        f"{tolerance_points:g} point(s): " + "; ".join(failures)
+    )
+    if force:
+        log.warning("%s; moving the alias anyway (--force)", message)
+        return quality
+    raise BuildError(
+        f"{message}. The alias was not moved; {name} is kept incomplete with its figures: rerun with "
+        "--force to put it live anyway (the rerun resumes it), or roll back the model"
+    )
 
 
 def prune(store: RecipeStore, alias: str, keep_previous: int, *, previous: str | None = None) -> list[str]:

@@ -167,6 +167,10 @@ class RecipeStore(ABC):
         """Flag a collection as complete (verified, safe to put behind an alias)."""
 
     @abstractmethod
+    def set_extra(self, name: str, updates: dict[str, Any]) -> None:
+        """Merge ``updates`` into an incomplete collection's ``extra`` metadata."""
+
+    @abstractmethod
     def drop_collection(self, name: str) -> None: ...
 
     # -- points ------------------------------------------------------------------------------

@@ -338,6 +338,14 @@ class EdgeStore(RecipeStore):
             finally:
                 writer.close()
 
+    def set_extra(self, name: str, updates: dict[str, Any]) -> None:
+        with self._lock:
+            meta = self._read_meta(name)
+            if meta.get("complete"):
+                raise StoreError(f"collection {name!r} is complete and therefore immutable on Qdrant Edge")
+            meta["extra"] = {**dict(meta.get("extra") or {}), **updates}
+            self._write_meta(name, meta)
+
     def drop_collection(self, name: str) -> None:
         folder = self._dir(name)
         if not folder.exists():

@@ -177,6 +177,11 @@ class ServerStore(RecipeStore):
         meta["completed_at" if complete else "reopened_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         self.client.update_collection(name, metadata=meta)
 
+    def set_extra(self, name: str, updates: dict[str, Any]) -> None:
+        meta, _ = self._metadata(name)
+        meta["extra"] = {**dict(meta.get("extra") or {}), **updates}
+        self.client.update_collection(name, metadata=meta)
+
     def drop_collection(self, name: str) -> None:
         if not self._exists(name):
             raise CollectionNotFound(f"no collection {name!r} on {self.url}")
