@@ -161,3 +161,15 @@ def fit_calibration(
         reference_weight=reference_weight,
         samples=len(q),
     )
+
+
+def calibration_of(extra: dict[str, Any], model_version: str) -> MatchCalibration | None:
+    """The calibration a collection's metadata holds for ``model_version``; None if absent or unreadable."""
+    data = extra.get(CALIBRATION_KEY)
+    if not isinstance(data, dict):
+        return None
+    try:
+        calibration = MatchCalibration.from_metadata(data)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return calibration if calibration.model_version == model_version else None

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from indexer.build import BuildError, build_index
-from indexer.calibration import CALIBRATION_KEY, MatchCalibration, fit_calibration, match_verdict
+from indexer.calibration import (
+    CALIBRATION_KEY,
+    MatchCalibration,
+    calibration_of,
+    fit_calibration,
+    match_verdict,
+)
 from indexer.cli import run
 from indexer.quality import QUALITY_KEY, CollectionQuality, gate_failures, quality_of
 from indexer.store.edge import EdgeStore
@@ -44,6 +50,10 @@ def test_verdict_from_calibration() -> None:
     assert np.allclose(again.references, cal.references, atol=1e-3)
     with pytest.raises(ValueError):
         MatchCalibration.from_metadata({**cal.to_metadata(), "format": 99})
+    extra = {CALIBRATION_KEY: cal.to_metadata()}
+    assert calibration_of(extra, "m1") is not None
+    assert calibration_of(extra, "m2") is None  # another model's thresholds never apply
+    assert calibration_of({}, "m1") is None and calibration_of({CALIBRATION_KEY: {"format": 1}}, "m1") is None
 
 
 def test_gate_compares_the_gated_figures() -> None:
