@@ -28,7 +28,8 @@ from indexer.catalog import CatalogError
 from indexer.edit import delete_recipe, read_recipe_arg, upsert_recipe
 from indexer.quality import quality_of
 from indexer.settings import IndexerSettings
-from indexer.store.base import RecipeStore, StoreError, open_store
+from indexer.store import open_store
+from indexer.store.base import RecipeStore, StoreError
 
 log = logging.getLogger("indexer")
 
@@ -145,19 +146,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                     settings.catalog,
                     settings.model_dir,
                     store,
-                    alias=settings.alias,
-                    embedder_address=settings.embedder_address,
-                    batch_size=settings.batch_size,
-                    max_in_flight=settings.max_in_flight,
-                    decode_threads=settings.decode_threads,
-                    keep_previous=settings.keep_previous,
-                    max_bad_fraction=settings.max_bad_fraction,
-                    verify_sample=settings.verify_sample,
-                    min_side=settings.min_side,
-                    bad_report=settings.bad_report,
-                    batch_pause_s=settings.batch_pause_s,
-                    quality_sample=settings.quality_sample,
-                    gate_tolerance_points=settings.gate_tolerance_points,
+                    settings=settings,
                     force=args.force,
                     progress=not args.no_progress,
                 )
