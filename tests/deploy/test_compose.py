@@ -22,6 +22,7 @@ from check_jsonschema.builtin_schemas import get_builtin_schema
 
 from embedder.runtime import DEFAULT_PROVIDERS, select_providers
 from embedder.settings import EmbedderSettings
+from gateway.settings import GatewaySettings
 from tests.deploy.deployfiles import (
     COMPOSE_FILE,
     DOCKERFILE,
@@ -150,6 +151,14 @@ def test_embedded_profile_shares_images_command_and_an_edge_volume() -> None:
     assert "recipes-edge" in compose["volumes"]
     assert gateway["ports"] == services["gateway"]["ports"]
     assert gateway["healthcheck"] == services["gateway"]["healthcheck"]
+    assert gateway["stop_grace_period"] == services["gateway"]["stop_grace_period"]
+
+
+def test_gateway_gets_time_to_drain_http_then_grpc_before_sigkill() -> None:
+    grace = GatewaySettings().grace_period_s  # HTTP waits grace + 1 s, then gRPC grace (gateway/server.py)
+    for name in ("gateway", "gateway-embedded"):
+        period = load_compose()["services"][name]["stop_grace_period"]
+        assert period.endswith("s") and float(period[:-1]) >= 2 * grace + 1, name
 
 
 def test_compose_file_is_readable_by_docker_compose_1_29() -> None:
@@ -409,3 +418,29 @@ def test_gpu_image_installs_onnxruntime_gpu_and_prefers_cuda() -> None:
     assert select_providers(DEFAULT_PROVIDERS, available=offered) == offered
     # …and on a CPU-only build the same settings fall back to the CPU instead of failing
     assert select_providers(providers, available=["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_dedupe_links_only_identical_large_files(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("dedupe", ROOT / "deploy" / "dedupe-files.py")
+    assert spec is not None and spec.loader is not None
+    dedupe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dedupe)
+    big = bytes(range(256)) * 8192  # 2 MiB
+    (tmp_path / "lib").mkdir()
+    for name, data in {
+        "lib/libx.so": big,
+        "lib/libx.so.1": big,
+        "libx.so.1.2": big,
+        "other.so": big[:-1] + b"!",
+        "small-a": b"tiny",
+        "small-b": b"tiny",
+    }.items():
+        (tmp_path / name).write_bytes(data)
+    linked, saved = dedupe.dedupe(tmp_path)
+    assert (linked, saved) == (2, 2 * len(big))
+    inode = (tmp_path / "lib/libx.so").stat().st_ino
+    assert (tmp_path / "lib/libx.so.1").stat().st_ino == (tmp_path / "libx.so.1.2").stat().st_ino == inode
+    assert (tmp_path / "lib/libx.so.1").read_bytes() == big
+    assert (tmp_path / "other.so").stat().st_ino != inode
+    assert (tmp_path / "small-a").stat().st_ino != (tmp_path / "small-b").stat().st_ino
+    assert dedupe.dedupe(tmp_path) == (0, 0)  # a second pass finds nothing left to link
