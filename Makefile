@@ -42,6 +42,7 @@ lint: venv
 	$(BIN)/ruff format --check embedder indexer gateway training protos/codegen.py protos/__init__.py bench tests
 	$(BIN)/mypy
 	$(BIN)/hadolint deploy/Dockerfile
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy
