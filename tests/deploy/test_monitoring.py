@@ -1,13 +1,15 @@
 """deploy/grafana and deploy/k8s/monitoring: the dashboard and the metrics HPA ask only for metrics the
 services export, the HPA's custom metrics are ones the adapter rules produce, and the manifests are valid.
 
-The gateway's metric names are read from a live ``GatewayMetrics`` registry. The embedder's come from
-``embedder/metrics.py`` once it exists (issue 15); until then from ``EMBEDDER_METRICS`` below, the names
-issue 15 item 5 implies — the day the module lands, this test compares against it instead.
+The gateway's metric names and labels are read from a live ``GatewayMetrics`` registry, the embedder's
+from a live ``EmbedderMetrics`` (embedder/metrics.py, issue 15) once that module is on this branch; until
+then from ``EMBEDDER_METRICS`` below, a copy of what the quant branch's module defines (commit 89f25e9).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import re
 from collections.abc import Iterator
@@ -23,17 +25,17 @@ from tests.deploy.deployfiles import K8S_DIR, ROOT
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "recipelens-dashboard.json"
 MONITORING = K8S_DIR / "monitoring"
-EMBEDDER_METRICS_MODULE = ROOT / "embedder" / "metrics.py"
-# issue 15 item 5: requests and images per model version and method, batch-size histogram, queue wait,
-# inference time, errors by status code, models loaded with their numerics
+# embedder/metrics.py on the quant branch (89f25e9): name → labels
 EMBEDDER_METRICS = {
     "recipelens_embedder_requests": {"model_version", "method"},
     "recipelens_embedder_images": {"model_version", "method"},
-    "recipelens_embedder_batch_size": set(),
-    "recipelens_embedder_queue_wait_seconds": set(),
-    "recipelens_embedder_inference_seconds": set(),
     "recipelens_embedder_errors": {"method", "code"},
-    "recipelens_embedder_models_loaded": {"model_version", "numerics"},
+    "recipelens_embedder_request_seconds": {"method"},
+    "recipelens_embedder_batch_size": {"model_version"},
+    "recipelens_embedder_queue_wait_seconds": {"model_version"},
+    "recipelens_embedder_inference_seconds": {"model_version"},
+    "recipelens_embedder_in_flight_requests": set(),
+    "recipelens_embedder_model_loaded": {"model_version", "name", "numerics", "provider"},
 }
 _SUFFIX = re.compile(r"_(total|bucket|sum|count|created)$")
 _METRIC = re.compile(r"\brecipelens_[a-z0-9_]+")
@@ -45,21 +47,26 @@ def base_name(sample: str) -> str:
     return _SUFFIX.sub("", sample)
 
 
-def gateway_metrics() -> dict[str, set[str]]:
-    """Metric family name → label names, from a real registry."""
+def registry_metrics(registry: Any) -> dict[str, set[str]]:
+    """Metric family name → label names, from a prometheus_client registry."""
     found: dict[str, set[str]] = {}
-    for collector in GatewayMetrics().registry._collector_to_names:
+    for collector in registry._collector_to_names:
         name = base_name(getattr(collector, "_name", ""))
-        found[name] = set(getattr(collector, "_labelnames", ()))
-    return {name: labels for name, labels in found.items() if name}
+        if name:
+            found[name] = set(getattr(collector, "_labelnames", ()))
+    return found
+
+
+def gateway_metrics() -> dict[str, set[str]]:
+    return registry_metrics(GatewayMetrics().registry)
 
 
 def embedder_metrics() -> dict[str, set[str]]:
-    """The embedder's metrics: from embedder/metrics.py once written (labels unchecked), else the issue's."""
-    if not EMBEDDER_METRICS_MODULE.is_file():
+    """The embedder's metrics from its real registry once embedder/metrics.py exists, else the copy above."""
+    if importlib.util.find_spec("embedder.metrics") is None:
         return EMBEDDER_METRICS
-    names = re.findall(r"[\"'](recipelens_embedder_[a-z0-9_]+)[\"']", EMBEDDER_METRICS_MODULE.read_text())
-    return {base_name(name): PROM_LABELS | {"model_version", "method", "code", "numerics"} for name in names}
+    module = importlib.import_module("embedder.metrics")
+    return registry_metrics(module.EmbedderMetrics().registry)
 
 
 def exported() -> dict[str, set[str]]:
