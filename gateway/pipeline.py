@@ -29,8 +29,9 @@ from pydantic import SecretStr
 from embedder.embedding import Embedder
 from gateway.errors import ErrorKind, GatewayError, embedder_failure, store_failure
 from gateway.metrics import GatewayMetrics
-from gateway.search import RecipeHit, SearchResult, check_paging
+from gateway.search import RecipeHit, SearchResult, check_paging, judge_hits
 from gateway.settings import GatewaySettings
+from indexer.calibration import MatchCalibration, calibration_of
 from indexer.store.base import (
     CollectionNotFound,
     InvalidFilter,
@@ -141,6 +142,7 @@ class SearchGateway:
         self.api_keys = list(self.settings.api_keys)
         self.metrics = metrics or GatewayMetrics()
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway")
+        self._calibrations: dict[str, MatchCalibration | None] = {}
 
     @property
     def max_upload_bytes(self) -> int:
@@ -237,10 +239,12 @@ class SearchGateway:
         offset: int = 0,
         search_filter: SearchFilter | None = None,
         timeout_s: float | None = None,
+        min_confidence: float = 0.0,
     ) -> SearchResult:
         """Photo → ranked recipes from the collection behind the alias, embedded with its model version.
 
-        ``top_k`` ``None`` means the configured default (gRPC's unset 0 is passed as ``None``).
+        ``top_k`` ``None`` means the configured default (gRPC's unset 0 is passed as ``None``). The result
+        carries the match verdict; hits below ``min_confidence`` are dropped (:func:`judge_hits`).
         """
         start = time.perf_counter()
         top_k = self.default_top_k if top_k is None else top_k
@@ -286,8 +290,20 @@ class SearchGateway:
             except Exception as again:
                 raise store_failure(again, "search") from None
         hits = [RecipeHit.from_match(offset + i + 1, m) for i, m in enumerate(found.hits)]
+        match, hits = judge_hits(self._calibration(collection, model_version), vector, hits, min_confidence)
         took_ms = (time.perf_counter() - start) * 1000.0
-        return SearchResult(hits, model_version, collection, took_ms, list(found.warnings))
+        return SearchResult(hits, model_version, collection, took_ms, list(found.warnings), match=match)
+
+    def _calibration(self, collection: str, model_version: str) -> MatchCalibration | None:
+        """The collection's match calibration, read once per collection (a build never changes it)."""
+        key = f"{collection}/{model_version}"
+        if key not in self._calibrations:
+            if len(self._calibrations) >= 16:
+                self._calibrations.clear()
+            self._calibrations[key] = calibration_of(
+                self.store.collection_info(collection).extra, model_version
+            )
+        return self._calibrations[key]
 
     async def get_recipe(self, recipe_id: str, *, timeout_s: float | None = None) -> RecipeHit:
         """One recipe of the live collection, by its recipe id (or its point id)."""

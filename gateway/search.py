@@ -6,10 +6,13 @@ The search itself (photo → embed → search → hits) is :class:`gateway.pipel
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from gateway.errors import ErrorKind, GatewayError
+from indexer.calibration import MatchCalibration, match_verdict
 from indexer.store.base import RecipeMatch, StoreHit
 
 MAX_TOP_K = 100
@@ -37,6 +40,7 @@ class RecipeHit:
     image: str
     category: str
     payload: dict[str, Any] = field(repr=False)
+    confidence: float | None = None  # 0..1 from the collection's match calibration (None: not calibrated)
 
     @property
     def matched_image(self) -> str:
@@ -73,3 +77,20 @@ class SearchResult:
     collection: str
     took_ms: float
     warnings: list[str] = field(default_factory=list)
+    match: str | None = None  # "strong" | "weak" | "none"; None when the collection has no calibration
+
+
+def judge_hits(
+    calibration: MatchCalibration | None,
+    vector: np.ndarray,
+    hits: list[RecipeHit],
+    min_confidence: float = 0.0,
+) -> tuple[str | None, list[RecipeHit]]:
+    """The verdict of a query and its hits with their confidence, those below ``min_confidence`` dropped."""
+    if not 0.0 <= min_confidence <= 1.0:
+        raise GatewayError(ErrorKind.INVALID_ARGUMENT, f"min_confidence must be 0..1, got {min_confidence}")
+    if calibration is None:
+        return None, hits
+    verdict = match_verdict(calibration, vector, [h.score for h in hits])
+    judged = [replace(h, confidence=c) for h, c in zip(hits, verdict.confidences, strict=True)]
+    return verdict.match, [h for h in judged if h.confidence is not None and h.confidence >= min_confidence]
