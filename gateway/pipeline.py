@@ -321,7 +321,14 @@ class SearchGateway:
         try:
             found = await self._bounded(self._blocking(lookup), deadline, "store lookup")
         except Exception as exc:
-            raise store_failure(exc, "recipe lookup") from None
+            moved = await self._moved(collection, exc, deadline)  # as in search: swapped away meanwhile
+            if moved is None:
+                raise store_failure(exc, "recipe lookup") from None
+            collection = moved[0]
+            try:
+                found = await self._bounded(self._blocking(lookup), deadline, "store lookup")
+            except Exception as again:
+                raise store_failure(again, "recipe lookup") from None
         if not found:
             raise GatewayError(ErrorKind.NOT_FOUND, f"no recipe {recipe_id!r} in collection {collection}")
         return RecipeHit.from_store(1, found[0])
