@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Iterable
@@ -405,10 +406,14 @@ def write_bad_report(bad: Iterable[BadItem], path: str | Path) -> Path:
 
 
 def recipe_payload(
-    catalog_root: Path, recipe: Recipe, image: Path | str, model_version: str
+    catalog_root: Path, recipe: Recipe, image: Path | str, model_version: str, *, photo: bytes | None = None
 ) -> dict[str, Any]:
-    """The payload stored with one photo's vector (keys agreed in the store interface)."""
-    return {
+    """The payload stored with one photo's vector (keys agreed in the store interface).
+
+    With the ``photo`` bytes it carries ``source_hash``: a hash of the rest of the payload and those
+    bytes, what a resumed build compares to tell a stale point from a current one.
+    """
+    payload = {
         "recipe_id": recipe.id,
         "title": recipe.title,
         "ingredients": list(recipe.ingredients),
@@ -420,3 +425,9 @@ def recipe_payload(
         "source": recipe.source,
         "model_version": model_version,
     }
+    if photo is not None:
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode())
+        digest.update(b"\0")
+        digest.update(photo)
+        payload["source_hash"] = digest.hexdigest()[:32]
+    return payload

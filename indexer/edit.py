@@ -110,7 +110,9 @@ def upsert_recipe(
         stale = [i for i in store.ids_of_recipe(target, recipe.id) if i not in new_ids]
         store.delete_points(target, stale)
         points = [
-            RecipePoint(p.id, v, recipe_payload(catalog_root, recipe, p.image, embedder.version))
+            RecipePoint(
+                p.id, v, recipe_payload(catalog_root, recipe, p.image, embedder.version, photo=p.data)
+            )
             for p, v in zip(photos, vectors, strict=True)
         ]
         store.upsert(target, points, model_version=embedder.version)
