@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         else InProcessEmbedder(args.model_dir)
     )
     try:
-        store = open_store(StoreSettings(path=args.store_path, qdrant_url=args.qdrant_url))
+        store = open_store(StoreSettings(path=args.store_path, qdrant_url=args.qdrant_url), create=False)
     except (StoreError, OSError) as exc:
         raise _fail(f"cannot open the store: {exc}") from None
     try:

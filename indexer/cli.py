@@ -2,7 +2,7 @@
 
     recipelens-index build --catalog data/demo --model models/raw [--store-path var/qdrant | --qdrant-url URL]
                            [--alias recipes] [--embedder HOST:PORT] [--batch-size 128] [--bad-report PATH]
-    recipelens-index list | rollback | drop NAME
+    recipelens-index list | rollback | swap NAME | drop NAME
     recipelens-index upsert --model MODEL_DIR --recipe recipe.json
     recipelens-index delete RECIPE_ID
 
@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", parents=[store], help="list collections and aliases")
     sub.add_parser("rollback", parents=[store], help="put the previous collection back behind the alias")
+    swap = sub.add_parser("swap", parents=[store], help="put a complete collection behind the alias")
+    swap.add_argument("name")
     drop = sub.add_parser("drop", parents=[store], help="drop a collection that no alias points to")
     drop.add_argument("name")
 
@@ -131,7 +133,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     log.info("settings: %s", settings.summary())
     try:
-        with open_store(settings.store) as store:
+        # Only a build creates the store; every other command reports a missing one.
+        with open_store(settings.store, create=args.command == "build") as store:
             log.info("store: %s", settings.store.describe())
             if args.command == "build":
                 if settings.catalog is None or settings.model_dir is None:
@@ -154,6 +157,10 @@ def run(argv: Sequence[str] | None = None) -> int:
             elif args.command == "rollback":
                 before, after = rollback(store, settings.alias)
                 print(f"alias {settings.alias!r}: {before} → {after}")
+            elif args.command == "swap":
+                before = store.resolve_alias(settings.alias)
+                store.swap_alias(settings.alias, args.name)
+                print(f"alias {settings.alias!r}: {before} → {args.name}")
             elif args.command == "drop":
                 store.drop_collection(args.name)
                 print(f"dropped {args.name}")

@@ -43,6 +43,10 @@ class StoreError(RuntimeError):
     """A store operation failed; the message names the collection and what to do."""
 
 
+class StoreNotFound(StoreError):
+    """No store where the settings point (a reader never creates one)."""
+
+
 class CollectionNotFound(StoreError):
     """No collection of that name."""
 

@@ -254,3 +254,35 @@ def test_an_unfinished_build_of_another_catalogue_is_not_resumed(
         again = _build(first, tiny_model_dir, store, verify_sample=2)
         assert again.resumed and again.collection == unfinished.name and again.skipped == 16
         assert store.resolve_alias("recipes") == unfinished.name and store.count(unfinished.name) == 24
+
+
+def test_cli_swap_drop_and_a_missing_store(
+    catalog40: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from indexer.cli import run
+
+    missing = tmp_path / "does" / "not" / "exist"
+    for command in (["list"], ["rollback"], ["swap", "c"], ["drop", "c"], ["delete", "r1"]):
+        assert run([*command, "--store-path", str(missing)]) == 1
+        assert f"the store {missing} does not exist" in capsys.readouterr().err
+    assert not missing.parent.parent.exists()  # nothing created
+
+    root = tmp_path / "q"
+    with EdgeStore(root) as store:
+        first = _build(catalog40, tiny_model_dir, store, verify_sample=1).collection
+        second = _build(catalog40, tiny_model_dir, store, verify_sample=1).collection
+        store.create_collection("unfinished", dimension=64, model_version="m")
+    capsys.readouterr()
+    assert run(["drop", second, "--store-path", str(root)]) == 1
+    message = capsys.readouterr().err
+    assert "behind alias 'recipes'" in message and "`recipelens-index swap NAME --alias recipes`" in message
+    assert run(["swap", "unfinished", "--store-path", str(root)]) == 1
+    assert "incomplete; it cannot go behind alias" in capsys.readouterr().err
+    assert run(["swap", "nope", "--store-path", str(root)]) == 1
+    assert "no collection 'nope'" in capsys.readouterr().err
+    assert run(["swap", first, "--store-path", str(root)]) == 0  # what the drop message suggests
+    assert capsys.readouterr().out.strip() == f"alias 'recipes': {second} → {first}"
+    assert run(["drop", second, "--store-path", str(root)]) == 0
+    with EdgeStore(root) as store:
+        assert store.resolve_alias("recipes") == first
+        assert {c.name for c in store.list_collections()} == {first, "unfinished"}
