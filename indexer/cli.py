@@ -158,9 +158,9 @@ def run(argv: Sequence[str] | None = None) -> int:
                 before, after = rollback(store, settings.alias)
                 print(f"alias {settings.alias!r}: {before} → {after}")
             elif args.command == "swap":
-                before = store.resolve_alias(settings.alias)
+                was = store.resolve_alias(settings.alias)
                 store.swap_alias(settings.alias, args.name)
-                print(f"alias {settings.alias!r}: {before} → {args.name}")
+                print(f"alias {settings.alias!r}: {was} → {args.name}")
             elif args.command == "drop":
                 store.drop_collection(args.name)
                 print(f"dropped {args.name}")
