@@ -396,12 +396,15 @@ def load_photo(
 def write_bad_report(bad: Iterable[BadItem], path: str | Path) -> Path:
     """CSV with columns id, file, reason."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "file", "reason"])
-        for item in bad:
-            writer.writerow([item.recipe_id, item.file, item.reason])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["id", "file", "reason"])
+            for item in bad:
+                writer.writerow([item.recipe_id, item.file, item.reason])
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot write the bad-item report: {exc.strerror or exc}") from None
     return path
 
 

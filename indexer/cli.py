@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--model", type=Path, help="model folder (model.onnx + manifest.json)")
     build.add_argument("--embedder", help="HOST:PORT of the embedder service (default: in-process)")
     build.add_argument("--batch-size", type=int, help="photos per batch (64–256)")
-    build.add_argument("--bad-report", type=Path, help="CSV of bad items (default var/bad-items.csv)")
+    build.add_argument("--bad-report", help="CSV of bad items (default var/bad-items.csv; '' for none)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("list", parents=[store], help="list collections and aliases")
