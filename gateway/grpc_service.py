@@ -20,13 +20,12 @@ from grpc_reflection.v1alpha import reflection
 from recipelens.v1 import search_pb2, search_pb2_grpc
 
 from gateway.errors import ErrorKind, GatewayError
-from gateway.pipeline import SearchGateway, public_image_url
+from gateway.pipeline import SearchGateway, public_image_url, search_filter
 from gateway.search import RecipeHit
-from indexer.store.base import SearchFilter
+from protos.services import RECIPE_SEARCH_SERVICE
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["RecipeSearch"].full_name
 # Room for the rest of the request beside the image (filters, field tags).
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
@@ -83,21 +82,13 @@ class RecipeSearchServicer(search_pb2_grpc.RecipeSearchServicer):
         start = time.perf_counter()
         try:
             self.gateway.authorize(_metadata(context, "authorization"))
-            search_filter = None
-            if request.HasField("filter"):
-                f = request.filter
-                search_filter = SearchFilter(
-                    categories=tuple(f.categories),
-                    must_include=tuple(f.must_include_ingredients),
-                    must_exclude=tuple(f.must_exclude_ingredients),
-                )
-                if search_filter.is_empty():
-                    search_filter = None
+            f = request.filter
+            flt = search_filter(f.categories, f.must_include_ingredients, f.must_exclude_ingredients)
             result = await self.gateway.search(
                 request.image,
-                top_k=request.top_k,
+                top_k=request.top_k or None,
                 offset=request.offset,
-                search_filter=search_filter,
+                search_filter=flt,
                 timeout_s=self._timeout(context),
             )
         except GatewayError as exc:
@@ -110,12 +101,18 @@ class RecipeSearchServicer(search_pb2_grpc.RecipeSearchServicer):
         self.gateway.metrics.observe_request("grpc", "SearchByImage", "OK", time.perf_counter() - start, None)
         return search_pb2.SearchByImageResponse(
             hits=[
-                search_pb2.RecipeHit(rank=h.rank, score=h.score, recipe=recipe_message(h, self.images_root))
+                search_pb2.RecipeHit(
+                    rank=h.rank,
+                    score=h.score,
+                    recipe=recipe_message(h, self.images_root),
+                    matched_image_url=public_image_url(h.matched_image, self.images_root),
+                )
                 for h in result.hits
             ],
             model_version=result.model_version,
             collection=result.collection,
             took_ms=result.took_ms,
+            warnings=result.warnings,
         )
 
     async def GetRecipe(
@@ -156,7 +153,7 @@ class HealthReporter:
                 if readiness.ready
                 else health_pb2.HealthCheckResponse.NOT_SERVING
             )
-            for name in (health.OVERALL_HEALTH, SERVICE_NAME):
+            for name in (health.OVERALL_HEALTH, RECIPE_SEARCH_SERVICE):
                 await self.servicer.set(name, status)
             log.info(
                 "health: %s (%s)",
@@ -207,9 +204,11 @@ async def start_grpc_server(
     search_pb2_grpc.add_RecipeSearchServicer_to_server(RecipeSearchServicer(gateway, images_root), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in (health.OVERALL_HEALTH, SERVICE_NAME):
+    for name in (health.OVERALL_HEALTH, RECIPE_SEARCH_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (RECIPE_SEARCH_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     address = f"{host}:{port}"
     if tls_cert is not None and tls_key is not None:
         bound = server.add_secure_port(address, server_credentials(tls_cert, tls_key))

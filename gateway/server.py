@@ -13,21 +13,21 @@ import contextlib
 import logging
 import socket
 import sys
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar
 
 import grpc
 import uvicorn
 from pydantic import ValidationError
 
-from embedder.background import BackgroundLoop, stop_on_signals
+from embedder.background import RunningService, stop_on_signals
+from embedder.embedding import Embedder
+from embedder.factory import open_embedder
 from embedder.logs import configure_logging
 from embedder.manifest import ModelIntegrityError
-from gateway.embedding import AsyncEmbedder, InProcessEmbedder, RemoteEmbedder
 from gateway.grpc_service import HealthReporter, start_grpc_server
 from gateway.http_app import create_app
+from gateway.images import check_images_root, images_report
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import SearchGateway
 from gateway.settings import GatewaySettings
@@ -35,8 +35,6 @@ from indexer.store import open_store
 from indexer.store.base import RecipeStore
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -47,16 +45,17 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-def build_embedder(settings: GatewaySettings) -> AsyncEmbedder:
-    if settings.embedder_address:
-        return RemoteEmbedder(
-            settings.embedder_address, timeout_s=settings.embed_timeout_s, retries=settings.embed_retries
-        )
-    return InProcessEmbedder(
+def build_embedder(settings: GatewaySettings) -> Embedder:
+    """The embedder service at ``embedder_address``, or onnxruntime here over ``model_dir``."""
+    return open_embedder(
+        settings.embedder_address,
         settings.model_dir,
-        max_pixels=settings.max_pixels,
+        timeout_s=settings.embed_timeout_s,
+        retries=settings.embed_retries,
         max_batch_size=settings.max_batch_size,
         max_delay_s=settings.max_queue_delay_ms / 1000.0,
+        max_pixels=settings.max_pixels,
+        watch_model_dir=True,
     )
 
 
@@ -65,17 +64,12 @@ def build_store(settings: GatewaySettings) -> RecipeStore:
 
 
 def build_gateway(
-    settings: GatewaySettings, *, store: RecipeStore | None = None, embedder: AsyncEmbedder | None = None
+    settings: GatewaySettings, *, store: RecipeStore | None = None, embedder: Embedder | None = None
 ) -> SearchGateway:
     return SearchGateway(
         store if store is not None else build_store(settings),
         embedder if embedder is not None else build_embedder(settings),
-        alias=settings.alias,
-        api_keys=settings.api_keys,
-        max_upload_bytes=settings.max_upload_bytes,
-        max_pixels=settings.max_pixels,
-        default_top_k=settings.default_top_k,
-        embed_timeout_s=settings.embed_timeout_s,
+        settings,
         metrics=GatewayMetrics(),
     )
 
@@ -98,7 +92,13 @@ class GatewayServer:
     async def start(self, health_period_s: float = 1.0) -> None:
         s = self.settings
         log.info("starting gateway: %s", s.summary())
+        images_root = check_images_root(s.images_root)
         self.gateway = build_gateway(s, store=self._given_store)
+        try:
+            report = await asyncio.to_thread(images_report, self.gateway.store, s.alias, images_root)
+            (log.info if report.ok else log.warning)("%s", report.line(s.images_root))
+        except Exception as exc:  # the store may be down at start: searches will say so
+            log.warning("images_root %s: could not check the live collection: %s", s.images_root, exc)
         self.grpc_server, self.grpc_port, self.health = await start_grpc_server(
             self.gateway,
             host=s.grpc_host,
@@ -165,15 +165,11 @@ async def serve(settings: GatewaySettings) -> None:
         await server.stop()
 
 
-class RunningGateway:
+class RunningGateway(RunningService[GatewayServer]):
     """A :class:`GatewayServer` in a background thread with its own event loop (tests, benchmarks)."""
 
     def __init__(self, server: GatewayServer) -> None:
-        self.server = server
-        self._background = BackgroundLoop("gateway-server")
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60.0) -> T:
-        return self._background.call(coro, timeout)
+        super().__init__(server, "gateway-server")
 
     @property
     def gateway(self) -> SearchGateway:
@@ -189,20 +185,7 @@ class RunningGateway:
         return f"http://{self.server.settings.http_host}:{self.server.http_port}"
 
     def stop(self, grace: float | None = 1.0) -> None:
-        if self._background.closed:
-            return
-        try:
-            self.call(self.server.stop(grace))
-        finally:
-            self._background.close()
-
-    def __enter__(self) -> RunningGateway:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        super().stop(grace)
 
 
 def start_gateway(
@@ -210,12 +193,7 @@ def start_gateway(
 ) -> RunningGateway:
     """Start a gateway in a background thread; returns once both ports answer."""
     running = RunningGateway(GatewayServer(settings, store=store))
-    try:
-        running.call(running.server.start(health_period_s))
-    except BaseException:
-        running.stop(grace=0)
-        raise
-    return running
+    return running.start_with(running.server.start(health_period_s))
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -229,7 +207,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-dir", type=Path, help="model repository for the in-process embedder")
     parser.add_argument("--store-path", type=Path, help="Qdrant Edge folder")
     parser.add_argument("--qdrant-url", help="a Qdrant server instead of Qdrant Edge")
-    parser.add_argument("--images-root", type=Path, help="catalogue image folder served under /images/")
+    parser.add_argument(
+        "--images-root",
+        type=Path,
+        help="the catalogue folder the index was built from (the --catalog of recipelens-index build); "
+        "its photos are served under /images/",
+    )
     parser.add_argument("--grpc-port", type=int)
     parser.add_argument("--http-port", type=int)
     return parser.parse_args(argv)

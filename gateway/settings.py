@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from embedder.batcher import DEFAULT_MAX_QUEUE_DELAY_S
 from embedder.preprocess import DEFAULT_MAX_PIXELS
 from embedder.settings import split_list
 from indexer.store.base import StoreSettings
@@ -45,7 +46,9 @@ class GatewaySettings(BaseSettings):
     max_batch_size: int = Field(
         default=32, ge=1, description="in-process embedder: images per onnxruntime run"
     )
-    max_queue_delay_ms: float = Field(default=0.0, ge=0, description="in-process embedder: batch fill wait")
+    max_queue_delay_ms: float = Field(
+        default=DEFAULT_MAX_QUEUE_DELAY_S * 1000.0, ge=0, description="in-process embedder: batch fill wait"
+    )
 
     store: StoreSettings = Field(
         default_factory=StoreSettings, description="the vector store, as the indexer's (STORE__*)"
@@ -72,7 +75,10 @@ class GatewaySettings(BaseSettings):
         default=None, description="PEM certificate chain for gRPC TLS (with tls_key)"
     )
     tls_key: Path | None = Field(default=None, description="PEM private key for gRPC TLS (with tls_cert)")
-    images_root: Path | None = Field(default=None, description="catalogue image folder served under /images/")
+    images_root: Path | None = Field(
+        default=None,
+        description="the catalogue folder the index was built from; its photos are served under /images/",
+    )
 
     grace_period_s: float = Field(
         default=5.0, ge=0, description="how long in-flight calls may finish on stop"
@@ -99,10 +105,6 @@ class GatewaySettings(BaseSettings):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("set both tls_cert and tls_key (or neither)")
         return self
-
-    @property
-    def auth_enabled(self) -> bool:
-        return bool(self.api_keys)
 
     def summary(self) -> str:
         """One log line with every setting; secrets are masked and API keys only counted."""

@@ -27,19 +27,22 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from embedder.manifest import ModelIntegrityError, ModelManifest, read_manifest
+from embedder.embedding import SyncEmbedder
+from embedder.factory import open_embedder as open_any_embedder
+from embedder.manifest import ModelIntegrityError
+from embedder.model_folders import newest_model_folder, verify_model_folder
 from embedder.preprocess import ImageDecodeError
-from embedder.runtime import EmbeddingModel
+from indexer.calibration import CALIBRATION_KEY
 from indexer.catalog import (
     BadItem,
     Catalog,
@@ -49,11 +52,11 @@ from indexer.catalog import (
     recipe_payload,
     write_bad_report,
 )
+from indexer.quality import QUALITY_KEY, CollectionQuality, assess_collection, gate_failures, quality_of
 from indexer.settings import IndexerSettings
 from indexer.store.base import (
     DEFAULT_ALIAS,
     CollectionInfo,
-    ModelVersionMismatch,
     RecipePoint,
     RecipeStore,
     StoreError,
@@ -79,75 +82,27 @@ class Photo:
     array: np.ndarray
 
 
-class PhotoEmbedder(Protocol):
-    """Turns batches of decoded photos into vectors of one model version, in order."""
+# The build's embedder: the one embedder interface (in-process or the gRPC service), driven synchronously.
+PhotoEmbedder = SyncEmbedder
 
-    version: str
-    dimension: int
-
-    def embed_batches(self, batches: Iterable[list[Photo]]) -> Iterator[np.ndarray]: ...
-
-
-class LocalPhotoEmbedder:
-    """In-process onnxruntime (the default)."""
-
-    def __init__(self, model: EmbeddingModel) -> None:
-        self.model = model
-        self.version = model.version
-        self.dimension = model.dimension
-
-    def embed_batches(self, batches: Iterable[list[Photo]]) -> Iterator[np.ndarray]:
-        for batch in batches:
-            yield self.model.embed_arrays(np.stack([p.array for p in batch]))
-
-
-class RemotePhotoEmbedder:
-    """The gRPC embedder over one EmbedStream with ``max_in_flight`` batches ahead."""
-
-    def __init__(self, address: str, manifest: ModelManifest, *, max_in_flight: int = 4) -> None:
-        from embedder.client import EmbedderClient
-
-        self.client = EmbedderClient(address, timeout_s=60.0)
-        self.version = manifest.version
-        self.dimension = manifest.embedding_dim
-        self.max_in_flight = max_in_flight
-
-    def embed_batches(self, batches: Iterable[list[Photo]]) -> Iterator[np.ndarray]:
-        stream = self.client.embed_stream(
-            ([p.data for p in batch] for batch in batches), self.version, max_in_flight=self.max_in_flight
-        )
-        for result in stream:
-            if result.model_version != self.version:
-                raise ModelVersionMismatch("(embedder)", self.version, result.model_version)
-            yield result.vectors
-
-
-def resolve_model_folder(model_dir: str | Path) -> Path:
-    """A model folder, or the newest model folder inside a model repository."""
-    folder = Path(model_dir)
-    if not folder.exists():
-        raise BuildError(f"model folder not found: {folder}")
-    if (folder / "manifest.json").is_file():
-        return folder
-    found: list[tuple[str, Path]] = []
-    for sub in sorted(p for p in folder.iterdir() if (p / "manifest.json").is_file()):
-        try:
-            found.append((read_manifest(sub, verify=False).created_at, sub))
-        except ModelIntegrityError:
-            continue
-    if not found:
-        raise BuildError(f"{folder}: not a model folder (no manifest.json) and holds none")
-    return max(found)[1]
+# In-process, one onnxruntime run may take several of the build's batches at once.
+IN_PROCESS_MAX_BATCH = 256
 
 
 def open_embedder(
     model_dir: str | Path, embedder_address: str | None, *, max_in_flight: int = 4
-) -> PhotoEmbedder:
-    folder = resolve_model_folder(model_dir)
+) -> SyncEmbedder:
+    """The newest model in ``model_dir`` (verified), embedded in-process or by the service at the address.
+
+    With an address the service must serve exactly that model version (the catalogue is indexed with it).
+    """
     try:
-        if embedder_address:
-            return RemotePhotoEmbedder(embedder_address, read_manifest(folder), max_in_flight=max_in_flight)
-        return LocalPhotoEmbedder(EmbeddingModel(folder))
+        folder = newest_model_folder(model_dir)
+        manifest = verify_model_folder(folder)
+        embedder = open_any_embedder(
+            embedder_address, folder, timeout_s=60.0, max_batch_size=IN_PROCESS_MAX_BATCH
+        )
+        return SyncEmbedder(embedder, manifest.version, max_in_flight=max_in_flight)
     except ModelIntegrityError as exc:
         raise BuildError(str(exc)) from None
 
@@ -169,6 +124,8 @@ class BuildSummary:
     previous: str | None = None
     dropped: list[str] = field(default_factory=list)
     bad_report: Path | None = None
+    quality: CollectionQuality | None = None
+    forced: bool = False
 
     @property
     def images_per_s(self) -> float:
@@ -300,13 +257,16 @@ def build_index(
     *,
     settings: IndexerSettings | None = None,
     embedder: PhotoEmbedder | None = None,
+    force: bool = False,
     progress: bool = True,
     **overrides: Any,
 ) -> BuildSummary:
     """Index a catalogue into a new (or resumed) collection and put it behind the alias.
 
     The knobs (alias, batch_size, keep_previous, verify_sample, bad_report, …) are those of
-    :class:`~indexer.settings.IndexerSettings`: ``settings``, each overridable by keyword.
+    :class:`~indexer.settings.IndexerSettings`: ``settings``, each overridable by keyword. Before the
+    alias moves, the collection's figures are measured and compared with the live one's
+    (:mod:`indexer.quality`); ``force`` moves it even when they are worse.
     """
     started = time.perf_counter()
     opts = build_options(settings, **overrides)
@@ -317,7 +277,7 @@ def build_index(
     if embedder is None:
         embedder = open_embedder(model_dir, embedder_address, max_in_flight=max_in_flight)
     version = embedder.version
-    image_size = getattr(getattr(embedder, "model", None), "image_size", 224)
+    image_size = embedder.image_size
     report = Path(bad_report) if bad_report is not None else None
     total = catalog.photo_count + len(catalog.bad)
     if catalog.photo_count == 0:
@@ -363,6 +323,8 @@ def build_index(
                 "alias": alias,
                 "catalog": str(catalog_path),
                 "catalog_fingerprint": fingerprint,
+                # what image names are relative to: the gateway's images_root (and upserts) use it
+                "catalog_root": str(catalog.root.resolve()),
                 "expected": catalog.photo_count,
             },
         )
@@ -460,6 +422,17 @@ def build_index(
     _verify_sample(
         store, name, embedder=embedder, good=good, sample=opts.verify_sample, image_size=image_size
     )
+    summary.quality = _assess_and_gate(
+        store,
+        name,
+        previous,
+        embedder=embedder,
+        good=good,
+        sample=opts.quality_sample,
+        tolerance_points=opts.gate_tolerance_points,
+        force=force,
+    )
+    summary.forced = force
 
     store.mark_complete(name)
     store.swap_alias(alias, name)
@@ -509,6 +482,50 @@ def _verify_sample(
             f"verification failed: {len(failures)} of {len(photos)} sampled photos do not find their own "
             f"recipe first in {name}: " + "; ".join(failures[:5]) + "; the alias was not moved"
         )
+
+
+def _assess_and_gate(
+    store: RecipeStore,
+    name: str,
+    live: str | None,
+    *,
+    embedder: PhotoEmbedder,
+    good: Sequence[tuple[Recipe, Path | str, str]],
+    sample: int,
+    tolerance_points: float,
+    force: bool,
+) -> CollectionQuality:
+    """Calibrate the match verdict, record the figures, refuse (unless ``force``) when worse than live."""
+    calibration, quality = assess_collection(
+        store,
+        name,
+        embedder.version,
+        [(recipe.id, image) for recipe, image, _ in good],
+        embedder.embed,
+        sample=sample,
+    )
+    store.set_extra(name, {CALIBRATION_KEY: calibration.to_metadata(), QUALITY_KEY: quality.to_metadata()})
+    if live is None or live == name:
+        return quality
+    before = quality_of(store.collection_info(live).extra)
+    if before is None:
+        log.info("quality gate: live collection %s has no recorded figures; nothing to compare", live)
+        return quality
+    failures = gate_failures(before, quality, tolerance_points)
+    if not failures:
+        log.info("quality gate passed: %s (live %s: %s)", name, live, before.line())
+        return quality
+    message = (
+        f"quality gate: new collection {name} is worse than live {live} by more than "
+        f"{tolerance_points:g} point(s): " + "; ".join(failures)
+    )
+    if force:
+        log.warning("%s; moving the alias anyway (--force)", message)
+        return quality
+    raise BuildError(
+        f"{message}. The alias was not moved; {name} is kept incomplete with its figures: rerun with "
+        "--force to put it live anyway (the rerun resumes it), or roll back the model"
+    )
 
 
 def prune(store: RecipeStore, alias: str, keep_previous: int, *, previous: str | None = None) -> list[str]:

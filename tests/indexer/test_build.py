@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from embedder.runtime import EmbeddingModel
-from gateway.search import LocalQueryEmbedder, RecipeSearcher
-from indexer.build import BuildError, LocalPhotoEmbedder, build_index, rollback
+from indexer.build import BuildError, build_index, open_embedder, rollback
 from indexer.catalog import Recipe
 from indexer.edit import upsert_recipe
 from indexer.store.base import ModelVersionMismatch, SearchFilter
 from indexer.store.edge import EdgeStore
 from tests.indexer.conftest import write_kaggle_catalog
 from tests.support.imagegen import distorted, encode, synthetic_photo
+from tests.support.search import SyncSearch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def test_build_search_rebuild_rollback(catalog40: Path, tiny_model_dir: Path, tm
         assert store.resolve_alias("recipes") == first.collection and store.count(first.collection) == 40
         assert "images/s" in first.line()
 
-        searcher = RecipeSearcher(store, LocalQueryEmbedder(tiny_model_dir))
+        searcher = SyncSearch(store, tiny_model_dir)
         for seed in (3, 17, 33):  # a cropped, recompressed photo finds its recipe first
             result = searcher.search(distorted(synthetic_photo(seed, (160, 120)), seed), top_k=3)
             assert result.hits[0].recipe_id == f"r{seed}", result.hits
@@ -78,7 +78,7 @@ def test_model_version_guard(
         assert summary.model_version in str(err.value) and old.version in str(err.value)
         recipe = Recipe("r1", "Dish 1", [], [], "", [catalog40 / "images" / "dish-001.jpg"])
         with pytest.raises(ModelVersionMismatch, match=old.version):
-            upsert_recipe(store, recipe, LocalPhotoEmbedder(old), catalog_root=catalog40)
+            upsert_recipe(store, recipe, open_embedder(tiny_model_dir, None), catalog_root=catalog40)
 
 
 def test_bad_photos_are_reported_and_threshold_fails(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -181,8 +181,9 @@ class DyingEmbedder:
     """The real in-process embedder, which dies after ``batches`` batches."""
 
     def __init__(self, model_dir: Path, batches: int) -> None:
-        self.inner = LocalPhotoEmbedder(EmbeddingModel(model_dir))
-        self.model, self.version, self.dimension = self.inner.model, self.inner.version, self.inner.dimension
+        self.inner = open_embedder(model_dir, None)
+        self.version, self.dimension = self.inner.version, self.inner.dimension
+        self.image_size = self.inner.image_size
         self.batches = batches
 
     def embed_batches(self, batches):  # type: ignore[no-untyped-def]
@@ -251,7 +252,7 @@ def test_an_unfinished_build_of_another_catalogue_is_not_resumed(
         assert f"unfinished collection {unfinished.name} was filled from another catalogue" in caplog.text
         assert "starting a fresh collection" in caplog.text
         assert store.count(unfinished.name) == 16  # left alone, for its own catalogue
-        again = _build(first, tiny_model_dir, store, verify_sample=2)
+        again = _build(first, tiny_model_dir, store, verify_sample=2, force=True)  # vs another catalogue
         assert again.resumed and again.collection == unfinished.name and again.skipped == 16
         assert store.resolve_alias("recipes") == unfinished.name and store.count(unfinished.name) == 24
 

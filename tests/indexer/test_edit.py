@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from embedder.runtime import EmbeddingModel
-from gateway.search import LocalQueryEmbedder, RecipeSearcher
-from indexer.build import BuildError, LocalPhotoEmbedder, build_index
+from indexer.build import BuildError, build_index, open_embedder
 from indexer.catalog import Recipe
 from indexer.edit import delete_recipe, read_recipe_arg, upsert_recipe
 from indexer.store.base import ModelVersionMismatch, RecipeStore, point_id
@@ -17,6 +16,7 @@ from indexer.store.edge import EdgeStore
 from indexer.store.server import ServerStore
 from tests.indexer.conftest import write_kaggle_catalog
 from tests.support.imagegen import distorted, encode, synthetic_photo
+from tests.support.search import SyncSearch
 
 
 def _build(catalog: Path, model: Path, store: RecipeStore, **kw: object):  # type: ignore[no-untyped-def]
@@ -88,7 +88,7 @@ def test_upsert_replaces_every_photo_of_a_recipe_in_place_on_a_server(
         assert store.ids_of_recipe(built.collection, "r1") == [old_id]
         photos = [_photo(tmp_path / "r1" / "front.jpg", 601), _photo(tmp_path / "r1" / "side.jpg", 602)]
         new = Recipe("r1", "Dish 1, again", ["chillies"], ["chillies"], "", list(photos), "Soups")
-        edit = upsert_recipe(store, new, LocalPhotoEmbedder(model), catalog_root=tmp_path / "r1")
+        edit = upsert_recipe(store, new, open_embedder(tiny_model_dir, None), catalog_root=tmp_path / "r1")
         assert (edit.copied, edit.collection, edit.upserted, edit.deleted) == (False, built.collection, 2, 1)
         assert sorted(store.ids_of_recipe(built.collection, "r1")) == sorted(
             [point_id("r1", "front.jpg"), point_id("r1", "side.jpg")]
@@ -117,8 +117,8 @@ def test_a_failed_edit_leaves_the_live_collection_and_no_copy(
         broken.write_bytes(b"not a photo")
         recipe = Recipe("n1", "New", [], [], "", [broken])
         with pytest.raises(BuildError, match=r"recipe n1: .*broken\.jpg"):
-            upsert_recipe(store, recipe, LocalPhotoEmbedder(model), catalog_root=broken.parent)
-        other = LocalPhotoEmbedder(EmbeddingModel(second_model_dir))
+            upsert_recipe(store, recipe, open_embedder(tiny_model_dir, None), catalog_root=broken.parent)
+        other = open_embedder(second_model_dir, None)
         good = Recipe("n1", "New", [], [], "", [_photo(tmp_path / "new" / "ok.jpg", 700)])
         with pytest.raises(ModelVersionMismatch):
             upsert_recipe(store, good, other, catalog_root=good.images[0].parent)  # type: ignore[union-attr]
@@ -129,15 +129,13 @@ def test_a_failed_edit_leaves_the_live_collection_and_no_copy(
 def test_incremental_upsert_and_delete(catalog40: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     with EdgeStore(tmp_path / "q") as store, EdgeStore(tmp_path / "q") as gateway_side:
         built = _build(catalog40, tiny_model_dir, store, verify_sample=2)
-        searcher = RecipeSearcher(gateway_side, LocalQueryEmbedder(tiny_model_dir))
+        searcher = SyncSearch(gateway_side, tiny_model_dir)
         searcher.search(encode(synthetic_photo(1, (160, 120))))  # the "gateway" holds the live collection
         photo = tmp_path / "new" / "new.jpg"
         photo.parent.mkdir()
         photo.write_bytes(encode(synthetic_photo(500, (160, 120))))
         new = Recipe("n1", "New dish", ["2 leeks"], ["leeks"], "Stew.", [photo], "Soups", "test")
-        edit = upsert_recipe(
-            store, new, LocalPhotoEmbedder(EmbeddingModel(tiny_model_dir)), catalog_root=photo.parent
-        )
+        edit = upsert_recipe(store, new, open_embedder(tiny_model_dir, None), catalog_root=photo.parent)
         assert edit.copied and edit.previous == built.collection and edit.upserted == 1
         result = searcher.search(distorted(synthetic_photo(500, (160, 120)), 1), top_k=1)  # seen at once
         assert result.collection == edit.collection and result.hits[0].recipe_id == "n1"
