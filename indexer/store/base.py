@@ -290,10 +290,12 @@ class RecipeStore(ABC):
             return
         check_vectors(name, points, info.dimension)
         self._upsert(name, points)
+        self._forget_vocabulary(name)
 
     def delete_points(self, name: str, ids: Sequence[str]) -> None:
         if ids:
             self._delete(name, list(ids))
+            self._forget_vocabulary(name)
 
     def search(
         self,
@@ -308,8 +310,6 @@ class RecipeStore(ABC):
         """The nearest photos (points), best first; see :meth:`search_recipes` for one hit per recipe."""
         query = self.query_vector(name, vector, model_version)
         resolved = self.resolve_filter(name, filter)
-        if resolved.impossible:
-            return []
         return self._query(name, query, limit=int(limit), offset=int(offset), flt=self._native(resolved))
 
     def search_recipes(
@@ -326,14 +326,14 @@ class RecipeStore(ABC):
 
         ``limit`` and ``offset`` count recipes. The result carries the filter's warnings (terms that
         match nothing in the collection). This default over-fetches photos and collapses them by
-        ``recipe_id``, doubling the fetch until the page is full, the collection is exhausted or
+        ``recipe_id``, growing the fetch fourfold until the page is full, the collection is exhausted or
         :data:`GROUP_FETCH_LIMIT` photos were read (then the page may be short: recipes with that
         many photos each ahead of it are rare and the bound keeps the cost of one search fixed).
         """
         query = self.query_vector(name, vector, model_version)
         resolved = self.resolve_filter(name, filter)
         need = int(offset) + int(limit)
-        if resolved.impossible or limit <= 0:
+        if limit <= 0:
             return RecipeResults([], resolved.warnings)
         flt = self._native(resolved)
         fetch = min(GROUP_FETCH_LIMIT, max(GROUP_FETCH_MIN, need * GROUP_OVERFETCH))
@@ -380,8 +380,14 @@ class RecipeStore(ABC):
                 return cached[1]
         vocab = Vocabulary.of(self._facet(name, "category"), self._facet(name, "ingredient_keywords"))
         with self._vocab_lock:
+            if len(self._vocab_cache) > 32:  # collections come and go: keep the cache small
+                self._vocab_cache.clear()
             self._vocab_cache[name] = (key, vocab)
         return vocab
+
+    def _forget_vocabulary(self, name: str) -> None:
+        with self._vocab_lock:
+            self._vocab_cache.pop(name, None)
 
     def resolve_filter(self, name: str, search_filter: SearchFilter | None) -> ResolvedFilter:
         """``search_filter`` in the spellings ``name`` holds, with a warning per term it lacks."""

@@ -87,12 +87,17 @@ class Vocabulary:
 
 @dataclass(frozen=True)
 class ResolvedFilter:
-    """A :class:`SearchFilter` in a collection's own spellings; ``impossible``: no point can match."""
+    """A :class:`SearchFilter` in a collection's own spellings (plus the normal forms themselves).
+
+    Each group also holds the request's own normal form (categories: its spelling in the usual cases),
+    so a point stored after the vocabulary was read still matches: a vocabulary read a moment ago
+    makes a warning late, not a filter wrong (a category spelled in unusual case may be missed until
+    the vocabulary is read again — on Qdrant Edge at the next write, on a server within 30 s).
+    """
 
     categories: tuple[str, ...] | None = None  # None: any category
     include: tuple[tuple[str, ...], ...] = ()  # each: any of these stored keywords
     exclude: tuple[tuple[tuple[str, ...], ...], ...] = ()  # per term: every group (any of) present
-    impossible: bool = False
     warnings: tuple[str, ...] = ()
 
     @classmethod
@@ -101,7 +106,6 @@ class ResolvedFilter:
             return cls()
         vocab = vocabulary()
         warnings: list[str] = []
-        impossible = False
         categories: tuple[str, ...] | None = None
         if search_filter.categories:
             found: set[str] = set()
@@ -109,36 +113,26 @@ class ResolvedFilter:
                 spelled = vocab.categories.get(c.casefold(), ())
                 if not spelled:
                     warnings.append(f"category {c!r} matches no category in the collection")
-                found.update(spelled)
+                found.update({*spelled, c, c.casefold(), c.title(), c.capitalize()})
             categories = tuple(sorted(found))
-            impossible = not categories
-        include: list[tuple[str, ...]] = []
-        for term in search_filter.must_include:
-            groups = _term_groups(term, vocab, warnings, "must_include")
-            if groups is None or not all(groups):
-                impossible = True
-            else:
-                include.extend(groups)
-        exclude: list[tuple[tuple[str, ...], ...]] = []
-        for term in search_filter.must_exclude:
-            groups = _term_groups(term, vocab, warnings, "must_exclude")
-            if groups is not None and all(groups):  # a term nothing holds excludes nothing
-                exclude.append(tuple(groups))
-        return cls(categories, tuple(include), tuple(exclude), impossible, tuple(warnings))
+        include = [g for term in search_filter.must_include for g in _term_groups(term, vocab, warnings)]
+        exclude = [
+            tuple(groups)
+            for term in search_filter.must_exclude
+            if (groups := _term_groups(term, vocab, warnings))
+        ]
+        return cls(categories, tuple(include), tuple(exclude), tuple(warnings))
 
     def is_empty(self) -> bool:
         return self.categories is None and not self.include and not self.exclude
 
 
-def _term_groups(
-    term: str, vocab: Vocabulary, warnings: list[str], where: str
-) -> list[tuple[str, ...]] | None:
-    """One group of stored keywords per word of ``term`` (empty where none); None if no word at all."""
+def _term_groups(term: str, vocab: Vocabulary, warnings: list[str]) -> list[tuple[str, ...]]:
+    """One group per word of ``term``: the stored keywords of its normal form, and that form itself."""
     keys = query_keywords(term)
     if not keys:
-        warnings.append(f"{where} term {term!r} has no ingredient word; ignored")
-        return None
-    groups = [vocab.keywords.get(k, ()) for k in keys]
-    if not all(groups):
+        warnings.append(f"ingredient {term!r} has no word to match; ignored")
+        return []
+    if not all(k in vocab.keywords for k in keys):
         warnings.append(f"ingredient {term!r} matches no ingredient in the collection")
-    return groups
+    return [tuple(sorted({*vocab.keywords.get(k, ()), k})) for k in keys]

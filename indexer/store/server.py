@@ -183,7 +183,7 @@ class ServerStore(RecipeStore):
             )
         query = self.query_vector(name, vector, model_version)
         resolved = self.resolve_filter(name, filter)
-        if resolved.impossible or limit <= 0:
+        if limit <= 0:
             return RecipeResults([], resolved.warnings)
         result = self.client.query_points_groups(
             name,

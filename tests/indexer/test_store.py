@@ -378,3 +378,29 @@ def test_one_normal_form_for_index_and_query() -> None:
     assert normal("hummus") == "hummus" and normal("glass") == normal("glasses")
     assert query_keywords("Red CHILLIES") == ["red", "chilli"]
     assert set(ingredient_keywords(["2 chillies"])) == {"chillies", "chilli"}
+
+
+def test_a_vocabulary_read_before_a_write_never_makes_a_filter_wrong(
+    tmp_path: Path, server_stores: list[ServerStore]
+) -> None:
+    pts = _points()
+    with EdgeStore(tmp_path / "q") as edge:
+        stores: list[RecipeStore] = [edge, *server_stores]
+        for store in stores:
+            name = f"fresh-{uuid.uuid4().hex[:8]}"
+            store.create_collection(name, dimension=DIM, model_version="m1")
+            store.upsert(name, pts[:6], model_version="m1")
+            flt = SearchFilter(must_exclude=("Leeks",), categories=("stews",))
+            assert store.search(name, pts[6].vector, limit=12, filter=flt, model_version="m1") == []
+            new = {
+                "recipe_id": "leek",
+                "category": "Stews",
+                "ingredient_keywords": ingredient_keywords(["leeks"]),
+            }
+            store.upsert(name, [RecipePoint(pts[6].id, pts[6].vector, new)], model_version="m1")
+            plain = {**new, "recipe_id": "plain", "ingredient_keywords": ["water"]}
+            store.upsert(name, [RecipePoint(pts[7].id, pts[7].vector, plain)], model_version="m1")
+            hits = store.search(name, pts[6].vector, limit=12, filter=flt, model_version="m1")
+            assert [h.payload["recipe_id"] for h in hits] == ["plain"], type(store).__name__
+            if isinstance(store, ServerStore) and store.url != ":memory:":
+                store.client.delete_collection(name)
