@@ -78,11 +78,6 @@ class Catalog:
         """Usable photos (bad ones excluded)."""
         return sum(len(r.images) for r in self.recipes)
 
-    @property
-    def bad_fraction(self) -> float:
-        total = self.photo_count + len(self.bad)
-        return len(self.bad) / total if total else 0.0
-
     def photos(self) -> Iterable[tuple[Recipe, Path | str]]:
         for recipe in self.recipes:
             for image in recipe.images:

@@ -359,10 +359,6 @@ class RecipeStore(ABC):
     def count(self, name: str) -> int: ...
 
     @abstractmethod
-    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
-        """The subset of ``ids`` already stored."""
-
-    @abstractmethod
     def ids_of_recipe(self, name: str, recipe_id: str) -> list[str]:
         """Point ids of every photo of one recipe."""
 

@@ -399,12 +399,6 @@ class EdgeStore(RecipeStore):
     def count(self, name: str) -> int:
         return int(self._reader(name).count(qe.CountRequest(exact=True)))
 
-    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
-        if not ids:
-            return set()
-        records = self._reader(name).retrieve(list(ids), with_payload=False, with_vector=False)
-        return {str(r.id) for r in records}
-
     def _scroll(
         self, name: str, flt: qe.Filter | None, payload: list[str] | None = None
     ) -> Iterator[tuple[str, dict[str, Any]]]:

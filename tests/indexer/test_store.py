@@ -75,7 +75,7 @@ def _scenario(store: RecipeStore, name: str) -> dict[str, object]:
         "inc": sorted(h.payload["recipe_id"] for h in inc),
         "exc": sorted(h.payload["recipe_id"] for h in exc),
         "count": store.count(name),
-        "existing": sorted(store.existing_ids(name, [pts[0].id, pts[1].id, str(uuid.uuid4())])),
+        "existing": sorted(set(store.payload_hashes(name)) & {pts[0].id, pts[1].id, str(uuid.uuid4())}),
         "recipe": store.ids_of_recipe(name, "r5"),
     }
 
