@@ -275,6 +275,8 @@ def build_index(
                 "purpose": "build",
                 "alias": alias,
                 "catalog": str(catalog_path),
+                # what image names are relative to: the gateway's images_root (and upserts) use it
+                "catalog_root": str(catalog.root.resolve()),
                 "expected": catalog.photo_count,
             },
         )

@@ -169,13 +169,12 @@ def run(argv: Sequence[str] | None = None) -> int:
                 if settings.model_dir is None:
                     print("recipelens-index upsert: --model is required", file=sys.stderr)
                     return 2
-                recipe, base = read_recipe_arg(args.recipe)
+                recipe, _ = read_recipe_arg(args.recipe)
                 embedder = open_embedder(settings.model_dir, settings.embedder_address)
                 edit = upsert_recipe(
                     store,
                     recipe,
                     embedder,
-                    catalog_root=base,
                     alias=settings.alias,
                     keep_previous=settings.keep_previous,
                     min_side=settings.min_side,
