@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= cpu,train,dev
 
-.PHONY: demo test reliability venv lint typecheck protos bench clean-demo
+.PHONY: demo demo-retrain test reliability venv lint typecheck protos bench clean-demo
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ venv: $(BIN)/.installed
 
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash deploy/quickstart.sh
+
+# Against a running `make demo` (another terminal): fine-tune (PRESET=ft adds phase 2), serve the new model
+# beside the old one, re-index while the gateway answers, print before/after.
+PRESET ?= tl-hard
+demo-retrain: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m training.demo_retrain --preset $(PRESET)
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

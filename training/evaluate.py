@@ -81,9 +81,13 @@ def distort(data: bytes, rng: np.random.Generator, level: str = "moderate") -> b
 
 
 def make_queries(
-    files: Sequence[Path], per_photo: int, seed: int, level: str = "moderate"
+    files: Sequence[Path], per_photo: int, seed: int, level: str = "moderate", *, size: int = IMAGE_SIZE
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(Q, S, S, 3) uint8 distorted views of ``files`` and the index of the photo each came from."""
+    """(Q, S, S, 3) uint8 distorted views of ``files`` and the index of the photo each came from.
+
+    The distorted JPEG bytes do not depend on ``size`` (the model's input side), so every backbone is
+    queried with the same photos.
+    """
     if level not in DISTORTIONS:
         raise ValueError(f"unknown distortion level {level!r}; choose one of {', '.join(DISTORTIONS)}")
     rng = np.random.default_rng(seed)
@@ -92,10 +96,10 @@ def make_queries(
     for i, path in enumerate(files):
         data = Path(path).read_bytes()
         for _ in range(per_photo):
-            arrays.append(preprocess(distort(data, rng, level)))
+            arrays.append(preprocess(distort(data, rng, level), size=size))
             origin.append(i)
     if not arrays:
-        return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), np.zeros((0,), np.int64)
+        return np.zeros((0, size, size, 3), np.uint8), np.zeros((0,), np.int64)
     return np.stack(arrays), np.asarray(origin, np.int64)
 
 
@@ -405,21 +409,25 @@ def comparison_table(comparisons: Sequence[PairedDelta]) -> list[str]:
     if not comparisons:
         return []
     first = comparisons[0]
-    lines = [
-        "",
-        f"## Against {first.reference}, on the same queries",
-        "",
-        f"| model | queries | metric | {first.reference} | model | Δ points "
-        f"| {100 * CONFIDENCE:.0f} % interval | better / worse | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for c in comparisons:
-        lines.append(
-            f"| {c.model} | {c.distortion} | {METRIC_LABELS.get(c.metric, c.metric)} "
-            f"| {_pct(c.reference_value)} | {_pct(c.model_value)} "
-            f"| {_signed(c.delta)} | {_signed(c.low)} … {_signed(c.high)} | {c.better} / {c.worse} "
-            f"| {c.verdict} |"
-        )
+    lines: list[str] = []
+    for reference in dict.fromkeys(c.reference for c in comparisons):
+        lines += [
+            "",
+            f"## Against {reference}, on the same queries",
+            "",
+            f"| model | queries | metric | {reference} | model | Δ points "
+            f"| {100 * CONFIDENCE:.0f} % interval | better / worse | verdict |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c in comparisons:
+            if c.reference != reference:
+                continue
+            lines.append(
+                f"| {c.model} | {c.distortion} | {METRIC_LABELS.get(c.metric, c.metric)} "
+                f"| {_pct(c.reference_value)} | {_pct(c.model_value)} "
+                f"| {_signed(c.delta)} | {_signed(c.low)} … {_signed(c.high)} | {c.better} / {c.worse} "
+                f"| {c.verdict} |"
+            )
     lines += [
         "",
         f"Interval: {BOOTSTRAP_RESAMPLES} bootstrap resamples of the {first.photos} held-out photos, each "
