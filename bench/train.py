@@ -73,6 +73,7 @@ def side_by_side(
         split_at_unfreeze_boundary,
     )
     from training.data import TripletSampler, index_dataset, render_views
+    from training.dataset import prepare_data
     from training.fitting import (
         BACKBONE_LAYER,
         build_networks,
@@ -80,7 +81,6 @@ def side_by_side(
         compile_triplet_model,
         unfreeze_top,
     )
-    from training.train import prepare_data
 
     small = config.overridden([f"max_recipes={recipes}"])
     out.mkdir(parents=True, exist_ok=True)

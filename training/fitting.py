@@ -96,6 +96,14 @@ def build_model(config: TrainConfig, weights: str | None) -> keras.Model:
     )
 
 
+def float32_twin(model: keras.Model, config: TrainConfig) -> keras.Model:
+    """A float32 copy of a mixed-precision model, for export (ONNX parity is checked in float32)."""
+    keras.mixed_precision.set_global_policy("float32")
+    twin = build_model(config, None)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def build_networks(config: TrainConfig) -> Networks:
     """The preset's model (raw, or backbone + head with the backbone frozen) on the device strategy."""
     strategy = setup_devices(config)

@@ -3,7 +3,7 @@
 :func:`run` reads top to bottom as the stages it calls, each on one :class:`Run` (the config, the
 data, the networks, the run folder, the timer):
 
-1. :func:`prepare_data` — read and validate the catalogue, decode its photos, split the recipes;
+1. :func:`~training.dataset.prepare_data` — read and check the catalogue, decode its photos, split recipes;
 2. :func:`~training.fitting.build_networks` — the model and its halves around the pooling layer;
 3. :func:`~training.features.pretrained_features` — the frozen backbone's pooled features of the clean
    photos and of the evaluation's distorted queries, before any training (the raw backbone's row);
@@ -38,7 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from indexer.catalog import CatalogError, read_catalog, write_bad_report
+from indexer.catalog import CatalogError
 from training.activation_cache import (
     ActivationCache,
     BoundarySplit,
@@ -49,9 +49,9 @@ from training.activation_cache import (
     rendered_activation_triplets,
     split_at_unfreeze_boundary,
 )
-from training.backbones import backbone_image_size
-from training.data import PhotoSet, TripletSampler, feature_triplets, load_photos
-from training.evaluate import PairedDelta, RetrievalScores, plot_embedding_map, score, write_report
+from training.data import TripletSampler, feature_triplets
+from training.dataset import PreparedData, prepare_data
+from training.evaluate import PairedDelta, RetrievalScores, score
 from training.features import (
     PretrainedFeatures,
     chunks,
@@ -65,16 +65,23 @@ from training.features import (
 from training.fitting import (
     BACKBONE_LAYER,
     Networks,
-    build_model,
     build_networks,
     build_triplet_model,
     fit_phase,
+    float32_twin,
     unfreeze_top,
 )
 from training.heads import init_head
 from training.presets import TrainConfig
-from training.run_report import compare_with_raw, copy_report, manifest_metrics, plot_curves, targets_line
-from training.split import EmptySplitError, RecipeSplit, sample_recipes, split_recipes
+from training.run_report import (
+    compare_with_raw,
+    copy_report,
+    manifest_metrics,
+    plot_curves,
+    plot_embedding_map,
+    targets_line,
+    write_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,19 +98,6 @@ class RunResult:
     validation: dict[str, float]
     timings: dict[str, float]
     history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
-
-
-@dataclass
-class PreparedData:
-    photos: PhotoSet
-    split: RecipeSplit
-    recipes: dict[str, np.ndarray]  # split name → recipe indices
-    bad_count: int
-
-    def photos_of(self, *splits: str) -> np.ndarray:
-        """Photo indices of every recipe of the named splits, in recipe order."""
-        parts = [self.photos.photos_of(int(r)) for s in splits for r in self.recipes[s]]
-        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 class StageTimer:
@@ -175,45 +169,6 @@ def start_run_folder(config: TrainConfig, out_dir: Path) -> Path:
     (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
     log.info("run folder %s; config: %s", run_dir, config.model_dump_json())
     return run_dir
-
-
-def prepare_data(config: TrainConfig, catalog_path: Path, run_dir: Path, *, progress: bool) -> PreparedData:
-    """Read and validate the catalogue, decode its photos, split recipes; a clear error when unusable."""
-    catalog = read_catalog(catalog_path)
-    by_id = {r.id: r for r in catalog.recipes}
-    chosen = sample_recipes(by_id, config.max_recipes, salt=config.split.salt)
-    if not chosen:
-        raise EmptySplitError(f"{catalog_path}: the catalogue has no recipes")
-    size = backbone_image_size(config.backbone)
-    photos, bad = load_photos([by_id[rid] for rid in chosen], size=size, progress=progress)
-    bad = [*catalog.bad, *bad]
-    if bad:
-        report = run_dir / "bad_images.csv"
-        write_bad_report(bad, report)
-        log.warning("%d unusable catalogue item(s) listed in %s", len(bad), report)
-    if not photos.recipe_ids:
-        raise EmptySplitError(
-            f"{catalog_path}: no recipe has a usable photo (see {run_dir / 'bad_images.csv'})"
-        )
-    split = split_recipes(
-        photos.hashes_by_recipe(),
-        train=config.split.train,
-        validation=config.split.validation,
-        salt=config.split.salt,
-    )
-    (run_dir / "split.json").write_text(json.dumps(split.assignment, indent=0, sort_keys=True))
-    hint = " — use a larger catalogue or change the fractions, e.g. --set split.validation=0.2"
-    index = photos.recipe_index()
-    recipes = {}
-    for name, minimum in (
-        ("train", 2 if config.train else 0),
-        ("validation", 2 if config.train else 0),
-        ("test", 1),
-    ):
-        ids = split.require(name, minimum, hint=hint)  # type: ignore[arg-type]
-        recipes[name] = np.asarray([index[rid] for rid in ids], np.int32)
-    log.info("split: %s", ", ".join(f"{k} {len(v)} recipes" for k, v in recipes.items()))
-    return PreparedData(photos, split, recipes, len(bad))
 
 
 def train_head(
@@ -425,7 +380,7 @@ def export_run(run: Run, evaluation: Evaluation, outcome: Training, *, parity_co
     config, photos = run.config, run.data.photos
     model = run.nets.model
     if keras.mixed_precision.global_policy().name != "float32":
-        model = _float32_copy(model, config)
+        model = float32_twin(model, config)
     metrics = manifest_metrics(
         evaluation.results,
         evaluation.comparisons,
@@ -449,14 +404,6 @@ def export_run(run: Run, evaluation: Evaluation, outcome: Training, *, parity_co
         parity_images=[photos.files[i] for i in sorted(set(picks.tolist()))],
         tolerance=1e-4,
     )
-
-
-def _float32_copy(model: keras.Model, config: TrainConfig) -> keras.Model:
-    """A float32 twin of a mixed-precision model, for export (ONNX parity is checked in float32)."""
-    keras.mixed_precision.set_global_policy("float32")
-    twin = build_model(config, None)
-    twin.set_weights(model.get_weights())
-    return twin
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -519,4 +466,4 @@ def run(
     )
 
 
-__all__ = ["HEAD_INIT_ROW", "RunResult", "prepare_data", "run"]
+__all__ = ["HEAD_INIT_ROW", "RunResult", "run"]
