@@ -275,7 +275,7 @@ def markdown_report(
         lines += [
             "",
             f"R@k / mAP@10: {first.queries} distorted queries per row (held-out recipes' photos; "
-            "levels in training/evaluate.py DISTORTIONS) against the whole catalogue; a recipe ranks by "
+            "levels in indexer/distortions.py DISTORTIONS) against the whole catalogue; a recipe ranks by "
             "its best photo. cat P@k: share of the nearest photos of other recipes in the same category, "
             f"over {first.category_queries} clean held-out photos.",
         ]
