@@ -11,18 +11,12 @@ import onnxruntime as ort
 
 from embedder.manifest import MODEL_FILE, ModelManifest, read_manifest
 from embedder.preprocess import DEFAULT_MAX_PIXELS, preprocess
+from embedder.providers import CPU, DEFAULT_PROVIDERS, OPENVINO, TENSORRT
 
 log = logging.getLogger(__name__)
 
 # onnxruntime's session option: stop the intra-op threads' spinning once a run ends.
 STOP_SPINNING = "session.force_spinning_stop"
-
-TENSORRT = "TensorrtExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-OPENVINO = "OpenVINOExecutionProvider"
-CPU = "CPUExecutionProvider"
-# Accelerators first, then OpenVINO (only in the `openvino` extra's onnxruntime build), CPU last.
-DEFAULT_PROVIDERS: tuple[str, ...] = (TENSORRT, CUDA, OPENVINO, CPU)
 
 
 def select_providers(preferred: Sequence[str], available: Sequence[str] | None = None) -> list[str]:

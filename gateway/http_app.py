@@ -1,9 +1,9 @@
-"""The HTTP face of the gateway (FastAPI): the seed's JSON search API, recipes, images, the page, probes.
+"""The HTTP face of the gateway (FastAPI): the legacy JSON search API, recipes, images, the page, probes.
 
-``POST /api/v1/search`` answers in the seed API's shape so its clients work unchanged — on errors too, with
-``success: false``, an ``errorMessage`` and the HTTP status of :class:`gateway.errors.ErrorKind`. Uploads over
-the limit are refused from ``Content-Length`` before the body is read, and a body that grows past the limit
-while streaming is cut off (see :class:`UploadLimit`).
+``POST /api/v1/search`` answers in the legacy API's shape (the first, pre-gateway service's JSON) so its
+clients work unchanged — on errors too, with ``success: false``, an ``errorMessage`` and the HTTP status of
+:class:`gateway.errors.ErrorKind`. Uploads over the limit are refused from ``Content-Length`` before the body
+is read, and a body that grows past the limit while streaming is cut off (see :class:`UploadLimit`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import ErrorKind, GatewayError
 from gateway.pipeline import SearchGateway, public_image_url
 from gateway.search import RecipeHit
+from indexer.catalog import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class UploadLimit:
 
 
 async def _too_large(send: Send, size: int, limit: int) -> None:
-    response = seed_error(
+    response = legacy_error(
         GatewayError(
             ErrorKind.RESOURCE_EXHAUSTED, f"upload of {size}+ bytes exceeds the limit of {limit} bytes"
         )
@@ -98,8 +99,8 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def seed_error(exc: GatewayError, processing_s: float = 0.0) -> JSONResponse:
-    """The seed API's shape with ``success: false``."""
+def legacy_error(exc: GatewayError, processing_s: float = 0.0) -> JSONResponse:
+    """The legacy API's shape with ``success: false``."""
     body = {
         "recipes": [],
         "totalResults": 0,
@@ -139,7 +140,7 @@ def create_app(gateway: SearchGateway, *, images_root: Path | None = None) -> Fa
 
     def fail(method: str, exc: GatewayError, start: float) -> Response:
         log.info("%s refused (%s): %s", method, exc.kind.name, exc.message)
-        return finish(method, seed_error(exc, time.perf_counter() - start), start, exc.kind.name)
+        return finish(method, legacy_error(exc, time.perf_counter() - start), start, exc.kind.name)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -149,7 +150,7 @@ def create_app(gateway: SearchGateway, *, images_root: Path | None = None) -> Fa
         )
         return fail(request.url.path, GatewayError(ErrorKind.INVALID_ARGUMENT, problems), time.perf_counter())
 
-    @app.post(SEARCH_PATH, summary="Search recipes by photo (seed API shape)")
+    @app.post(SEARCH_PATH, summary="Search recipes by photo (legacy API shape)")
     async def search(
         request: Request,
         image: Annotated[UploadFile, File(description="a photo (JPEG, PNG, WebP, GIF, BMP, TIFF)")],
@@ -159,8 +160,6 @@ def create_app(gateway: SearchGateway, *, images_root: Path | None = None) -> Fa
         start = time.perf_counter()
         try:
             gateway.authorize(request.headers.get("authorization"))
-            if not 1 <= top_k <= 100:
-                raise GatewayError(ErrorKind.INVALID_ARGUMENT, f"top_k must be 1..100, got {top_k}")
             data = await image.read(gateway.max_upload_bytes + 1)
             result = await gateway.search(data, top_k=top_k, offset=offset)
         except GatewayError as exc:
@@ -218,9 +217,6 @@ def create_app(gateway: SearchGateway, *, images_root: Path | None = None) -> Fa
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(UploadLimit, limit=gateway.max_upload_bytes + FORM_OVERHEAD_BYTES)
     return app
-
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
 def safe_join(root: Path | None, relative: str) -> Path | None:
