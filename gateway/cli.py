@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from embedder.manifest import ModelIntegrityError
 from gateway.errors import ErrorKind, GatewayError
-from gateway.pipeline import SearchGateway, sniff_image
+from gateway.pipeline import SearchGateway, search_filter, sniff_image
 from gateway.search import SearchResult, check_paging
 from gateway.server import build_embedder, build_store
 from gateway.settings import GatewaySettings
@@ -35,6 +35,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("photo", nargs="?", type=Path, help="a photo file (JPEG, PNG, WebP, ...)")
     parser.add_argument("--top-k", type=int, default=5, help="how many recipes (1..100)")
+    parser.add_argument(
+        "--category", action="append", default=[], help="only this category (repeatable; any of them)"
+    )
+    parser.add_argument(
+        "--with", dest="include", action="append", default=[], help="an ingredient every recipe must have"
+    )
+    parser.add_argument(
+        "--without", dest="exclude", action="append", default=[], help="an ingredient no recipe may have"
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--embedder", help="HOST:PORT of the embedder service")
     where.add_argument(
@@ -61,6 +70,8 @@ def format_table(result: SearchResult) -> str:
     widths = [min(max(len(r[i]) for r in rows), 60) for i in range(5)]
     lines = ["  ".join(cell[:60].ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += [f"#{h.rank} matched photo: {h.matched_image or '(none)'}" for h in result.hits]
+    lines += [f"warning: {w}" for w in result.warnings]
     lines.append(f"{len(result.hits)} recipe(s) from {result.collection} in {result.took_ms:.0f} ms")
     return "\n".join(lines)
 
@@ -78,7 +89,7 @@ async def _answer(gateway: SearchGateway, args: argparse.Namespace, photo: bytes
         if args.photo is None:
             return readiness.line()
     try:
-        result = await gateway.search(photo, top_k=args.top_k)
+        result = await gateway.search(photo, top_k=args.top_k, search_filter=args.filter)
     except GatewayError as exc:
         if exc.kind in _PHOTO_ERRORS:
             raise GatewayError(exc.kind, f"{args.photo}: {exc}") from None
@@ -93,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise _fail("give a PHOTO to search with (or --wait-ready)", 2)
     try:
         check_paging(args.top_k, 0)
+        args.filter = search_filter(args.category, args.include, args.exclude)
         settings = GatewaySettings(
             embedder_address=args.embedder,
             model_dir=args.model_dir,
@@ -102,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             embed_timeout_s=args.timeout,
         )
     except GatewayError as exc:
-        raise _fail(f"--{exc}", 2) from None
+        raise _fail(str(exc), 2) from None
     except ValidationError as exc:
         raise _fail(f"invalid settings:\n{exc}", 2) from None
     data = b""

@@ -37,6 +37,7 @@ from embedder.factory import open_embedder as open_any_embedder
 from embedder.manifest import ModelIntegrityError
 from embedder.model_folders import newest_model_folder, verify_model_folder
 from embedder.preprocess import ImageDecodeError
+from indexer.calibration import CALIBRATION_KEY
 from indexer.catalog import (
     BadItem,
     Recipe,
@@ -45,6 +46,7 @@ from indexer.catalog import (
     recipe_payload,
     write_bad_report,
 )
+from indexer.quality import QUALITY_KEY, CollectionQuality, assess_collection, gate_failures, quality_of
 from indexer.settings import IndexerSettings
 from indexer.store.base import (
     DEFAULT_ALIAS,
@@ -114,6 +116,8 @@ class BuildSummary:
     previous: str | None = None
     dropped: list[str] = field(default_factory=list)
     bad_report: Path | None = None
+    quality: CollectionQuality | None = None
+    forced: bool = False
 
     @property
     def images_per_s(self) -> float:
@@ -217,13 +221,16 @@ def build_index(
     *,
     settings: IndexerSettings | None = None,
     embedder: PhotoEmbedder | None = None,
+    force: bool = False,
     progress: bool = True,
     **overrides: Any,
 ) -> BuildSummary:
     """Index a catalogue into a new (or resumed) collection and put it behind the alias.
 
     The knobs (alias, batch_size, keep_previous, verify_sample, bad_report, …) are those of
-    :class:`~indexer.settings.IndexerSettings`: ``settings``, each overridable by keyword.
+    :class:`~indexer.settings.IndexerSettings`: ``settings``, each overridable by keyword. Before the
+    alias moves, the collection's figures are measured and compared with the live one's
+    (:mod:`indexer.quality`); ``force`` moves it even when they are worse.
     """
     started = time.perf_counter()
     opts = build_options(settings, **overrides)
@@ -268,6 +275,8 @@ def build_index(
                 "purpose": "build",
                 "alias": alias,
                 "catalog": str(catalog_path),
+                # what image names are relative to: the gateway's images_root (and upserts) use it
+                "catalog_root": str(catalog.root.resolve()),
                 "expected": catalog.photo_count,
             },
         )
@@ -351,6 +360,17 @@ def build_index(
     _verify_sample(
         store, name, embedder=embedder, good=good, sample=opts.verify_sample, image_size=image_size
     )
+    summary.quality = _assess_and_gate(
+        store,
+        name,
+        previous,
+        embedder=embedder,
+        good=good,
+        sample=opts.quality_sample,
+        tolerance_points=opts.gate_tolerance_points,
+        force=force,
+    )
+    summary.forced = force
 
     store.mark_complete(name)
     store.swap_alias(alias, name)
@@ -400,6 +420,50 @@ def _verify_sample(
             f"verification failed: {len(failures)} of {len(photos)} sampled photos do not find their own "
             f"recipe first in {name}: " + "; ".join(failures[:5]) + "; the alias was not moved"
         )
+
+
+def _assess_and_gate(
+    store: RecipeStore,
+    name: str,
+    live: str | None,
+    *,
+    embedder: PhotoEmbedder,
+    good: Sequence[tuple[Recipe, Path | str, str]],
+    sample: int,
+    tolerance_points: float,
+    force: bool,
+) -> CollectionQuality:
+    """Calibrate the match verdict, record the figures, refuse (unless ``force``) when worse than live."""
+    calibration, quality = assess_collection(
+        store,
+        name,
+        embedder.version,
+        [(recipe.id, image) for recipe, image, _ in good],
+        embedder.embed,
+        sample=sample,
+    )
+    store.set_extra(name, {CALIBRATION_KEY: calibration.to_metadata(), QUALITY_KEY: quality.to_metadata()})
+    if live is None or live == name:
+        return quality
+    before = quality_of(store.collection_info(live).extra)
+    if before is None:
+        log.info("quality gate: live collection %s has no recorded figures; nothing to compare", live)
+        return quality
+    failures = gate_failures(before, quality, tolerance_points)
+    if not failures:
+        log.info("quality gate passed: %s (live %s: %s)", name, live, before.line())
+        return quality
+    message = (
+        f"quality gate: new collection {name} is worse than live {live} by more than "
+        f"{tolerance_points:g} point(s): " + "; ".join(failures)
+    )
+    if force:
+        log.warning("%s; moving the alias anyway (--force)", message)
+        return quality
+    raise BuildError(
+        f"{message}. The alias was not moved; {name} is kept incomplete with its figures: rerun with "
+        "--force to put it live anyway (the rerun resumes it), or roll back the model"
+    )
 
 
 def prune(store: RecipeStore, alias: str, keep_previous: int, *, previous: str | None = None) -> list[str]:

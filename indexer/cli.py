@@ -26,6 +26,7 @@ from embedder.manifest import ModelIntegrityError
 from indexer.build import BuildError, build_index, open_embedder, rollback
 from indexer.catalog import CatalogError
 from indexer.edit import delete_recipe, read_recipe_arg, upsert_recipe
+from indexer.quality import quality_of
 from indexer.settings import IndexerSettings
 from indexer.store import open_store
 from indexer.store.base import RecipeStore, StoreError
@@ -53,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--batch-size", type=int, help="photos per batch (64–256)")
     build.add_argument("--bad-report", type=Path, help="CSV of bad items (default var/bad-items.csv)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    build.add_argument(
+        "--force", action="store_true", help="move the alias even when the quality gate finds the build worse"
+    )
 
     sub.add_parser("list", parents=[store], help="list collections and aliases")
     sub.add_parser("rollback", parents=[store], help="put the previous collection back behind the alias")
@@ -100,7 +104,7 @@ def _list(store: RecipeStore) -> None:
     behind: dict[str, list[str]] = {}
     for alias, name in aliases.items():
         behind.setdefault(name, []).append(alias)
-    rows = [("NAME", "MODEL", "DIM", "POINTS", "CREATED", "STATUS", "ALIASES")]
+    rows = [("NAME", "MODEL", "DIM", "POINTS", "CREATED", "STATUS", "ALIASES", "FIGURES")]
     for c in store.list_collections():
         status = "broken" if c.extra.get("broken") else c.status
         rows.append(
@@ -112,6 +116,7 @@ def _list(store: RecipeStore) -> None:
                 c.created_at,
                 status,
                 ",".join(behind.get(c.name, [])),
+                quality.line() if (quality := quality_of(c.extra)) else "-",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -142,9 +147,12 @@ def run(argv: Sequence[str] | None = None) -> int:
                     settings.model_dir,
                     store,
                     settings=settings,
+                    force=args.force,
                     progress=not args.no_progress,
                 )
                 print(summary.line())
+                if summary.quality is not None:
+                    print(f"figures of {summary.collection}: {summary.quality.line()}")
                 if summary.bad:
                     print(f"{summary.bad} bad item(s) listed in {summary.bad_report}")
                 if summary.dropped:
@@ -161,13 +169,12 @@ def run(argv: Sequence[str] | None = None) -> int:
                 if settings.model_dir is None:
                     print("recipelens-index upsert: --model is required", file=sys.stderr)
                     return 2
-                recipe, base = read_recipe_arg(args.recipe)
+                recipe, _ = read_recipe_arg(args.recipe)
                 embedder = open_embedder(settings.model_dir, settings.embedder_address)
                 edit = upsert_recipe(
                     store,
                     recipe,
                     embedder,
-                    catalog_root=base,
                     alias=settings.alias,
                     keep_previous=settings.keep_previous,
                     min_side=settings.min_side,

@@ -19,7 +19,6 @@ Everything here is numpy, Pillow and matplotlib: the embeddings come in as array
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -27,9 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
 
-from embedder.preprocess import IMAGE_SIZE, decode, preprocess
+from embedder.preprocess import IMAGE_SIZE, preprocess
+from indexer.distortions import DISTORTIONS, distort
 
 log = logging.getLogger(__name__)
 
@@ -39,45 +38,6 @@ PRECISION_AT = (1, 5)
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
 METRIC_LABELS = {"recall@1": "R@1", "category_p@5": "cat P@5"}
-
-
-@dataclass(frozen=True)
-class Distortion:
-    """Ranges of one query distortion level (each side cropped to a fraction, then the rest)."""
-
-    crop_side: tuple[float, float]
-    rotation_degrees: float
-    brightness: tuple[float, float]
-    contrast: tuple[float, float]
-    saturation: tuple[float, float]
-    jpeg_quality: tuple[int, int]
-
-
-DISTORTIONS: dict[str, Distortion] = {
-    # A careful re-shot: slight crop and tilt, a little light change, ordinary JPEG.
-    "moderate": Distortion((0.7, 0.9), 10, (0.8, 1.2), (0.85, 1.15), (1.0, 1.0), (50, 80)),
-    # A phone photo of the dish: tighter crop, more tilt, lighting and white balance off, heavy JPEG.
-    "strong": Distortion((0.55, 0.85), 20, (0.7, 1.3), (0.7, 1.3), (0.6, 1.4), (35, 75)),
-}
-
-
-def distort(data: bytes, rng: np.random.Generator, level: str = "moderate") -> bytes:
-    """A query-like copy of a photo: crop, rotation, light and colour change, JPEG (see DISTORTIONS)."""
-    d = DISTORTIONS[level]
-    img = decode(data, size=2 * IMAGE_SIZE)
-    w, h = img.size
-    fw, fh = rng.uniform(*d.crop_side), rng.uniform(*d.crop_side)
-    cw, ch = max(1, round(w * fw)), max(1, round(h * fh))
-    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    img = img.crop((x0, y0, x0 + cw, y0 + ch))
-    angle = float(rng.uniform(-d.rotation_degrees, d.rotation_degrees))
-    img = img.rotate(angle, resample=Image.Resampling.BILINEAR, expand=False)
-    img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(*d.brightness)))
-    img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(*d.contrast)))
-    img = ImageEnhance.Color(img).enhance(float(rng.uniform(*d.saturation)))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=int(rng.integers(d.jpeg_quality[0], d.jpeg_quality[1] + 1)))
-    return buf.getvalue()
 
 
 def make_queries(
@@ -452,7 +412,7 @@ def markdown_report(
         lines += [
             "",
             f"R@k / mAP@10: {first.queries} distorted queries per row (held-out recipes' photos; "
-            "levels in training/evaluate.py DISTORTIONS) against the whole catalogue; a recipe ranks by "
+            "levels in indexer/distortions.py DISTORTIONS) against the whole catalogue; a recipe ranks by "
             "its best photo. cat P@k: share of the nearest photos of other recipes in the same category, "
             f"over {first.category_queries} clean held-out photos.",
         ]

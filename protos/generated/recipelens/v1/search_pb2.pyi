@@ -49,26 +49,30 @@ class Recipe(_message.Message):
     def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., ingredients: _Optional[_Iterable[str]] = ..., instructions: _Optional[str] = ..., image_url: _Optional[str] = ..., category: _Optional[str] = ..., cleaned_ingredients: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class RecipeHit(_message.Message):
-    __slots__ = ("rank", "score", "recipe")
+    __slots__ = ("rank", "score", "recipe", "matched_image_url")
     RANK_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_IMAGE_URL_FIELD_NUMBER: _ClassVar[int]
     rank: int
     score: float
     recipe: Recipe
-    def __init__(self, rank: _Optional[int] = ..., score: _Optional[float] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ...) -> None: ...
+    matched_image_url: str
+    def __init__(self, rank: _Optional[int] = ..., score: _Optional[float] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ..., matched_image_url: _Optional[str] = ...) -> None: ...
 
 class SearchByImageResponse(_message.Message):
-    __slots__ = ("hits", "model_version", "collection", "took_ms")
+    __slots__ = ("hits", "model_version", "collection", "took_ms", "warnings")
     HITS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TOOK_MS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[RecipeHit]
     model_version: str
     collection: str
     took_ms: float
-    def __init__(self, hits: _Optional[_Iterable[_Union[RecipeHit, _Mapping]]] = ..., model_version: _Optional[str] = ..., collection: _Optional[str] = ..., took_ms: _Optional[float] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, hits: _Optional[_Iterable[_Union[RecipeHit, _Mapping]]] = ..., model_version: _Optional[str] = ..., collection: _Optional[str] = ..., took_ms: _Optional[float] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetRecipeRequest(_message.Message):
     __slots__ = ("id",)
