@@ -327,6 +327,8 @@ def quantize_onnx(
 
         proto = onnx.load(str(prepared))
         folds = fold_conv_affine(proto)
+        for index, node in enumerate(proto.graph.node):  # nodes are excluded by name: every one needs one
+            node.name = node.name or f"{node.op_type}_{index}"
         onnx.save(proto, str(prepared))
     except Exception as exc:
         raise QuantizationError(f"onnxruntime could not prepare {fp32_path} for quantization: {exc}") from exc
