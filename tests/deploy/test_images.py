@@ -36,7 +36,7 @@ import pytest
 from recipelens.v1 import search_pb2, search_pb2_grpc
 
 from tests.deploy.deployfiles import COMPOSE_FILE, ENV_EXAMPLE, ROOT, read_env_file
-from tests.deploy.engine import DockerEngine, cache_dir, find_or_start_engine, report
+from tests.deploy.engine import DockerEngine, cache_dir, exclusive_cache, find_or_start_engine, report
 from tests.deploy.services import free_port
 from tests.support.imagegen import encode, synthetic_photo
 from tests.support.tinymodel import write_tiny_model
@@ -55,15 +55,18 @@ STOP_LIMIT_S = 10.0  # SIGTERM → exit, well inside Docker's SIGKILL timeout; t
 def engine() -> Iterator[DockerEngine]:
     if os.environ.get("RECIPELENS_SKIP_IMAGES"):
         pytest.skip("RECIPELENS_SKIP_IMAGES is set")
-    found = find_or_start_engine()
-    if isinstance(found, str):
-        pytest.skip(f"image test needs a Docker engine: {found}")
-    for note in found.notes:
-        report(note)
-    try:
-        yield found
-    finally:
-        found.stop()
+    with exclusive_cache(timeout_s=1200) as waited_s:
+        if waited_s > 1:
+            report(f"waited {waited_s:.0f} s for another image test on this cache")
+        found = find_or_start_engine()
+        if isinstance(found, str):
+            pytest.skip(f"image test needs a Docker engine: {found}")
+        for note in found.notes:
+            report(note)
+        try:
+            yield found
+        finally:
+            found.stop()
 
 
 class Wheelhouse:
