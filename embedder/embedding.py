@@ -123,7 +123,8 @@ def _shut(loop: BackgroundLoop, embedder: Embedder) -> None:
 class SyncEmbedder:
     """An :class:`Embedder` pinned to one model version, driven from synchronous code (CLIs, the build).
 
-    Its loop and the embedder are closed by :meth:`close`, or when it is garbage-collected.
+    Its loop and the embedder are closed by :meth:`close`, or when it is garbage-collected. ``timeout_s``
+    bounds each batch (``None``: no bound, as for onnxruntime in this process).
     """
 
     def __init__(
@@ -132,7 +133,7 @@ class SyncEmbedder:
         model_version: str | None = None,
         *,
         max_in_flight: int = 4,
-        timeout_s: float = 60.0,
+        timeout_s: float | None = 60.0,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
@@ -142,7 +143,7 @@ class SyncEmbedder:
         self._loop = BackgroundLoop("embedder-client")
         self._finalizer = weakref.finalize(self, _shut, self._loop, embedder)
         try:
-            status = self._call(embedder.status(timeout_s))
+            status = self._call(embedder.status(timeout_s or 60.0))
             model = status.model(model_version)
             if model is None:
                 listed = ", ".join(status.versions) or "none"

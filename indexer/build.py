@@ -99,7 +99,8 @@ def open_embedder(
         embedder = open_any_embedder(
             embedder_address, folder, timeout_s=60.0, max_batch_size=IN_PROCESS_MAX_BATCH
         )
-        return SyncEmbedder(embedder, manifest.version, max_in_flight=max_in_flight)
+        timeout_s = 60.0 if embedder_address else None  # in-process runs have nothing to wait out
+        return SyncEmbedder(embedder, manifest.version, max_in_flight=max_in_flight, timeout_s=timeout_s)
     except ModelIntegrityError as exc:
         raise BuildError(str(exc)) from None
 
