@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 
 import grpc
@@ -57,6 +57,18 @@ class RemoteEmbedder(Embedder):
                 f"embedder answered with model {result.model_version}, the caller needs {model_version}",
             )
         return np.asarray(result.vectors, dtype=np.float32)
+
+    def stream(
+        self, batches: Iterable[Sequence[bytes]], model_version: str, max_in_flight: int
+    ) -> Iterator[np.ndarray]:
+        """Bulk embedding (the indexer) over one EmbedStream with ``max_in_flight`` batches ahead."""
+        for result in self.client.embed_stream(batches, model_version, max_in_flight=max_in_flight):
+            if result.model_version != model_version:
+                raise EmbedderError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"embedder answered with model {result.model_version}, the caller needs {model_version}",
+                )
+            yield result.vectors
 
     async def status(self, timeout_s: float = 10.0) -> EmbedderStatus:
         try:

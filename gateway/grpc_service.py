@@ -20,7 +20,8 @@ from grpc_reflection.v1alpha import reflection
 from recipelens.v1 import search_pb2, search_pb2_grpc
 
 from gateway.errors import ErrorKind, GatewayError
-from gateway.pipeline import SearchGateway, public_image_url, search_filter
+from gateway.images import public_image_url
+from gateway.pipeline import SearchGateway, search_filter
 from gateway.search import RecipeHit
 from protos.services import RECIPE_SEARCH_SERVICE
 

@@ -22,7 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import ErrorKind, GatewayError
-from gateway.pipeline import SearchGateway, public_image_url, search_filter
+from gateway.images import public_image_url
+from gateway.pipeline import SearchGateway, search_filter
 from gateway.search import RecipeHit
 from indexer.catalog import IMAGE_SUFFIXES
 

@@ -18,9 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
 from typing import TypeVar
-from urllib.parse import quote
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -323,7 +321,14 @@ class SearchGateway:
         try:
             found = await self._bounded(self._blocking(lookup), deadline, "store lookup")
         except Exception as exc:
-            raise store_failure(exc, "recipe lookup") from None
+            moved = await self._moved(collection, exc, deadline)  # as in search: swapped away meanwhile
+            if moved is None:
+                raise store_failure(exc, "recipe lookup") from None
+            collection = moved[0]
+            try:
+                found = await self._bounded(self._blocking(lookup), deadline, "store lookup")
+            except Exception as again:
+                raise store_failure(again, "recipe lookup") from None
         if not found:
             raise GatewayError(ErrorKind.NOT_FOUND, f"no recipe {recipe_id!r} in collection {collection}")
         return RecipeHit.from_store(1, found[0])
@@ -372,22 +377,3 @@ class SearchGateway:
     async def aclose(self) -> None:
         await self.embedder.aclose()
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-def public_image_url(image: str, images_root: Path | None) -> str:
-    """Where a client fetches a catalogue image: URLs as they are, files under ``/images/``.
-
-    Stored names are relative to ``images_root`` (see :mod:`gateway.images`); without it, or for an
-    absolute path outside it, there is no URL (``""``).
-    """
-    if not image or image.startswith(("http://", "https://")):
-        return image
-    if images_root is None:
-        return ""
-    path = PurePosixPath(image.replace("\\", "/"))
-    if path.is_absolute():
-        try:
-            path = PurePosixPath(Path(image).resolve().relative_to(images_root.resolve()).as_posix())
-        except ValueError:
-            return ""  # outside the served folder: never expose it
-    return "/images/" + quote(path.as_posix().lstrip("/"))

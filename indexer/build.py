@@ -82,9 +82,6 @@ class Photo:
     array: np.ndarray
 
 
-# The build's embedder: the one embedder interface (in-process or the gRPC service), driven synchronously.
-PhotoEmbedder = SyncEmbedder
-
 # In-process, one onnxruntime run may take several of the build's batches at once.
 IN_PROCESS_MAX_BATCH = 256
 
@@ -102,7 +99,8 @@ def open_embedder(
         embedder = open_any_embedder(
             embedder_address, folder, timeout_s=60.0, max_batch_size=IN_PROCESS_MAX_BATCH
         )
-        return SyncEmbedder(embedder, manifest.version, max_in_flight=max_in_flight)
+        timeout_s = 60.0 if embedder_address else None  # in-process runs have nothing to wait out
+        return SyncEmbedder(embedder, manifest.version, max_in_flight=max_in_flight, timeout_s=timeout_s)
     except ModelIntegrityError as exc:
         raise BuildError(str(exc)) from None
 
@@ -256,7 +254,7 @@ def build_index(
     store: RecipeStore,
     *,
     settings: IndexerSettings | None = None,
-    embedder: PhotoEmbedder | None = None,
+    embedder: SyncEmbedder | None = None,
     force: bool = False,
     progress: bool = True,
     **overrides: Any,
@@ -453,7 +451,7 @@ def _verify_sample(
     store: RecipeStore,
     name: str,
     *,
-    embedder: PhotoEmbedder,
+    embedder: SyncEmbedder,
     good: Sequence[tuple[Recipe, Path | str, str]],
     sample: int,
     image_size: int,
@@ -489,7 +487,7 @@ def _assess_and_gate(
     name: str,
     live: str | None,
     *,
-    embedder: PhotoEmbedder,
+    embedder: SyncEmbedder,
     good: Sequence[tuple[Recipe, Path | str, str]],
     sample: int,
     tolerance_points: float,

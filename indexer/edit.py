@@ -13,8 +13,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedder.embedding import SyncEmbedder
 from embedder.preprocess import ImageDecodeError
-from indexer.build import BuildError, Photo, PhotoEmbedder, new_collection_name, prune
+from indexer.build import BuildError, Photo, new_collection_name, prune
 from indexer.catalog import Recipe, image_name, load_photo, recipe_from_mapping, recipe_payload
 from indexer.store.base import DEFAULT_ALIAS, ModelVersionMismatch, RecipePoint, RecipeStore, point_id
 
@@ -104,7 +105,7 @@ def _finish(
 def upsert_recipe(
     store: RecipeStore,
     recipe: Recipe,
-    embedder: PhotoEmbedder,
+    embedder: SyncEmbedder,
     *,
     catalog_root: Path | None = None,
     alias: str = DEFAULT_ALIAS,
