@@ -432,8 +432,11 @@ def _assess_and_gate(
     sample: int,
     tolerance_points: float,
     force: bool,
-) -> CollectionQuality:
+) -> CollectionQuality | None:
     """Calibrate the match verdict, record the figures, refuse (unless ``force``) when worse than live."""
+    if not good:
+        log.warning("collection %s holds no photos to measure: no match calibration, no quality gate", name)
+        return None
     calibration, quality = assess_collection(
         store,
         name,

@@ -121,9 +121,17 @@ def assess_collection(
             datas.append(distort(raw, rng, level))
             owners.append(recipe_id)
             halves.append(i % 2)
-    bank = embed([data for _, data in nonfood_images(BANK_SIZE, seed0=BANK_SEED)])
-    checks = embed([data for _, data in nonfood_images(CHECK_NONFOOD, seed0=CHECK_NONFOOD_SEED)])
-    vectors = embed(datas)
+    log.info(
+        "measuring collection %s: %d distorted queries of %d photos, %d non-food pictures",
+        name,
+        len(datas),
+        len(chosen),
+        BANK_SIZE + CHECK_NONFOOD,
+    )
+    bank = _embed_in_batches(embed, [data for _, data in nonfood_images(BANK_SIZE, seed0=BANK_SEED)])
+    nonfood_data = [data for _, data in nonfood_images(CHECK_NONFOOD, seed0=CHECK_NONFOOD_SEED)]
+    checks = _embed_in_batches(embed, nonfood_data)
+    vectors = _embed_in_batches(embed, datas)
     top = np.zeros(len(datas))
     other = np.full(len(datas), -np.inf)
     correct = 0
@@ -157,6 +165,11 @@ def assess_collection(
         "collection %s: %s (%d distorted queries of %d photos)", name, quality.line(), len(datas), len(chosen)
     )
     return calibration, quality
+
+
+def _embed_in_batches(embed: EmbedBytes, datas: list[bytes], batch: int = 32) -> np.ndarray:
+    """Vectors of ``datas`` in requests of ``batch`` photos (a remote embedder caps its message size)."""
+    return np.concatenate([embed(datas[i : i + batch]) for i in range(0, len(datas), batch)])
 
 
 def _verdict_of(
