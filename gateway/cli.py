@@ -20,8 +20,9 @@ from embedder.manifest import ModelIntegrityError
 from gateway.errors import ErrorKind, GatewayError
 from gateway.pipeline import SearchGateway, search_filter, sniff_image
 from gateway.search import SearchResult, check_paging
-from gateway.server import build_embedder, build_store
+from gateway.server import build_embedder
 from gateway.settings import GatewaySettings
+from indexer.store import open_store
 from indexer.store.base import StoreError
 
 PROG = "recipelens-search"
@@ -144,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except GatewayError as exc:
             raise _fail(f"{args.photo}: {exc}") from None
     try:
-        store = build_store(settings)
+        store = open_store(settings.store, create=False)
     except (StoreError, OSError) as exc:
         raise _fail(f"cannot open the store: {exc}") from None
     try:
