@@ -45,9 +45,10 @@ def test_verdict_from_calibration() -> None:
     # The same top score next to a non-food reference picture (noise, text, …) is no match.
     assert match_verdict(cal, bank[3], [0.9]).match == "none"
 
-    again = MatchCalibration.from_metadata(cal.to_metadata())  # float16 bank, JSON-safe
+    again = MatchCalibration.from_metadata(cal.to_metadata())  # int8 bank, JSON-safe
     assert again.model_version == "m1" and again.none_below == pytest.approx(cal.none_below, abs=1e-6)
-    assert np.allclose(again.references, cal.references, atol=1e-3)
+    assert np.allclose(again.references, cal.references, atol=0.01)
+    assert match_verdict(again, bank[3], [0.9]).match == "none"
     with pytest.raises(ValueError):
         MatchCalibration.from_metadata({**cal.to_metadata(), "format": 99})
     extra = {CALIBRATION_KEY: cal.to_metadata()}
