@@ -1,6 +1,6 @@
 """``recipelens-model``: build and export models.
 
-    recipelens-model raw --out models [--backbone efficientnet_lite0|efficientnet_b0]
+    recipelens-model raw --out models [--backbone efficientnet_lite0|lite1|lite2|efficientnet_b0]
                          [--weights imagenet|PATH] [--parity-images DIR] [--int8-catalog PATH]
     recipelens-model int8 MODEL_FOLDER --catalog PATH [--out DIR]
 
@@ -22,7 +22,12 @@ from embedder.logs import configure_logging
 from embedder.preprocess import ImageDecodeError
 from indexer.catalog import IMAGE_SUFFIXES
 
-SHORT_NAMES = {"efficientnet_lite0": "lite0", "efficientnet_b0": "b0"}
+SHORT_NAMES = {
+    "efficientnet_lite0": "lite0",
+    "efficientnet_lite1": "lite1",
+    "efficientnet_lite2": "lite2",
+    "efficientnet_b0": "b0",
+}
 MAX_PARITY_IMAGES = 16
 
 log = logging.getLogger("recipelens.model")
