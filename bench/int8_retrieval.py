@@ -40,9 +40,9 @@ def main() -> None:
     from embedder.logs import configure_logging
     from embedder.providers import DEFAULT_PROVIDERS
     from embedder.runtime import EmbeddingModel
+    from training.dataset import prepare_data
     from training.evaluate import make_queries, paired_delta, recipe_ranks, score
     from training.presets import preset_config
-    from training.train import prepare_data
 
     configure_logging("WARNING")
     config = preset_config(args.preset)
