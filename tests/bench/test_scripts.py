@@ -98,3 +98,21 @@ def test_search_bench_prints_latency_breakdown_concurrency_and_ceilings(
         rf"^\| int8 / fp32 searches/s, 2 clients \| {NUMBER}× \| \| {NUMBER}× .* \| ≥ 1.6× \|$", out, re.M
     )
     assert re.search(rf"^\| cold start to SERVING \(median of 3\) \| {NUMBER} s \|", out, re.M)
+
+
+def test_int8_retrieval_bench_prints_both_models_and_the_differences(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from tests.training.triplet_catalog import write_catalog
+
+    catalog = write_catalog(tmp_path / "catalog", recipes=24, broken=False)
+    twin = _int8_label(tiny_model_dir, tmp_path)
+    out = _run(
+        "bench/int8_retrieval.py", "--catalog", str(catalog), "--fp32", str(tiny_model_dir),
+        "--int8", str(twin), "--provider", "CPUExecutionProvider",
+    )  # fmt: skip
+    for level in ("moderate", "strong"):
+        for numerics in ("fp32", "int8"):
+            assert re.search(rf"^\| {level} \(\d+\) \| {numerics} \| {NUMBER} \| {NUMBER} \|", out, re.M)
+        assert re.search(rf"^\| R@1, {level} queries \| [+-]{NUMBER} \| \[.*\] \| ≥ −0.5 \|$", out, re.M)
+    assert re.search(rf"^\| cat P@5 \(clean held-out photos\) \| [+-]{NUMBER} \| \| ≥ −1.0 \|$", out, re.M)
