@@ -76,7 +76,9 @@ class RemoteEmbedder(Embedder):
         except TimeoutError:
             raise self._late(timeout_s) from None
         models = [ModelSummary(m.version, m.dimension, m.image_size) for m in info.models]
-        return EmbedderStatus(models, info.default_version or None, f"embedder service at {self.address}")
+        runs = ", ".join(f"{m.version} {m.name} on {m.provider}" for m in info.models)
+        description = f"embedder service at {self.address} ({runs or 'no model'})"
+        return EmbedderStatus(models, info.default_version or None, description)
 
     async def wait_ready(self, timeout_s: float) -> None:
         await asyncio.to_thread(self.client.wait_ready, timeout_s)
