@@ -17,6 +17,10 @@ batches decode while one batch embeds and the previous one is written.
   with a log line saying why. Nothing stale goes live.
 * Bad photos go to a report (id, file, reason); the build fails when their share passes
   ``max_bad_fraction``.
+
+This module is one pipeline whose stages share a build's state (about 500 lines); what stands on its
+own lives elsewhere: collection names, pruning and rollback in :mod:`indexer.collections`, the
+embedders in :mod:`embedder.factory`, the match verdict and quality gate in :mod:`indexer.quality`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +55,13 @@ from indexer.catalog import (
     recipe_payload,
     write_bad_report,
 )
+from indexer.collections import new_collection_name, prune
 from indexer.quality import QUALITY_KEY, CollectionQuality, assess_collection, gate_failures, quality_of
 from indexer.settings import IndexerSettings
 from indexer.store.base import (
-    DEFAULT_ALIAS,
     CollectionInfo,
     RecipePoint,
     RecipeStore,
-    StoreError,
     point_id,
 )
 
@@ -139,21 +141,6 @@ class BuildSummary:
             f"of {self.total} photos in {self.seconds:.1f}s ({self.images_per_s:.1f} images/s, quality check "
             f"{self.quality_seconds:.1f}s) → {self.collection} behind alias {self.alias!r}"
         )
-
-
-def collection_name(alias: str, model_version: str, now: datetime | None = None) -> str:
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    return f"{alias}-{model_version}-{stamp}"
-
-
-def new_collection_name(store: RecipeStore, alias: str, model_version: str) -> str:
-    existing = {c.name for c in store.list_collections()}
-    name = collection_name(alias, model_version)
-    suffix = 1
-    while name in existing:
-        suffix += 1
-        name = f"{collection_name(alias, model_version)}-{suffix}"
-    return name
 
 
 def catalog_fingerprint(catalog_path: str | Path, fmt: str) -> str:
@@ -532,41 +519,3 @@ def _assess_and_gate(
         f"{message}. The alias was not moved; {name} is kept incomplete with its figures: rerun with "
         "--force to put it live anyway (the rerun resumes it), or roll back the model"
     )
-
-
-def prune(store: RecipeStore, alias: str, keep_previous: int, *, previous: str | None = None) -> list[str]:
-    """Drop complete collections of ``alias`` beyond the live one and ``keep_previous`` older ones."""
-    live = set(store.aliases().values())
-    prefix = f"{alias}-"
-    old = [
-        c for c in store.list_collections() if c.complete and c.name.startswith(prefix) and c.name not in live
-    ]
-    old.sort(key=lambda c: (c.name == previous, c.created_at, c.name), reverse=True)
-    dropped = []
-    for info in old[keep_previous:]:
-        try:
-            store.drop_collection(info.name)
-            dropped.append(info.name)
-        except StoreError as exc:
-            log.warning("could not drop old collection %s: %s", info.name, exc)
-    return dropped
-
-
-def rollback(store: RecipeStore, alias: str = DEFAULT_ALIAS) -> tuple[str, str]:
-    """Put the newest complete collection older than the live one behind ``alias``; (from, to)."""
-    current = store.resolve_alias(alias)
-    if current is None:
-        raise BuildError(f"alias {alias!r} points nowhere: nothing to roll back")
-    prefix = f"{alias}-"
-    collections = [c for c in store.list_collections() if c.name.startswith(prefix) or c.name == current]
-    live = next((c for c in collections if c.name == current), None)
-    older = [
-        c
-        for c in collections
-        if c.complete and c.name != current and (live is None or c.created_at <= live.created_at)
-    ]
-    if not older:
-        raise BuildError(f"no older complete collection to roll alias {alias!r} back to (live: {current})")
-    target = max(older, key=lambda c: (c.created_at, c.name)).name
-    store.swap_alias(alias, target)
-    return current, target

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from embedder.embedding import SyncEmbedder
 from embedder.preprocess import ImageDecodeError
-from indexer.build import BuildError, Photo, new_collection_name, prune
+from indexer.build import BuildError, Photo
 from indexer.catalog import Recipe, image_name, load_photo, recipe_from_mapping, recipe_payload
+from indexer.collections import new_collection_name, prune
 from indexer.store.base import DEFAULT_ALIAS, ModelVersionMismatch, RecipePoint, RecipeStore, point_id
 
 log = logging.getLogger(__name__)

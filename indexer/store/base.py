@@ -338,16 +338,17 @@ class RecipeStore(ABC):
         flt = self._native(resolved)
         fetch = min(GROUP_FETCH_LIMIT, max(GROUP_FETCH_MIN, need * GROUP_OVERFETCH))
         while True:
-            hits = self._query(name, query, limit=fetch, offset=0, flt=flt, payload=["recipe_id"])
-            best = collapse(hits, need)
+            # Scores without payloads, then the payloads by id: on Qdrant Edge this is cheaper than a
+            # query that returns payloads (all of them, or a selection: bench/search.py).
+            hits = self._query(name, query, limit=fetch, offset=0, flt=flt, payload=[])
+            payloads = {h.id: h.payload for h in self.retrieve(name, [h.id for h in hits])}
+            best = collapse([StoreHit(h.id, h.score, payloads.get(h.id, {})) for h in hits], need)
             if len(best) >= need or len(hits) < fetch or fetch >= GROUP_FETCH_LIMIT:
                 break
             fetch = min(GROUP_FETCH_LIMIT, fetch * 4)
-        page = best[int(offset) : need]
-        payloads = {h.id: h.payload for h in self.retrieve(name, [h.id for h in page])}
         matches = [
-            RecipeMatch(str(h.payload.get("recipe_id", "")), h.score, h.id, payloads.get(h.id, h.payload))
-            for h in page
+            RecipeMatch(str(h.payload.get("recipe_id", h.id)), h.score, h.id, h.payload)
+            for h in best[int(offset) : need]
         ]
         return RecipeResults(matches, resolved.warnings)
 
@@ -486,7 +487,7 @@ class RecipeStore(ABC):
         flt: Any,
         payload: list[str] | None = None,
     ) -> list[StoreHit]:
-        """Nearest points with their payload (only the ``payload`` keys when given)."""
+        """Nearest points with their payload (only the ``payload`` keys when given; ``[]``: none)."""
 
     @abstractmethod
     def _facet(self, name: str, key: str) -> list[str]:

@@ -372,7 +372,9 @@ class EdgeStore(RecipeStore):
             limit=limit,
             offset=offset or None,
             query=qe.Query.Nearest(query.tolist()),
-            with_payload=qe.PayloadSelector.Include(payload) if payload is not None else True,
+            with_payload=(qe.PayloadSelector.Include(payload) if payload else False)
+            if payload is not None
+            else True,
             filter=flt,
             # int8 collections: rescore 2× the candidates with the original vectors (bench/index.py:
             # without oversampling recall@10 stays near 0.94 whatever the ef); ignored without quantization

@@ -161,7 +161,7 @@ class ServerStore(RecipeStore):
             limit=limit,
             offset=offset or None,
             query_filter=flt,
-            with_payload=payload if payload is not None else True,
+            with_payload=(payload or False) if payload is not None else True,
         )
         return [StoreHit(str(p.id), float(p.score), dict(p.payload or {})) for p in result.points]
 
