@@ -48,6 +48,7 @@ SIZE_GOAL_MB = 600
 PHOTOS = 12
 QUERY = 3  # the catalogue photo searched for (re-encoded): its recipe must come first
 USER = "10001:10001"
+CACHE_KEEP = "1500MB"  # BuildKit cache kept between runs, as BuildKit counts it (vfs: ~11 GB on disk)
 COMPOSE_SERVICE = {"embedder": "embedder", "gateway": "gateway-embedded"}
 
 
@@ -190,6 +191,9 @@ def images(engine: DockerEngine, wheelhouse: Wheelhouse, python_image: str) -> I
         yield Built(tag, sizes, wheelhouse_s, build_s)
     finally:
         engine.run(["rmi", "-f", *(f"recipelens/{t}:{tag}" for t in TARGETS)], check=False)
+        # keep the cache bounded: vfs stores every layer whole, and each run adds a project layer
+        engine.run(["image", "prune", "-f"], check=False)
+        engine.run(["builder", "prune", "-f", "--keep-storage", CACHE_KEEP], check=False, timeout=300)
 
 
 def test_images_build_offline_within_the_size_goal(engine: DockerEngine, images: Built) -> None:
