@@ -16,7 +16,7 @@ VARIANTS     ?= cpu
 BUILD_FLAGS  ?=
 WHEELHOUSE   := deploy/wheelhouse
 
-.PHONY: demo test reliability venv lint typecheck protos bench clean-demo wheelhouse images images-test \
+.PHONY: demo demo-retrain test reliability venv lint typecheck protos bench clean-demo wheelhouse images images-test \
 	clean-wheelhouse
 
 $(BIN)/.installed: pyproject.toml
@@ -29,6 +29,12 @@ venv: $(BIN)/.installed
 
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash deploy/quickstart.sh
+
+# Against a running `make demo` (another terminal): fine-tune (PRESET=ft adds phase 2), serve the new model
+# beside the old one, re-index while the gateway answers, print before/after.
+PRESET ?= tl-hard
+demo-retrain: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m training.demo_retrain --preset $(PRESET)
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

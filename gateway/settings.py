@@ -75,7 +75,10 @@ class GatewaySettings(BaseSettings):
         default=None, description="PEM certificate chain for gRPC TLS (with tls_key)"
     )
     tls_key: Path | None = Field(default=None, description="PEM private key for gRPC TLS (with tls_cert)")
-    images_root: Path | None = Field(default=None, description="catalogue image folder served under /images/")
+    images_root: Path | None = Field(
+        default=None,
+        description="the catalogue folder the index was built from; its photos are served under /images/",
+    )
 
     grace_period_s: float = Field(
         default=5.0, ge=0, description="how long in-flight calls may finish on stop"
