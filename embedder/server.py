@@ -37,6 +37,7 @@ from recipelens.v1 import embedder_pb2, embedder_pb2_grpc
 from embedder.background import BackgroundLoop, stop_on_signals
 from embedder.batcher import BatcherClosedError, BatchStats, MicroBatcher
 from embedder.logs import configure_logging
+from embedder.memory import DecodeBudgetBusy, configure_decoding, tune_allocator
 from embedder.preprocess import ImageDecodeError, preprocess
 from embedder.repository import ModelRepository, ModelRepositoryError, RefreshReport
 from embedder.runtime import EmbeddingModel, select_providers
@@ -157,6 +158,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         for index, result in enumerate(results):
             if isinstance(result, ImageDecodeError):
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"image {index}: {result}")
+            if isinstance(result, DecodeBudgetBusy):
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"image {index}: {result}")
             if isinstance(result, BaseException):
                 raise result
             arrays.append(result)
@@ -304,6 +307,8 @@ class EmbedderServer:
         """Bind and start answering (health NOT_SERVING until :meth:`load_models`); return the port."""
         s = self.settings
         log.info("embedder settings: %s", s.summary())
+        tune_allocator()
+        configure_decoding(s.decode_budget_mb << 20, s.decode_wait_s)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),

@@ -19,7 +19,8 @@ import grpc
 import numpy as np
 
 from embedder.batcher import MicroBatcher
-from embedder.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, preprocess
+from embedder.memory import DecodeBudgetBusy
+from embedder.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError, preprocess
 from embedder.runtime import DEFAULT_PROVIDERS
 from gateway.errors import ErrorKind, GatewayError
 from gateway.search import LocalQueryEmbedder, ModelUnavailableError
@@ -80,6 +81,10 @@ class InProcessEmbedder:
             size = self._model(model_version).image_size
             try:
                 return preprocess(image, size=size, max_pixels=self.max_pixels)
+            except ImageTooLargeError as exc:
+                raise GatewayError(ErrorKind.RESOURCE_EXHAUSTED, f"image: {exc}") from None
+            except DecodeBudgetBusy as exc:
+                raise GatewayError(ErrorKind.OVERLOADED, f"image: {exc}") from None
             except ImageDecodeError as exc:
                 raise GatewayError(ErrorKind.INVALID_ARGUMENT, f"image: {exc}") from None
 
@@ -156,6 +161,8 @@ class RemoteEmbedder:
             if isinstance(code, grpc.StatusCode)
             else ErrorKind.INTERNAL
         )
+        if kind is ErrorKind.RESOURCE_EXHAUSTED and "busy" in str(details):
+            kind = ErrorKind.OVERLOADED  # the embedder's decoding budget is full: retry
         if kind is ErrorKind.UNAVAILABLE:
             return GatewayError(kind, f"embedder at {self.address} is unavailable: {details or exc}")
         return GatewayError(kind, f"embedder: {details or exc}")

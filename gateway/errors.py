@@ -15,6 +15,7 @@ class ErrorKind(Enum):
     NOT_FOUND = (grpc.StatusCode.NOT_FOUND, 404)
     FAILED_PRECONDITION = (grpc.StatusCode.FAILED_PRECONDITION, 409)
     RESOURCE_EXHAUSTED = (grpc.StatusCode.RESOURCE_EXHAUSTED, 413)
+    OVERLOADED = (grpc.StatusCode.RESOURCE_EXHAUSTED, 503)  # busy right now: retry (HTTP Retry-After)
     UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, 503)
     INTERNAL = (grpc.StatusCode.INTERNAL, 500)
 

@@ -24,6 +24,7 @@ from urllib.parse import quote
 from PIL import Image, UnidentifiedImageError
 from pydantic import SecretStr
 
+from embedder.preprocess import IMAGE_SIZE, over_budget
 from gateway.embedding import AsyncEmbedder
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import GatewayMetrics
@@ -72,6 +73,9 @@ def sniff_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[str, i
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt, (width, height) = img.format or "", img.size
+            if fmt == "JPEG":
+                img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))
+            too_costly = over_budget(img, (width, height)) if width * height <= max_pixels else None
     except UnidentifiedImageError:
         raise GatewayError(ErrorKind.INVALID_ARGUMENT, "image: not a picture format we can read") from None
     except Exception as exc:  # malformed headers raise many exception types
@@ -86,6 +90,8 @@ def sniff_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[str, i
             ErrorKind.RESOURCE_EXHAUSTED,
             f"image is {width}x{height} = {width * height} pixels, the limit is {max_pixels}",
         )
+    if too_costly:
+        raise GatewayError(ErrorKind.RESOURCE_EXHAUSTED, too_costly)
     return fmt, width, height
 
 

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from embedder.background import BackgroundLoop, stop_on_signals
 from embedder.logs import configure_logging
 from embedder.manifest import ModelIntegrityError
+from embedder.memory import configure_decoding, tune_allocator
 from gateway.embedding import AsyncEmbedder, InProcessEmbedder, RemoteEmbedder
 from gateway.grpc_service import HealthReporter, start_grpc_server
 from gateway.http_app import create_app
@@ -101,6 +102,8 @@ class GatewayServer:
     async def start(self, health_period_s: float = 1.0) -> None:
         s = self.settings
         log.info("starting gateway: %s", s.summary())
+        tune_allocator()
+        configure_decoding(s.decode_budget_mb << 20, s.decode_wait_s)
         self.gateway = build_gateway(s, store=self._given_store)
         self.grpc_server, self.grpc_port, self.health = await start_grpc_server(
             self.gateway,

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from embedder.memory import DEFAULT_BUDGET_BYTES, DEFAULT_WAIT_S
 from embedder.preprocess import DEFAULT_MAX_PIXELS
 from embedder.settings import split_list
 
@@ -63,6 +64,15 @@ class GatewaySettings(BaseSettings):
         default=DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb limit per photo"
     )
     default_top_k: int = Field(default=5, ge=1, le=100)
+    decode_budget_mb: int = Field(
+        default=DEFAULT_BUDGET_BYTES >> 20,
+        ge=1,
+        description="in-process embedder: decoded pixels in flight across all requests (MiB); "
+        "a photo needing more is refused",
+    )
+    decode_wait_s: float = Field(
+        default=DEFAULT_WAIT_S, ge=0, description="how long a decode waits for the budget before 503"
+    )
 
     tls_cert: Path | None = Field(
         default=None, description="PEM certificate chain for gRPC TLS (with tls_key)"
