@@ -27,7 +27,7 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
-DEFAULT_BUDGET_BYTES = 256 * MiB
+DEFAULT_BUDGET_BYTES = 384 * MiB
 DEFAULT_WAIT_S = 10.0
 # mallopt parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
@@ -54,6 +54,7 @@ class DecodeBudget:
         self._in_flight = 0
         self._count = 0
         self._last_trim = 0.0
+        self._trim_timer: threading.Timer | None = None
         self.peak_bytes = 0
         self.waited = 0
         self.refused = 0
@@ -101,10 +102,31 @@ class DecodeBudget:
                 idle = self._count == 0
                 self._cond.notify_all()
             if idle:
-                now = time.monotonic()
-                if now - self._last_trim >= _TRIM_EVERY_S:
-                    self._last_trim = now
-                    release_free_memory()
+                self._trim_when_idle()
+
+    def _trim_when_idle(self) -> None:
+        """``malloc_trim`` now, or (at most every ``_TRIM_EVERY_S``) once the pause is over if still idle."""
+        now = time.monotonic()
+        wait = self._last_trim + _TRIM_EVERY_S - now
+        if wait <= 0:
+            self._last_trim = now
+            release_free_memory()
+            return
+        with self._cond:
+            if self._trim_timer is not None:
+                return
+            timer = threading.Timer(wait, self._deferred_trim)
+            timer.daemon = True
+            self._trim_timer = timer
+        timer.start()
+
+    def _deferred_trim(self) -> None:
+        with self._cond:
+            self._trim_timer = None
+            idle = self._count == 0
+        if idle:
+            self._last_trim = time.monotonic()
+            release_free_memory()
 
 
 decode_budget = DecodeBudget()

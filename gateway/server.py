@@ -17,9 +17,11 @@ from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import uvicorn
+from prometheus_client import start_http_server
 from pydantic import ValidationError
 
 from embedder.background import BackgroundLoop, stop_on_signals
@@ -28,7 +30,7 @@ from embedder.manifest import ModelIntegrityError
 from embedder.memory import configure_decoding, tune_allocator
 from gateway.embedding import AsyncEmbedder, InProcessEmbedder, RemoteEmbedder
 from gateway.grpc_service import HealthReporter, start_grpc_server
-from gateway.http_app import create_app
+from gateway.http_app import TimedH11Protocol, create_app
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import SearchGateway
 from gateway.settings import GatewaySettings
@@ -98,6 +100,8 @@ class GatewayServer:
         self._http_socket: socket.socket | None = None
         self.grpc_port: int | None = None
         self.http_port: int | None = None
+        self.metrics_port: int | None = None
+        self._metrics_server: WSGIServer | None = None
 
     async def start(self, health_period_s: float = 1.0) -> None:
         s = self.settings
@@ -119,9 +123,22 @@ class GatewayServer:
         sock.bind((s.http_host, s.http_port))
         self.http_port = sock.getsockname()[1]
         self._http_socket = sock
-        app = create_app(self.gateway, images_root=s.images_root)
+        app = create_app(self.gateway, images_root=s.images_root, metrics_route=s.metrics_port is None)
+        if s.metrics_port is not None:
+            self._metrics_server, _ = start_http_server(
+                s.metrics_port, addr=s.metrics_host, registry=self.gateway.metrics.registry
+            )
+            self.metrics_port = self._metrics_server.server_port
+            log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
+        tls = {"ssl_certfile": s.tls_cert, "ssl_keyfile": s.tls_key} if s.tls_cert else {}
         config = uvicorn.Config(
-            app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=5
+            app,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            http=TimedH11Protocol.with_timeouts(s.http_header_timeout_s, s.http_body_timeout_s),
+            **tls,  # type: ignore[arg-type]
         )
         self.http_server = _EmbeddedUvicorn(config)
         self._http_task = asyncio.create_task(self.http_server.serve(sockets=[sock]), name="gateway-http")
@@ -131,7 +148,8 @@ class GatewayServer:
                 raise RuntimeError("HTTP server stopped during start")
             await asyncio.sleep(0.01)
         log.info(
-            "gateway ready: page http://%s:%d/ · gRPC %s:%d · alias %r",
+            "gateway ready: page %s://%s:%d/ · gRPC %s:%d · alias %r",
+            "https" if s.tls_cert else "http",
             s.http_host,
             self.http_port,
             s.grpc_host,
@@ -150,6 +168,9 @@ class GatewayServer:
                 await asyncio.wait_for(self._http_task, grace + 1)
         if self._http_socket is not None:
             self._http_socket.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
         if self.gateway is not None:
@@ -192,7 +213,8 @@ class RunningGateway:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.server.settings.http_host}:{self.server.http_port}"
+        scheme = "https" if self.server.settings.tls_cert else "http"
+        return f"{scheme}://{self.server.settings.http_host}:{self.server.http_port}"
 
     def stop(self, grace: float | None = 1.0) -> None:
         if self._background.closed:
@@ -248,7 +270,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = GatewaySettings(**overrides)
     except ValidationError as exc:
-        print(f"recipelens-gateway: invalid settings:\n{exc}", file=sys.stderr)
+        # Each problem without the input values: those would include the API keys.
+        problems = "\n".join(
+            f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        print(f"recipelens-gateway: invalid settings:\n{problems}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log_level)
     try:

@@ -1,4 +1,4 @@
-"""Uploads at the pixel limit (40 MP) in every kind the memory figure covers, each under the 10 MiB byte limit.
+"""Uploads at the pixel limit (40 MP) in every kind the memory figure covers, each far under the byte limit.
 
 Smooth content (gradients and a few flat shapes) keeps the files small while their decoded pixels are as many
 as the gateway accepts: what an attacker sends to make a service hold as much memory per request as it can.
@@ -36,6 +36,14 @@ def _gradient_rgb(width: int, height: int) -> Image.Image:
     return _shapes(Image.fromarray(rgb, "RGB"), [(200, 40, 40), (40, 160, 60), (250, 220, 90)])
 
 
+def _palette(width: int, height: int) -> Image.Image:
+    """A 64-colour palette image: vertical bands of a gradient and a few shapes."""
+    index = (np.arange(width, dtype=np.int64) * 64 // width).astype(np.uint8)[None, :].repeat(height, 0)
+    img = Image.fromarray(index, "L").convert("P")
+    img.putpalette([c for i in range(256) for c in (i * 4 % 256, 255 - i * 4 % 256, 128)])
+    return _shapes(img, [3, 40, 60])
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
     return struct.pack(">I", len(data)) + kind + data + crc
@@ -63,8 +71,7 @@ def big_upload(kind: str, width: int = WIDTH, height: int = HEIGHT) -> bytes:
         img = _shapes(Image.new("1", (width, height), 1), [0, 1, 0])
         img.save(out, "PNG", optimize=False)
     elif kind == "png-palette":
-        img = _gradient_rgb(width, height).quantize(64)
-        img.save(out, "PNG")
+        _palette(width, height).save(out, "PNG")
     elif kind == "png-16bit":
         grey = np.linspace(0, 65535, width, dtype=np.float64)[None, :].repeat(height, 0).astype(np.uint16)
         _shapes(Image.fromarray(grey), [20000, 60000]).save(out, "PNG")
@@ -75,9 +82,12 @@ def big_upload(kind: str, width: int = WIDTH, height: int = HEIGHT) -> bytes:
     elif kind == "webp":
         _gradient_rgb(width, height).save(out, "WEBP", quality=50, method=0)
     elif kind == "tiff":
-        _gradient_rgb(width, height).save(out, "TIFF", compression="tiff_adobe_deflate")
+        flat = _shapes(Image.new("RGB", (width, height), (90, 140, 60)), [(200, 40, 40), (250, 220, 90)])
+        flat.save(out, "TIFF", compression="tiff_adobe_deflate")
     elif kind == "gif":
-        _gradient_rgb(width, height).quantize(64).save(out, "GIF")
+        flat = _shapes(Image.new("P", (width, height), 5), [3, 40, 60])  # LZW packs only runs well
+        flat.putpalette([c for i in range(256) for c in (i, 255 - i, 90)])
+        flat.save(out, "GIF")
     else:
         raise ValueError(f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
     return out.getvalue()
