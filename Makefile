@@ -30,6 +30,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check embedder indexer gateway training protos/codegen.py protos/__init__.py bench tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy

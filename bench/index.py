@@ -136,10 +136,10 @@ def _component_rates(model: object, paths: list[Path], batch: int) -> tuple[floa
 
 def _index_rate(catalog: Path, model_dir: Path, embedder: object, batch: int, work: Path) -> float:
     """Images/s of one full build_index into a fresh Qdrant Edge store."""
-    from indexer.build import LocalPhotoEmbedder, build_index
+    from indexer.build import PhotoEmbedder, build_index
     from indexer.store.edge import EdgeStore
 
-    assert isinstance(embedder, LocalPhotoEmbedder)
+    assert isinstance(embedder, PhotoEmbedder)
     store_dir = Path(tempfile.mkdtemp(prefix="store-", dir=work))
     try:
         with EdgeStore(store_dir) as store:
@@ -154,8 +154,9 @@ def _index_rate(catalog: Path, model_dir: Path, embedder: object, batch: int, wo
 
 
 def bench_indexing(args: argparse.Namespace, work: Path) -> list[str]:
+    from embedder.model_folders import newest_model_folder
     from embedder.runtime import EmbeddingModel
-    from indexer.build import LocalPhotoEmbedder, resolve_model_folder
+    from indexer.build import open_embedder
     from indexer.catalog import read_catalog
 
     if args.model is None:
@@ -164,7 +165,7 @@ def bench_indexing(args: argparse.Namespace, work: Path) -> list[str]:
         model_dir = work / "tiny-model"
         write_tiny_model(model_dir)
     else:
-        model_dir = resolve_model_folder(args.model)
+        model_dir = newest_model_folder(args.model)
     if args.photos is None:
         catalog = _generated_catalog(work / "catalog", args.n_photos, (args.photo_width, args.photo_height))
     else:
@@ -175,7 +176,7 @@ def bench_indexing(args: argparse.Namespace, work: Path) -> list[str]:
     if not photos:
         sys.exit(f"{catalog}: no photos")
     model = EmbeddingModel(model_dir)
-    embedder = LocalPhotoEmbedder(model)
+    embedder = open_embedder(model_dir, None)
     print(
         f"(a) {len(photos)} photos from {catalog}; model {model.version} ({model.manifest.backbone}, "
         f"{model.dimension}-D) on {model.provider}; batch {args.batch}; {args.repeats} repeats",

@@ -1,4 +1,5 @@
-"""Asyncio plumbing shared by the services: an event loop in a background thread, stop-on-signal."""
+"""Asyncio plumbing shared by the services: stop-on-signal, an event loop in a background thread, and the
+one harness that runs a service on it (:class:`RunningService`, for tests, benchmarks and tools)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,19 @@ import contextlib
 import signal
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 T = TypeVar("T")
+
+
+class Service(Protocol):
+    """What :class:`RunningService` needs of a server: a graceful ``stop``."""
+
+    async def stop(self, grace: float | None = None) -> None: ...
+
+
+S = TypeVar("S", bound=Service)
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -54,3 +65,45 @@ class BackgroundLoop:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.loop.shutdown_asyncgens()
+
+
+class RunningService(Generic[S]):
+    """A service on its own background event loop: ``call`` runs coroutines there; ``stop`` ends both.
+
+    The embedder's :class:`~embedder.server.RunningServer` and the gateway's
+    :class:`~gateway.server.RunningGateway` add only the addresses their callers need.
+    """
+
+    def __init__(self, server: S, name: str) -> None:
+        self.server = server
+        self._background = BackgroundLoop(name)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60.0) -> T:
+        """Run a coroutine on the service's loop and wait for its result."""
+        return self._background.call(coro, timeout)
+
+    def start_with(self, coro: Coroutine[Any, Any, Any]) -> Self:
+        """Run the service's start coroutine; stop everything if it fails."""
+        try:
+            self.call(coro)
+        except BaseException:
+            self.stop(grace=0)
+            raise
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop the service (graceful for ``grace`` seconds) and its loop; safe to call twice."""
+        if self._background.closed:
+            return
+        try:
+            self.call(self.server.stop(grace))
+        finally:
+            self._background.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -3,8 +3,9 @@
 Callers ``await batcher.submit(items)``. One worker task takes the first queued item, waits up to
 ``max_delay_s`` for the batch to fill to ``max_batch_size``, runs ``run_batch`` in a thread and hands each
 caller its own results. While a batch runs, new items queue up, so under load batches grow by themselves:
-that is why the services default to ``max_delay_s = 0`` (greedy batching — a lone request never waits, and
-concurrent ones still share runs); a positive delay trades latency for fuller batches on a fast accelerator.
+that is why the default is :data:`DEFAULT_MAX_QUEUE_DELAY_S` = 0 (greedy batching — a lone request never
+waits, and concurrent ones still share runs); a positive delay trades latency for fuller batches on a fast
+accelerator.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+DEFAULT_MAX_QUEUE_DELAY_S = 0.0  # the one default, for the embedder service and every in-process embedder
 
 
 class BatcherClosedError(RuntimeError):
@@ -47,7 +50,7 @@ class MicroBatcher(Generic[T, R]):
         run_batch: Callable[[list[T]], Sequence[R]],
         *,
         max_batch_size: int = 32,
-        max_delay_s: float = 0.005,
+        max_delay_s: float = DEFAULT_MAX_QUEUE_DELAY_S,
         name: str = "batcher",
     ) -> None:
         if max_batch_size < 1:

@@ -21,20 +21,15 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recipelens.v1 import embedder_pb2, embedder_pb2_grpc
 
-SERVICE_NAME: str = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
+from embedder.errors import EmbedderError
+from protos.services import EMBEDDER_SERVICE
+
+__all__ = ["EmbedResult", "EmbedderClient", "EmbedderError"]
+
 DEFAULT_MAX_MESSAGE_BYTES = 16 << 20  # the server's default limit (EmbedderSettings.max_message_bytes)
 DEFAULT_MAX_IMAGES_PER_REQUEST = 64  # the server's default (EmbedderSettings.max_images_per_request)
 
 Reply = TypeVar("Reply")
-
-
-class EmbedderError(RuntimeError):
-    """The embedder answered with an error status (or could not be reached)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
 
 
 @dataclass(frozen=True)
@@ -218,14 +213,14 @@ class EmbedderClient:
 
     def health(self) -> str:
         """The embedder service's health status name (``SERVING``, ``NOT_SERVING``, ...)."""
-        request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+        request = health_pb2.HealthCheckRequest(service=EMBEDDER_SERVICE)
         response = self._call(self._health.Check, request, "Health.Check")
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Poll the health service until the embedder is SERVING; ``TimeoutError`` after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+        request = health_pb2.HealthCheckRequest(service=EMBEDDER_SERVICE)
         last = "no answer"
         while True:
             remaining = deadline - time.monotonic()
@@ -253,14 +248,3 @@ class EmbedderClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-class RemoteQueryEmbedder:
-    """A ``gateway.search.QueryEmbedder`` that embeds through the gRPC embedder."""
-
-    def __init__(self, client: EmbedderClient) -> None:
-        self.client = client
-
-    def embed(self, image: bytes, model_version: str) -> np.ndarray:
-        vectors: np.ndarray = self.client.embed([image], model_version).vectors
-        return vectors[0]

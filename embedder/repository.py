@@ -13,35 +13,42 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
+import grpc
 
+from embedder.errors import EmbedderError
 from embedder.manifest import MANIFEST_FILE, MODEL_FILE, ModelIntegrityError
-from embedder.runtime import DEFAULT_PROVIDERS, EmbeddingModel
+from embedder.model_folders import (
+    FolderSignature,
+    created_at,
+    find_model_folders,
+    folder_signature,
+    load_model,
+)
+from embedder.providers import DEFAULT_PROVIDERS
+from embedder.runtime import EmbeddingModel
 
 log = logging.getLogger(__name__)
 
-# (manifest mtime_ns, manifest size, model mtime_ns, model size): a folder is re-read when this changes.
-_Signature = tuple[int, int, int, int]
 
-
-class ModelRepositoryError(RuntimeError):
+class ModelRepositoryError(ModelIntegrityError):
     """The repository cannot serve: no model could be loaded; the message says which folders and why."""
 
 
-class UnknownModelError(LookupError):
-    """A model version was asked for that the repository does not hold."""
+class UnknownModelError(EmbedderError, LookupError):
+    """A model version was asked for that the repository does not hold (gRPC NOT_FOUND)."""
 
     def __init__(self, version: str, available: Sequence[str]) -> None:
         self.version = version
         self.available = list(available)
         listed = ", ".join(self.available) or "none"
-        super().__init__(f"unknown model version {version!r} (available: {listed})")
+        super().__init__(
+            grpc.StatusCode.NOT_FOUND, f"unknown model version {version!r} (available: {listed})"
+        )
 
-    def __str__(self) -> str:  # LookupError would quote the whole message
-        return str(self.args[0])
+    def __str__(self) -> str:
+        return self.details
 
 
 @dataclass
@@ -57,28 +64,6 @@ class RefreshReport:
         return bool(self.added or self.removed)
 
 
-def _signature(folder: Path) -> _Signature | None:
-    try:
-        manifest = (folder / MANIFEST_FILE).stat()
-        model = (folder / MODEL_FILE).stat()
-    except OSError:
-        return None
-    return (manifest.st_mtime_ns, manifest.st_size, model.st_mtime_ns, model.st_size)
-
-
-def _created_at(model: EmbeddingModel) -> datetime:
-    try:
-        moment = datetime.fromisoformat(model.manifest.created_at)
-    except ValueError:
-        return datetime.min.replace(tzinfo=UTC)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def is_model_folder(folder: Path) -> bool:
-    """A folder that claims to be a model folder (has a manifest or an ONNX file)."""
-    return (folder / MANIFEST_FILE).is_file() or (folder / MODEL_FILE).is_file()
-
-
 class ModelRepository:
     """Loads, holds and hot-reloads the model folders under one directory."""
 
@@ -90,17 +75,19 @@ class ModelRepository:
         intra_op_threads: int = 0,
         spinning: bool = False,
         warmup: bool = True,
+        allow_empty: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.providers = tuple(providers)
         self.intra_op_threads = intra_op_threads
         self.spinning = spinning
         self.warmup = warmup
+        self.allow_empty = allow_empty
         self.refused: dict[Path, str] = {}
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
-        self._by_folder: dict[Path, tuple[_Signature, EmbeddingModel]] = {}
-        self._refused_sig: dict[Path, _Signature] = {}
+        self._by_folder: dict[Path, tuple[FolderSignature, EmbeddingModel]] = {}
+        self._refused_sig: dict[Path, FolderSignature] = {}
         self._models: dict[str, EmbeddingModel] = {}
         self._default: str | None = None
         self._load_at_start()
@@ -142,30 +129,19 @@ class ModelRepository:
 
     # -- loading ---------------------------------------------------------------------------------------
 
-    def _candidates(self) -> list[Path] | None:
-        """The model folders now present; ``None`` when ``model_dir`` itself cannot be read."""
-        if is_model_folder(self.model_dir):
-            return [self.model_dir]
-        try:
-            children = sorted(p for p in self.model_dir.iterdir() if p.is_dir())
-        except OSError:
-            return None
-        return [p for p in children if is_model_folder(p)]
-
     def _load(self, folder: Path) -> EmbeddingModel:
-        model = EmbeddingModel(
+        return load_model(
             folder,
             providers=self.providers,
             intra_op_threads=self.intra_op_threads,
             spinning=self.spinning,
-            verify=True,
+            warmup=self.warmup,
         )
-        if self.warmup:
-            size = model.image_size
-            model.embed_arrays(np.zeros((1, size, size, 3), dtype=np.uint8))
-        return model
 
     def _load_at_start(self) -> None:
+        if self.allow_empty and not self.model_dir.is_dir():
+            log.warning("model directory %s does not exist (yet): no model to serve", self.model_dir)
+            return
         if not self.model_dir.is_dir():
             raise ModelRepositoryError(
                 f"model directory {self.model_dir} does not exist (set RECIPELENS_EMBEDDER_MODEL_DIR "
@@ -176,6 +152,9 @@ class ModelRepository:
             if self.refused:
                 reasons = "; ".join(self.refused.values())
                 raise ModelRepositoryError(f"no usable model in {self.model_dir}: {reasons}")
+            if self.allow_empty:
+                log.warning("no model folders in %s (yet): no model to serve", self.model_dir)
+                return
             raise ModelRepositoryError(
                 f"no model folders in {self.model_dir} "
                 f"(a model folder holds {MODEL_FILE} and {MANIFEST_FILE})"
@@ -188,7 +167,7 @@ class ModelRepository:
 
     def _refresh(self) -> RefreshReport:
         report = RefreshReport()
-        candidates = self._candidates()
+        candidates = find_model_folders(self.model_dir)
         if candidates is None:
             if self._models:
                 log.warning("cannot read %s; still serving the models loaded before", self.model_dir)
@@ -205,7 +184,7 @@ class ModelRepository:
             self.refused.pop(folder, None)
 
         for folder in candidates:
-            sig = _signature(folder)
+            sig = folder_signature(folder)
             if sig is None:
                 continue  # a file vanished between listing and reading; the next refresh sees the result
             known = by_folder.get(folder)
@@ -240,7 +219,7 @@ class ModelRepository:
 
         ordered = sorted(
             (model for _, model in by_folder.values()),
-            key=lambda m: (_created_at(m), m.version),
+            key=lambda m: (created_at(m.manifest), m.version),
             reverse=True,
         )
         models = {m.version: m for m in ordered}

@@ -11,17 +11,12 @@ import onnxruntime as ort
 
 from embedder.manifest import MODEL_FILE, ModelManifest, read_manifest
 from embedder.preprocess import DEFAULT_MAX_PIXELS, preprocess
+from embedder.providers import DEFAULT_PROVIDERS
 
 log = logging.getLogger(__name__)
 
 # onnxruntime's session option: stop the intra-op threads' spinning once a run ends.
 STOP_SPINNING = "session.force_spinning_stop"
-
-DEFAULT_PROVIDERS: tuple[str, ...] = (
-    "TensorrtExecutionProvider",
-    "CUDAExecutionProvider",
-    "CPUExecutionProvider",
-)
 
 
 def select_providers(preferred: Sequence[str], available: Sequence[str] | None = None) -> list[str]:

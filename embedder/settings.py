@@ -12,9 +12,10 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from embedder.batcher import DEFAULT_MAX_QUEUE_DELAY_S
 from embedder.memory import DEFAULT_BUDGET_BYTES, DEFAULT_WAIT_S
 from embedder.preprocess import DEFAULT_MAX_PIXELS
-from embedder.runtime import DEFAULT_PROVIDERS
+from embedder.providers import DEFAULT_PROVIDERS
 
 MiB = 1 << 20
 
@@ -29,6 +30,11 @@ def split_list(value: Any) -> Any:
     return value
 
 
+def default_providers() -> list[str]:
+    """The runtime's preferred provider order (plain names: settings modules load no runtime)."""
+    return list(DEFAULT_PROVIDERS)
+
+
 class EmbedderSettings(BaseSettings):
     """Where to listen, which models to serve and how to batch them."""
 
@@ -40,12 +46,14 @@ class EmbedderSettings(BaseSettings):
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
     model_dir: Path = Field(Path("models"), description="a folder of model folders, or a single model folder")
     providers: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_PROVIDERS),
+        default_factory=default_providers,
         description="onnxruntime execution providers in order of preference; unavailable ones are skipped",
     )
     max_batch_size: int = Field(32, ge=1, description="images per onnxruntime run")
     max_queue_delay_ms: float = Field(
-        0.0, ge=0, description="how long a batch waits to fill up; 0 = greedy (batches form under load)"
+        DEFAULT_MAX_QUEUE_DELAY_S * 1000.0,
+        ge=0,
+        description="how long a batch waits to fill up; 0 = greedy (batches form under load)",
     )
     max_message_bytes: int = Field(16 * MiB, ge=1024, description="gRPC send and receive limit")
     max_images_per_request: int = Field(64, ge=1)

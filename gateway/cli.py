@@ -1,26 +1,32 @@
 """``recipelens-search PHOTO``: the search path from the command line, printed as a table.
 
 Embeds with the embedder service (``--embedder HOST:PORT``) or in-process (``--model-dir``), searches the
-collection behind ``--alias``. ``--wait-ready`` without a photo waits until the embedder is SERVING and the
-alias exists, then exits 0 (for scripts that start the stack).
+collection behind ``--alias`` — the same :class:`~gateway.pipeline.SearchGateway` the servers run.
+``--wait-ready`` without a photo waits until the gateway's readiness holds (the embedder answers and holds
+the model of the collection behind the alias), then exits 0 (for scripts that start the stack).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.embedding import InProcessEmbedder, RemoteEmbedder
-from gateway.errors import GatewayError
-from gateway.pipeline import sniff_image
-from gateway.search import QueryEmbedder, RecipeSearcher, SearchError, SearchResult
+from pydantic import ValidationError
+
+from embedder.manifest import ModelIntegrityError
+from gateway.errors import ErrorKind, GatewayError
+from gateway.pipeline import SearchGateway, sniff_image
+from gateway.search import SearchResult, check_paging
+from gateway.server import build_embedder, build_store
 from gateway.settings import GatewaySettings
-from indexer.store.base import RecipeStore, StoreError, StoreSettings, open_store
+from indexer.store.base import StoreError
 
 PROG = "recipelens-search"
+# Errors about the photo itself name the file.
+_PHOTO_ERRORS = (ErrorKind.INVALID_ARGUMENT, ErrorKind.RESOURCE_EXHAUSTED)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -49,32 +55,6 @@ def _fail(message: str, code: int = 1) -> SystemExit:
     return SystemExit(code)
 
 
-def wait_ready(store: RecipeStore, embedder: QueryEmbedder, alias: str, timeout_s: float) -> str:
-    """Block until the alias resolves and the embedder can embed with its model; return a status line."""
-    deadline = time.monotonic() + timeout_s
-    if isinstance(embedder, RemoteEmbedder):
-        embedder.client.wait_ready(timeout_s)
-    last = "not checked"
-    while True:
-        collection = store.resolve_alias(alias)
-        if collection is not None:
-            version = store.collection_info(collection).model_version
-            available = (
-                embedder.local.available()
-                if isinstance(embedder, InProcessEmbedder)
-                else [m.version for m in embedder.client.model_info().models]  # type: ignore[attr-defined]
-            )
-            if version in available:
-                return f"ready: alias {alias!r} -> {collection}, model {version} available"
-            listed = ", ".join(available) or "none"
-            last = f"alias {alias!r} -> {collection} needs model {version}, available: {listed}"
-        else:
-            last = f"no collection behind alias {alias!r} yet"
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not ready after {timeout_s:.0f} s: {last}")
-        time.sleep(0.5)
-
-
 def format_table(result: SearchResult) -> str:
     rows = [("rank", "score", "title", "category", "model")]
     rows += [(str(h.rank), f"{h.score:.4f}", h.title, h.category, result.model_version) for h in result.hits]
@@ -85,53 +65,70 @@ def format_table(result: SearchResult) -> str:
     return "\n".join(lines)
 
 
+async def _run(gateway: SearchGateway, args: argparse.Namespace, photo: bytes) -> str:
+    try:
+        return await _answer(gateway, args, photo)
+    finally:
+        await gateway.aclose()
+
+
+async def _answer(gateway: SearchGateway, args: argparse.Namespace, photo: bytes) -> str:
+    if args.wait_ready:
+        readiness = await gateway.wait_ready(args.timeout)
+        if args.photo is None:
+            return readiness.line()
+    try:
+        result = await gateway.search(photo, top_k=args.top_k)
+    except GatewayError as exc:
+        if exc.kind in _PHOTO_ERRORS:
+            raise GatewayError(exc.kind, f"{args.photo}: {exc}") from None
+        raise
+    return format_table(result)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console script ``recipelens-search``."""
     args = _parse_args(argv)
     if args.photo is None and not args.wait_ready:
         raise _fail("give a PHOTO to search with (or --wait-ready)", 2)
-    if not 1 <= args.top_k <= 100:
-        raise _fail(f"--top-k must be 1..100, got {args.top_k}", 2)
+    try:
+        check_paging(args.top_k, 0)
+        settings = GatewaySettings(
+            embedder_address=args.embedder,
+            model_dir=args.model_dir,
+            store_path=args.store_path,
+            qdrant_url=args.qdrant_url,
+            alias=args.alias,
+            embed_timeout_s=args.timeout,
+        )
+    except GatewayError as exc:
+        raise _fail(f"--{exc}", 2) from None
+    except ValidationError as exc:
+        raise _fail(f"invalid settings:\n{exc}", 2) from None
     data = b""
     if args.photo is not None:
         try:
             data = args.photo.read_bytes()
         except OSError as exc:
             raise _fail(f"{args.photo}: cannot read file: {exc.strerror or exc}") from None
-        limits = GatewaySettings()
         try:
-            sniff_image(data, max_bytes=limits.max_upload_bytes, max_pixels=limits.max_pixels)
+            sniff_image(data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels)
         except GatewayError as exc:
             raise _fail(f"{args.photo}: {exc}") from None
-    embedder: InProcessEmbedder | RemoteEmbedder = (
-        RemoteEmbedder(args.embedder, timeout_s=args.timeout)
-        if args.embedder
-        else InProcessEmbedder(args.model_dir)
-    )
     try:
-        store = open_store(StoreSettings(path=args.store_path, qdrant_url=args.qdrant_url))
+        store = build_store(settings)
     except (StoreError, OSError) as exc:
         raise _fail(f"cannot open the store: {exc}") from None
     try:
-        if args.wait_ready:
-            try:
-                status = wait_ready(store, embedder, args.alias, args.timeout)
-            except (TimeoutError, GatewayError, StoreError) as exc:
-                raise _fail(str(exc)) from None
-            if args.photo is None:
-                print(status)
-                return
-        searcher = RecipeSearcher(store, embedder, args.alias)
         try:
-            result = searcher.search(data, top_k=args.top_k)
-        except GatewayError as exc:
-            raise _fail(f"{args.photo}: {exc}") from None
-        except (SearchError, StoreError) as exc:
+            gateway = SearchGateway(store, build_embedder(settings), settings, workers=4)
+        except ModelIntegrityError as exc:
+            raise _fail(str(exc), 2) from None
+        try:
+            print(asyncio.run(_run(gateway, args, data)))
+        except (TimeoutError, GatewayError) as exc:
             raise _fail(str(exc)) from None
-        print(format_table(result))
     finally:
-        if isinstance(embedder, RemoteEmbedder):
-            embedder.client.close()
         store.close()
 
 

@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recipelens.v1 import search_pb2, search_pb2_grpc
 
-SERVICE_NAME: str = search_pb2.DESCRIPTOR.services_by_name["RecipeSearch"].full_name
+from protos.services import RECIPE_SEARCH_SERVICE
 
 
 def search_filter(
@@ -75,7 +75,7 @@ class RecipeSearchClient:
         )
         return recipe
 
-    def health(self, service: str = SERVICE_NAME) -> str:
+    def health(self, service: str = RECIPE_SEARCH_SERVICE) -> str:
         """``SERVING`` once the gateway's store and embedder answer and agree."""
         response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))

@@ -23,10 +23,10 @@ from gateway.errors import ErrorKind, GatewayError
 from gateway.pipeline import SearchGateway, public_image_url
 from gateway.search import RecipeHit
 from indexer.store.base import SearchFilter
+from protos.services import RECIPE_SEARCH_SERVICE
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["RecipeSearch"].full_name
 # Room for the rest of the request beside the image (filters, field tags).
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
 # gRPC itself refuses messages over this many times the upload limit (uncounted, in its own words); those
@@ -98,7 +98,7 @@ class RecipeSearchServicer(search_pb2_grpc.RecipeSearchServicer):
                     search_filter = None
             result = await self.gateway.search(
                 request.image,
-                top_k=request.top_k,
+                top_k=request.top_k or None,
                 offset=request.offset,
                 search_filter=search_filter,
                 timeout_s=self._timeout(context),
@@ -159,7 +159,7 @@ class HealthReporter:
                 if readiness.ready
                 else health_pb2.HealthCheckResponse.NOT_SERVING
             )
-            for name in (health.OVERALL_HEALTH, SERVICE_NAME):
+            for name in (health.OVERALL_HEALTH, RECIPE_SEARCH_SERVICE):
                 await self.servicer.set(name, status)
             log.info(
                 "health: %s (%s)",
@@ -210,9 +210,11 @@ async def start_grpc_server(
     search_pb2_grpc.add_RecipeSearchServicer_to_server(RecipeSearchServicer(gateway, images_root), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in (health.OVERALL_HEALTH, SERVICE_NAME):
+    for name in (health.OVERALL_HEALTH, RECIPE_SEARCH_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (RECIPE_SEARCH_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     address = f"{host}:{port}"
     if tls_cert is not None and tls_key is not None:
         bound = server.add_secure_port(address, server_credentials(tls_cert, tls_key))

@@ -1,8 +1,9 @@
-"""The HTTP face of the gateway (FastAPI): the seed's JSON search API, recipes, images, the page, probes.
+"""The HTTP face of the gateway (FastAPI): the legacy JSON search API, recipes, images, the page, probes.
 
-``POST /api/v1/search`` answers in the seed API's shape so its clients work unchanged — on errors too, with
-``success: false``, an ``errorMessage`` and the HTTP status of :class:`gateway.errors.ErrorKind` (every other
-refusal, a malformed multipart body or an unknown path included, takes the same shape). Uploads over the limit
+``POST /api/v1/search`` answers in the legacy API's shape (the first, pre-gateway service's JSON) so its
+clients work unchanged — on errors too, with ``success: false``, an ``errorMessage`` and the HTTP status of
+:class:`gateway.errors.ErrorKind` (every other refusal, a malformed multipart body or an unknown path
+included, takes the same shape). Uploads over the limit
 are refused from ``Content-Length`` before the body is read, and a body that grows past the limit while
 streaming is cut off (see :class:`UploadLimit`); both count in ``/metrics``.
 
@@ -44,6 +45,7 @@ from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import SearchGateway, public_image_url
 from gateway.search import RecipeHit
+from indexer.catalog import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +192,7 @@ class UploadLimit:
 
 
 async def _too_large(send: Send, size: int, limit: int) -> None:
-    response = seed_error(
+    response = legacy_error(
         GatewayError(
             ErrorKind.RESOURCE_EXHAUSTED, f"upload of {size}+ bytes exceeds the limit of {limit} bytes"
         )
@@ -206,7 +208,7 @@ def _now() -> str:
 
 
 def error_response(status: int, message: str, processing_s: float = 0.0) -> JSONResponse:
-    """The seed API's shape with ``success: false``; 503s say when to retry."""
+    """The legacy API's shape with ``success: false``; 503s say when to retry."""
     body = {
         "recipes": [],
         "totalResults": 0,
@@ -219,8 +221,8 @@ def error_response(status: int, message: str, processing_s: float = 0.0) -> JSON
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def seed_error(exc: GatewayError, processing_s: float = 0.0) -> JSONResponse:
-    """A :class:`GatewayError` in the seed API's shape, with its kind's HTTP status."""
+def legacy_error(exc: GatewayError, processing_s: float = 0.0) -> JSONResponse:
+    """A :class:`GatewayError` in the legacy API's shape, with its kind's HTTP status."""
     return error_response(exc.kind.http_status, exc.message, processing_s)
 
 
@@ -256,7 +258,7 @@ def create_app(
 
     def fail(method: str, exc: GatewayError, start: float) -> Response:
         log.info("%s refused (%s): %s", method, exc.kind.name, exc.message)
-        return finish(method, seed_error(exc, time.perf_counter() - start), start, exc.kind.name)
+        return finish(method, legacy_error(exc, time.perf_counter() - start), start, exc.kind.name)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -279,7 +281,7 @@ def create_app(
             method, response, start, None if exc.status_code < 400 else "HTTP_" + str(exc.status_code)
         )
 
-    @app.post(SEARCH_PATH, summary="Search recipes by photo (seed API shape)")
+    @app.post(SEARCH_PATH, summary="Search recipes by photo (legacy API shape)")
     async def search(
         request: Request,
         image: Annotated[UploadFile, File(description="a photo (JPEG, PNG, WebP, GIF, BMP, TIFF)")],
@@ -289,8 +291,6 @@ def create_app(
         start = time.perf_counter()
         try:
             gateway.authorize(request.headers.get("authorization"))
-            if not 1 <= top_k <= 100:
-                raise GatewayError(ErrorKind.INVALID_ARGUMENT, f"top_k must be 1..100, got {top_k}")
             data = await image.read(gateway.max_upload_bytes + 1)
             result = await gateway.search(data, top_k=top_k, offset=offset)
         except GatewayError as exc:
@@ -362,9 +362,6 @@ def create_app(
     app.add_middleware(KeyRequired, gateway=gateway, prefixes=(*DOCS_PATHS, "/metrics"))
     app.add_middleware(SecurityHeaders)
     return app
-
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
 def safe_join(root: Path | None, relative: str) -> Path | None:

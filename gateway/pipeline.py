@@ -1,9 +1,10 @@
-"""The request path both front ends share: check the caller, check the photo, embed, search.
+"""The one search path, shared by the gRPC service, the HTTP app and the CLI: check, embed, search.
 
-One request, in order: API key (constant time) → size limit → sniff the bytes (Pillow; the client's content
-type is never trusted) and pixel limit → resolve the alias to a collection and the model version that filled
-it → decode (in-process only) → embed with exactly that model version → search that collection. The gRPC
-servicer and the HTTP app only translate :class:`GatewayError` into their own statuses.
+One request, in order: API key (constant time) → paging → size limit → sniff the bytes (Pillow; the client's
+content type is never trusted) and pixel limit → resolve the alias to a collection and the model version
+that filled it → decode (in-process only) → embed with exactly that model version → search that
+collection. Every failure leaves as :class:`~gateway.errors.GatewayError`; the front ends only translate it
+into their own statuses.
 """
 
 from __future__ import annotations
@@ -21,20 +22,20 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 from urllib.parse import quote
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydantic import SecretStr
 
+from embedder.embedding import Embedder
 from embedder.preprocess import IMAGE_SIZE, over_budget
-from gateway.embedding import AsyncEmbedder
-from gateway.errors import ErrorKind, GatewayError
+from gateway.errors import ErrorKind, GatewayError, embedder_failure, store_failure
 from gateway.metrics import GatewayMetrics
-from gateway.search import NoIndexError, RecipeHit, RecipeSearcher, SearchResult
-from indexer.store.base import ModelVersionMismatch, RecipeStore, SearchFilter, StoreHit
+from gateway.search import RecipeHit, SearchResult, check_paging
+from gateway.settings import GatewaySettings
+from indexer.store.base import RecipeStore, SearchFilter, StoreHit
 
 log = logging.getLogger(__name__)
 
-MAX_TOP_K = 100
-MAX_OFFSET = 10_000
 # Formats we accept, by what Pillow finds in the bytes (MPO: multi-picture JPEGs from phone cameras).
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 
@@ -95,19 +96,6 @@ def sniff_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[str, i
     return fmt, width, height
 
 
-def _store_error(exc: Exception, what: str) -> GatewayError:
-    if isinstance(exc, GatewayError):
-        return exc
-    if isinstance(exc, NoIndexError):
-        return GatewayError(ErrorKind.FAILED_PRECONDITION, str(exc))
-    if isinstance(exc, ModelVersionMismatch):
-        return GatewayError(ErrorKind.FAILED_PRECONDITION, str(exc))
-    log.warning("store failed during %s: %s: %s", what, type(exc).__name__, exc)
-    return GatewayError(
-        ErrorKind.UNAVAILABLE, f"store unavailable during {what}: {type(exc).__name__}: {exc}"
-    )
-
-
 @dataclass
 class Readiness:
     """``ready`` when the store answers, the alias points at a collection and the embedder holds its model."""
@@ -115,35 +103,47 @@ class Readiness:
     ready: bool
     checks: dict[str, str] = field(default_factory=dict)
 
+    def line(self) -> str:
+        return ("ready: " if self.ready else "not ready: ") + "; ".join(
+            f"{k}: {v}" for k, v in self.checks.items()
+        )
+
 
 class SearchGateway:
-    """Everything a search needs, shared by the gRPC service and the HTTP app."""
+    """The one search path (photo → embed → search → hits), shared by the gRPC service, HTTP and the CLI."""
 
     def __init__(
         self,
         store: RecipeStore,
-        embedder: AsyncEmbedder,
+        embedder: Embedder,
+        settings: GatewaySettings | None = None,
         *,
-        alias: str = "recipes",
-        api_keys: Sequence[SecretStr] = (),
-        max_upload_bytes: int = 10 << 20,
-        max_pixels: int = 40_000_000,
-        default_top_k: int = 5,
-        embed_timeout_s: float = 10.0,
         metrics: GatewayMetrics | None = None,
         workers: int = 32,
     ) -> None:
         self.store = store
         self.embedder = embedder
-        self.searcher = RecipeSearcher(store, embedder, alias)
-        self.alias = alias
-        self.api_keys = list(api_keys)
-        self.max_upload_bytes = max_upload_bytes
-        self.max_pixels = max_pixels
-        self.default_top_k = default_top_k
-        self.embed_timeout_s = embed_timeout_s
+        self.settings = settings if settings is not None else GatewaySettings()
+        self.alias = self.settings.alias
+        self.api_keys = list(self.settings.api_keys)
         self.metrics = metrics or GatewayMetrics()
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.settings.max_upload_bytes
+
+    @property
+    def max_pixels(self) -> int:
+        return self.settings.max_pixels
+
+    @property
+    def default_top_k(self) -> int:
+        return self.settings.default_top_k
+
+    @property
+    def embed_timeout_s(self) -> float:
+        return self.settings.embed_timeout_s
 
     @property
     def auth_enabled(self) -> bool:
@@ -171,62 +171,76 @@ class SearchGateway:
         except TimeoutError:
             raise GatewayError(ErrorKind.UNAVAILABLE, f"{what} did not finish within the deadline") from None
 
-    async def live_collection(self, deadline: float) -> tuple[str, str]:
-        try:
-            return await self._bounded(
-                self._blocking(self.searcher.live_collection), deadline, "alias lookup"
+    def _live_collection(self) -> tuple[str, str]:
+        collection = self.store.resolve_alias(self.alias)
+        if collection is None:
+            raise GatewayError(
+                ErrorKind.FAILED_PRECONDITION,
+                f"no collection behind alias {self.alias!r}: build one with `recipelens-index build`",
             )
+        return collection, self.store.collection_info(collection).model_version
+
+    async def live_collection(self, deadline: float) -> tuple[str, str]:
+        """The collection behind the alias and the model version that filled it."""
+        try:
+            return await self._bounded(self._blocking(self._live_collection), deadline, "alias lookup")
         except Exception as exc:
-            raise _store_error(exc, "alias lookup") from None
+            raise store_failure(exc, "alias lookup") from None
+
+    async def _embed(self, image: bytes, model_version: str, deadline: float) -> np.ndarray:
+        try:
+            with self.metrics.time_stage("decode"):
+                prepared = await self.embedder.prepare(image, model_version, self.executor)
+            with self.metrics.time_stage("embed"):
+                remaining = max(deadline - time.monotonic(), 0.001)
+                vectors = await self._bounded(
+                    self.embedder.embed_prepared([prepared], model_version, remaining), deadline, "embedding"
+                )
+        except Exception as exc:
+            raise embedder_failure(exc, model_version) from None
+        return vectors[0]
 
     async def search(
         self,
         image: bytes,
         *,
-        top_k: int = 0,
+        top_k: int | None = None,
         offset: int = 0,
         search_filter: SearchFilter | None = None,
         timeout_s: float | None = None,
     ) -> SearchResult:
-        """Photo → ranked recipes from the collection behind the alias, embedded with its model version."""
+        """Photo → ranked recipes from the collection behind the alias, embedded with its model version.
+
+        ``top_k`` ``None`` means the configured default (gRPC's unset 0 is passed as ``None``).
+        """
         start = time.perf_counter()
-        top_k = top_k or self.default_top_k
-        if not 1 <= top_k <= MAX_TOP_K:
-            raise GatewayError(ErrorKind.INVALID_ARGUMENT, f"top_k must be 1..{MAX_TOP_K}, got {top_k}")
-        if not 0 <= offset <= MAX_OFFSET:
-            raise GatewayError(ErrorKind.INVALID_ARGUMENT, f"offset must be 0..{MAX_OFFSET}, got {offset}")
+        top_k = self.default_top_k if top_k is None else top_k
+        check_paging(top_k, offset)
         budget = self.embed_timeout_s if timeout_s is None else min(timeout_s, self.embed_timeout_s)
         deadline = time.monotonic() + budget
         with self.metrics.time_stage("decode"):
             sniff_image(image, max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels)
         collection, model_version = await self.live_collection(deadline)
-        with self.metrics.time_stage("decode"):
-            prepared = await self.embedder.prepare(image, model_version, self.executor)
-        with self.metrics.time_stage("embed"):
-            remaining = deadline - time.monotonic()
-            vector = await self._bounded(
-                self.embedder.embed_prepared(prepared, model_version, max(remaining, 0.001)),
-                deadline,
-                "embedding",
-            )
+        vector = await self._embed(image, model_version, deadline)
         with self.metrics.time_stage("search"):
             try:
-                hits = await self._bounded(
+                found = await self._bounded(
                     self._blocking(
-                        lambda: self.searcher.find(
+                        lambda: self.store.search(
                             collection,
-                            model_version,
                             vector,
-                            top_k=top_k,
+                            limit=top_k,
                             offset=offset,
-                            search_filter=search_filter,
+                            filter=search_filter,
+                            model_version=model_version,
                         )
                     ),
                     deadline,
                     "store search",
                 )
             except Exception as exc:
-                raise _store_error(exc, "search") from None
+                raise store_failure(exc, "search") from None
+        hits = [RecipeHit.from_store(offset + i + 1, h) for i, h in enumerate(found)]
         took_ms = (time.perf_counter() - start) * 1000.0
         return SearchResult(hits=hits, model_version=model_version, collection=collection, took_ms=took_ms)
 
@@ -248,7 +262,7 @@ class SearchGateway:
         try:
             found = await self._bounded(self._blocking(lookup), deadline, "store lookup")
         except Exception as exc:
-            raise _store_error(exc, "recipe lookup") from None
+            raise store_failure(exc, "recipe lookup") from None
         if not found:
             raise GatewayError(ErrorKind.NOT_FOUND, f"no recipe {recipe_id!r} in collection {collection}")
         return RecipeHit.from_store(1, found[0])
@@ -266,7 +280,10 @@ class SearchGateway:
             ready = False
             checks["store"] = f"error: {exc}"
         try:
-            status = await self._bounded(self.embedder.status(timeout_s), deadline, "embedder check")
+            try:
+                status = await self._bounded(self.embedder.status(timeout_s), deadline, "embedder check")
+            except Exception as exc:
+                raise embedder_failure(exc) from None
             checks["embedder"] = f"ok: {status.description}, models {', '.join(status.versions) or 'none'}"
             if model_version is not None and model_version not in status.versions:
                 ready = False
@@ -279,6 +296,17 @@ class SearchGateway:
             ready = False
             checks["embedder"] = f"error: {exc}"
         return Readiness(ready, checks)
+
+    async def wait_ready(self, timeout_s: float, period_s: float = 0.5) -> Readiness:
+        """Poll :meth:`readiness` until ready; after ``timeout_s`` ``TimeoutError`` naming what failed."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            readiness = await self.readiness(min(2.0, max(deadline - time.monotonic(), 0.1)))
+            if readiness.ready:
+                return readiness
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not ready after {timeout_s:.0f} s: {readiness.line()}")
+            await asyncio.sleep(period_s)
 
     async def aclose(self) -> None:
         await self.embedder.aclose()

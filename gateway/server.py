@@ -1,8 +1,8 @@
 """``recipelens-gateway``: gRPC and HTTP in one process, one event loop, stopped gracefully on SIGTERM.
 
 The embedder is either the service at ``embedder_address`` or, when that is unset, onnxruntime in this
-process from ``model_dir`` (the embedded default). The store is Qdrant Edge at ``store_path`` or the Qdrant
-server at ``qdrant_url``. :func:`start_gateway` runs it in a background thread (tests, tools).
+process from ``model_dir`` (the embedded default). The store is Qdrant Edge at ``store.path`` or the Qdrant
+server at ``store.qdrant_url``. :func:`start_gateway` runs it in a background thread (tests, tools).
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ import contextlib
 import logging
 import socket
 import sys
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -24,21 +22,21 @@ import uvicorn
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
-from embedder.background import BackgroundLoop, stop_on_signals
+from embedder.background import RunningService, stop_on_signals
+from embedder.embedding import Embedder
+from embedder.factory import open_embedder
 from embedder.logs import configure_logging
 from embedder.manifest import ModelIntegrityError
 from embedder.memory import configure_decoding, tune_allocator
-from gateway.embedding import AsyncEmbedder, InProcessEmbedder, RemoteEmbedder
 from gateway.grpc_service import HealthReporter, start_grpc_server
 from gateway.http_app import TimedH11Protocol, create_app
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import SearchGateway
 from gateway.settings import GatewaySettings
-from indexer.store.base import RecipeStore, StoreSettings, open_store
+from indexer.store import open_store
+from indexer.store.base import RecipeStore
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -49,39 +47,31 @@ class _EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-def build_embedder(settings: GatewaySettings) -> AsyncEmbedder:
-    if settings.embedder_address:
-        return RemoteEmbedder(
-            settings.embedder_address, timeout_s=settings.embed_timeout_s, retries=settings.embed_retries
-        )
-    return InProcessEmbedder(
+def build_embedder(settings: GatewaySettings) -> Embedder:
+    """The embedder service at ``embedder_address``, or onnxruntime here over ``model_dir``."""
+    return open_embedder(
+        settings.embedder_address,
         settings.model_dir,
-        max_pixels=settings.max_pixels,
+        timeout_s=settings.embed_timeout_s,
+        retries=settings.embed_retries,
         max_batch_size=settings.max_batch_size,
         max_delay_s=settings.max_queue_delay_ms / 1000.0,
+        max_pixels=settings.max_pixels,
+        watch_model_dir=True,
     )
 
 
 def build_store(settings: GatewaySettings) -> RecipeStore:
-    return open_store(
-        StoreSettings(
-            path=settings.store_path, qdrant_url=settings.qdrant_url, qdrant_api_key=settings.qdrant_api_key
-        )
-    )
+    return open_store(settings.store)
 
 
 def build_gateway(
-    settings: GatewaySettings, *, store: RecipeStore | None = None, embedder: AsyncEmbedder | None = None
+    settings: GatewaySettings, *, store: RecipeStore | None = None, embedder: Embedder | None = None
 ) -> SearchGateway:
     return SearchGateway(
         store if store is not None else build_store(settings),
         embedder if embedder is not None else build_embedder(settings),
-        alias=settings.alias,
-        api_keys=settings.api_keys,
-        max_upload_bytes=settings.max_upload_bytes,
-        max_pixels=settings.max_pixels,
-        default_top_k=settings.default_top_k,
-        embed_timeout_s=settings.embed_timeout_s,
+        settings,
         metrics=GatewayMetrics(),
     )
 
@@ -192,15 +182,11 @@ async def serve(settings: GatewaySettings) -> None:
         await server.stop()
 
 
-class RunningGateway:
+class RunningGateway(RunningService[GatewayServer]):
     """A :class:`GatewayServer` in a background thread with its own event loop (tests, benchmarks)."""
 
     def __init__(self, server: GatewayServer) -> None:
-        self.server = server
-        self._background = BackgroundLoop("gateway-server")
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60.0) -> T:
-        return self._background.call(coro, timeout)
+        super().__init__(server, "gateway-server")
 
     @property
     def gateway(self) -> SearchGateway:
@@ -217,20 +203,7 @@ class RunningGateway:
         return f"{scheme}://{self.server.settings.http_host}:{self.server.http_port}"
 
     def stop(self, grace: float | None = 1.0) -> None:
-        if self._background.closed:
-            return
-        try:
-            self.call(self.server.stop(grace))
-        finally:
-            self._background.close()
-
-    def __enter__(self) -> RunningGateway:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        super().stop(grace)
 
 
 def start_gateway(
@@ -238,12 +211,7 @@ def start_gateway(
 ) -> RunningGateway:
     """Start a gateway in a background thread; returns once both ports answer."""
     running = RunningGateway(GatewayServer(settings, store=store))
-    try:
-        running.call(running.server.start(health_period_s))
-    except BaseException:
-        running.stop(grace=0)
-        raise
-    return running
+    return running.start_with(running.server.start(health_period_s))
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

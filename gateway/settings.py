@@ -13,9 +13,11 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from embedder.batcher import DEFAULT_MAX_QUEUE_DELAY_S
 from embedder.memory import DEFAULT_BUDGET_BYTES, DEFAULT_WAIT_S
 from embedder.preprocess import DEFAULT_MAX_PIXELS
 from embedder.settings import split_list
+from indexer.store.base import StoreSettings
 
 MiB = 1 << 20
 
@@ -56,15 +58,20 @@ class GatewaySettings(BaseSettings):
     max_batch_size: int = Field(
         default=32, ge=1, description="in-process embedder: images per onnxruntime run"
     )
-    max_queue_delay_ms: float = Field(default=0.0, ge=0, description="in-process embedder: batch fill wait")
+    max_queue_delay_ms: float = Field(
+        default=DEFAULT_MAX_QUEUE_DELAY_S * 1000.0, ge=0, description="in-process embedder: batch fill wait"
+    )
 
-    store_path: Path = Field(
-        default=Path("var/qdrant"), description="Qdrant Edge folder (the embedded default)"
+    store: StoreSettings = Field(
+        default_factory=StoreSettings, description="the vector store, as the indexer's (STORE__*)"
     )
-    qdrant_url: str | None = Field(
-        default=None, description="a Qdrant server; unset = Qdrant Edge at store_path"
+    # The flat names of earlier releases (RECIPELENS_GATEWAY_STORE_PATH, _QDRANT_URL, _QDRANT_API_KEY),
+    # still accepted: folded into ``store`` where its own field is not set, then cleared.
+    store_path: Path | None = Field(default=None, exclude=True, description="legacy: store.path")
+    qdrant_url: str | None = Field(default=None, exclude=True, description="legacy: store.qdrant_url")
+    qdrant_api_key: SecretStr | None = Field(
+        default=None, exclude=True, description="legacy: store.qdrant_api_key"
     )
-    qdrant_api_key: SecretStr | None = None
     alias: str = Field(default="recipes", min_length=1, description="the alias searches go through")
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
@@ -119,6 +126,19 @@ class GatewaySettings(BaseSettings):
     _split_keys = field_validator("api_keys", mode="before")(split_list)
 
     @model_validator(mode="after")
+    def _legacy_store(self) -> GatewaySettings:
+        legacy = {
+            "path": self.store_path,
+            "qdrant_url": self.qdrant_url,
+            "qdrant_api_key": self.qdrant_api_key,
+        }
+        updates = {k: v for k, v in legacy.items() if v is not None and k not in self.store.model_fields_set}
+        if updates:
+            self.store = StoreSettings.model_validate({**self.store.model_dump(), **updates})
+        self.store_path = self.qdrant_url = self.qdrant_api_key = None
+        return self
+
+    @model_validator(mode="after")
     def _tls_pair(self) -> GatewaySettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("set both tls_cert and tls_key (or neither)")
@@ -139,14 +159,10 @@ class GatewaySettings(BaseSettings):
             )
         return self
 
-    @property
-    def auth_enabled(self) -> bool:
-        return bool(self.api_keys)
-
     def summary(self) -> str:
         """One log line with every setting; secrets are masked and API keys only counted."""
         shown: dict[str, Any] = self.model_dump()
         shown["api_keys"] = f"<{len(self.api_keys)} key(s)>"
-        if self.qdrant_api_key is not None:
-            shown["qdrant_api_key"] = "**********"
+        shown.pop("store")
+        shown.update(self.store.shown())
         return " ".join(f"{name}={value}" for name, value in shown.items())

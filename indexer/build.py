@@ -22,19 +22,21 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from embedder.manifest import ModelIntegrityError, ModelManifest, read_manifest
+from embedder.embedding import SyncEmbedder
+from embedder.factory import open_embedder as open_any_embedder
+from embedder.manifest import ModelIntegrityError
+from embedder.model_folders import newest_model_folder, verify_model_folder
 from embedder.preprocess import ImageDecodeError
-from embedder.runtime import EmbeddingModel
 from indexer.catalog import (
     BadItem,
     Recipe,
@@ -43,10 +45,10 @@ from indexer.catalog import (
     recipe_payload,
     write_bad_report,
 )
+from indexer.settings import IndexerSettings
 from indexer.store.base import (
     DEFAULT_ALIAS,
     CollectionInfo,
-    ModelVersionMismatch,
     RecipePoint,
     RecipeStore,
     StoreError,
@@ -72,75 +74,27 @@ class Photo:
     array: np.ndarray
 
 
-class PhotoEmbedder(Protocol):
-    """Turns batches of decoded photos into vectors of one model version, in order."""
+# The build's embedder: the one embedder interface (in-process or the gRPC service), driven synchronously.
+PhotoEmbedder = SyncEmbedder
 
-    version: str
-    dimension: int
-
-    def embed_batches(self, batches: Iterable[list[Photo]]) -> Iterator[np.ndarray]: ...
-
-
-class LocalPhotoEmbedder:
-    """In-process onnxruntime (the default)."""
-
-    def __init__(self, model: EmbeddingModel) -> None:
-        self.model = model
-        self.version = model.version
-        self.dimension = model.dimension
-
-    def embed_batches(self, batches: Iterable[list[Photo]]) -> Iterator[np.ndarray]:
-        for batch in batches:
-            yield self.model.embed_arrays(np.stack([p.array for p in batch]))
-
-
-class RemotePhotoEmbedder:
-    """The gRPC embedder over one EmbedStream with ``max_in_flight`` batches ahead."""
-
-    def __init__(self, address: str, manifest: ModelManifest, *, max_in_flight: int = 4) -> None:
-        from embedder.client import EmbedderClient
-
-        self.client = EmbedderClient(address, timeout_s=60.0)
-        self.version = manifest.version
-        self.dimension = manifest.embedding_dim
-        self.max_in_flight = max_in_flight
-
-    def embed_batches(self, batches: Iterable[list[Photo]]) -> Iterator[np.ndarray]:
-        stream = self.client.embed_stream(
-            ([p.data for p in batch] for batch in batches), self.version, max_in_flight=self.max_in_flight
-        )
-        for result in stream:
-            if result.model_version != self.version:
-                raise ModelVersionMismatch("(embedder)", self.version, result.model_version)
-            yield result.vectors
-
-
-def resolve_model_folder(model_dir: str | Path) -> Path:
-    """A model folder, or the newest model folder inside a model repository."""
-    folder = Path(model_dir)
-    if not folder.exists():
-        raise BuildError(f"model folder not found: {folder}")
-    if (folder / "manifest.json").is_file():
-        return folder
-    found: list[tuple[str, Path]] = []
-    for sub in sorted(p for p in folder.iterdir() if (p / "manifest.json").is_file()):
-        try:
-            found.append((read_manifest(sub, verify=False).created_at, sub))
-        except ModelIntegrityError:
-            continue
-    if not found:
-        raise BuildError(f"{folder}: not a model folder (no manifest.json) and holds none")
-    return max(found)[1]
+# In-process, one onnxruntime run may take several of the build's batches at once.
+IN_PROCESS_MAX_BATCH = 256
 
 
 def open_embedder(
     model_dir: str | Path, embedder_address: str | None, *, max_in_flight: int = 4
-) -> PhotoEmbedder:
-    folder = resolve_model_folder(model_dir)
+) -> SyncEmbedder:
+    """The newest model in ``model_dir`` (verified), embedded in-process or by the service at the address.
+
+    With an address the service must serve exactly that model version (the catalogue is indexed with it).
+    """
     try:
-        if embedder_address:
-            return RemotePhotoEmbedder(embedder_address, read_manifest(folder), max_in_flight=max_in_flight)
-        return LocalPhotoEmbedder(EmbeddingModel(folder))
+        folder = newest_model_folder(model_dir)
+        manifest = verify_model_folder(folder)
+        embedder = open_any_embedder(
+            embedder_address, folder, timeout_s=60.0, max_batch_size=IN_PROCESS_MAX_BATCH
+        )
+        return SyncEmbedder(embedder, manifest.version, max_in_flight=max_in_flight)
     except ModelIntegrityError as exc:
         raise BuildError(str(exc)) from None
 
@@ -250,32 +204,37 @@ def _decoded_batches(
             yield good
 
 
+def build_options(settings: IndexerSettings | None = None, **overrides: Any) -> IndexerSettings:
+    """``settings`` (or the defaults, without the environment and without a bad-item report) + overrides."""
+    base = settings.model_dump() if settings is not None else {"bad_report": None}
+    return IndexerSettings.model_validate({**base, **overrides})
+
+
 def build_index(
     catalog_path: str | Path,
     model_dir: str | Path,
     store: RecipeStore,
     *,
-    alias: str = DEFAULT_ALIAS,
+    settings: IndexerSettings | None = None,
     embedder: PhotoEmbedder | None = None,
-    embedder_address: str | None = None,
-    batch_size: int = 128,
-    max_in_flight: int = 4,
-    decode_threads: int = 0,
-    keep_previous: int = 1,
-    max_bad_fraction: float = 0.05,
-    verify_sample: int = 20,
-    min_side: int = 32,
-    bad_report: str | Path | None = None,
-    batch_pause_s: float = 0.0,
     progress: bool = True,
+    **overrides: Any,
 ) -> BuildSummary:
-    """Index a catalogue into a new (or resumed) collection and put it behind ``alias``."""
+    """Index a catalogue into a new (or resumed) collection and put it behind the alias.
+
+    The knobs (alias, batch_size, keep_previous, verify_sample, bad_report, …) are those of
+    :class:`~indexer.settings.IndexerSettings`: ``settings``, each overridable by keyword.
+    """
     started = time.perf_counter()
+    opts = build_options(settings, **overrides)
+    alias, batch_size, bad_report = opts.alias, opts.batch_size, opts.bad_report
+    embedder_address, max_in_flight = opts.embedder_address, opts.max_in_flight
+    max_bad_fraction, min_side = opts.max_bad_fraction, opts.min_side
     catalog = read_catalog(catalog_path)
     if embedder is None:
         embedder = open_embedder(model_dir, embedder_address, max_in_flight=max_in_flight)
     version = embedder.version
-    image_size = getattr(getattr(embedder, "model", None), "image_size", 224)
+    image_size = embedder.image_size
     report = Path(bad_report) if bad_report is not None else None
     total = catalog.photo_count + len(catalog.bad)
     if catalog.photo_count == 0:
@@ -334,7 +293,7 @@ def build_index(
     summary.skipped = len(items) - len(todo)
 
     bad: list[BadItem] = list(catalog.bad)
-    workers = decode_threads or min(8, os.cpu_count() or 1)
+    workers = opts.decode_threads or min(8, os.cpu_count() or 1)
     bar = tqdm(total=len(todo), desc=f"indexing {name}", unit="photo", disable=not progress, smoothing=0.1)
     try:
         with (
@@ -368,7 +327,7 @@ def build_index(
                 ]
                 if writing is not None:
                     bar.update(writing.result())
-                writing = upsert_pool.submit(_upsert, store, name, points, version, batch_pause_s)
+                writing = upsert_pool.submit(_upsert, store, name, points, version, opts.batch_pause_s)
                 bar.set_postfix(bad=len(bad), refresh=False)
             if writing is not None:
                 bar.update(writing.result())
@@ -389,11 +348,13 @@ def build_index(
         )
     bad_files = {(b.recipe_id, b.file) for b in bad}
     good = [item for item in items if (item[0].id, str(item[1])) not in bad_files]
-    _verify_sample(store, name, embedder=embedder, good=good, sample=verify_sample, image_size=image_size)
+    _verify_sample(
+        store, name, embedder=embedder, good=good, sample=opts.verify_sample, image_size=image_size
+    )
 
     store.mark_complete(name)
     store.swap_alias(alias, name)
-    summary.dropped = prune(store, alias, keep_previous, previous=previous)
+    summary.dropped = prune(store, alias, opts.keep_previous, previous=previous)
     summary.seconds = time.perf_counter() - started
     log.info("%s", summary.line())
     return summary

@@ -23,20 +23,18 @@ import ast
 import csv
 import io
 import json
-import os
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from embedder.preprocess import DEFAULT_MAX_PIXELS, IMAGE_SIZE, ImageDecodeError, preprocess
 from indexer.keywords import ingredient_keywords
 
+# The photo file types of catalogues, the gateway's /images and training's parity images: one list.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 CSV_REQUIRED = ("Title", "Image_Name")
 KAGGLE_IMAGE_DIRS = ("Food Images", "Food Images/Food Images", "images")
@@ -90,13 +88,17 @@ class Catalog:
                 yield recipe, image
 
     def image_name(self, image: Path | str) -> str:
-        """The photo's name as stored: its path relative to the catalogue root (posix), or the URL."""
-        if isinstance(image, Path):
-            try:
-                return image.relative_to(self.root).as_posix()
-            except ValueError:
-                return image.as_posix()
-        return image
+        return image_name(self.root, image)
+
+
+def image_name(root: Path, image: Path | str) -> str:
+    """A photo's name as stored: its path relative to the catalogue root (posix), or the URL."""
+    if isinstance(image, Path):
+        try:
+            return image.relative_to(root).as_posix()
+        except ValueError:
+            return image.as_posix()
+    return image
 
 
 # -- field parsing -------------------------------------------------------------------------------
@@ -132,6 +134,84 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def make_recipe(
+    *,
+    recipe_id: str,
+    title: str,
+    ingredients: Any,
+    cleaned: Any,
+    instructions: str,
+    images: list[Path | str],
+    category: str,
+    source: str,
+    where: str,
+) -> tuple[Recipe | None, list[BadItem]]:
+    """A recipe from its raw fields and what is wrong with them; None when nothing of it is usable."""
+    if not recipe_id:
+        return None, [BadItem("", str(i), f"{where}: no recipe id") for i in images or [""]]
+    if not title:
+        return None, [BadItem(recipe_id, str(i), f"{where}: empty title") for i in images or [""]]
+    try:
+        ingredient_list = parse_list(ingredients)
+        cleaned_list = parse_list(cleaned) if _text(cleaned) or isinstance(cleaned, list) else ingredient_list
+    except ValueError as exc:
+        return None, [BadItem(recipe_id, str(i), f"{where}: ingredients {exc}") for i in images or [""]]
+    bad: list[BadItem] = []
+    present: list[Path | str] = []
+    for image in images:
+        if isinstance(image, str) and image.startswith(("http://", "https://")):
+            bad.append(BadItem(recipe_id, image, f"{where}: remote images are not fetched"))
+        elif isinstance(image, Path) and not image.is_file():
+            bad.append(BadItem(recipe_id, str(image), f"{where}: image file not found"))
+        else:
+            present.append(image)
+    if not images:
+        bad.append(BadItem(recipe_id, "", f"{where}: no image"))
+    recipe = Recipe(
+        id=recipe_id,
+        title=title,
+        ingredients=ingredient_list,
+        cleaned_ingredients=cleaned_list,
+        instructions=instructions,
+        images=present,
+        category=category,
+        source=source,
+    )
+    return recipe, bad
+
+
+def recipe_from_mapping(
+    data: Any, base: Path, *, default_id: str, where: str
+) -> tuple[Recipe | None, list[BadItem]]:
+    """One recipe in JSON (``recipe.json``, a JSONL line, ``--recipe``), photos relative to ``base``.
+
+    Without an ``images`` list (or ``image``), a ``recipe.json``'s folder contributes all its photos.
+    """
+    if not isinstance(data, dict):
+        return None, [BadItem(default_id, where, f"{where}: not a JSON object")]
+    raw_images = data.get("images")
+    if raw_images is None and data.get("image"):
+        raw_images = [data["image"]]
+    images: list[Path | str] = []
+    if raw_images is None and (base / RECIPE_FILE).is_file():  # folder format without a list
+        images = list(sorted(p for p in base.iterdir() if _is_image(p)))
+    elif isinstance(raw_images, list):
+        for item in raw_images:
+            text = _text(item)
+            images.append(text if text.startswith(("http://", "https://")) else base / text)
+    return make_recipe(
+        recipe_id=_text(data.get("id")) or default_id,
+        title=_text(data.get("title")),
+        ingredients=data.get("ingredients"),
+        cleaned=data.get("cleaned_ingredients"),
+        instructions=_text(data.get("instructions")),
+        images=images,
+        category=_text(data.get("category")),
+        source=_text(data.get("source")),
+        where=where,
+    )
+
+
 class _Builder:
     """Collects recipes and bad items while a reader walks the source."""
 
@@ -141,57 +221,16 @@ class _Builder:
         self.recipes: dict[str, Recipe] = {}
         self.bad: list[BadItem] = []
 
-    def add(
-        self,
-        *,
-        recipe_id: str,
-        title: str,
-        ingredients: Any,
-        cleaned: Any,
-        instructions: str,
-        images: list[Path | str],
-        category: str,
-        source: str,
-        where: str,
-    ) -> None:
-        if not recipe_id:
-            self.bad.extend(BadItem("", str(i), f"{where}: no recipe id") for i in images or [""])
+    def add(self, made: tuple[Recipe | None, list[BadItem]]) -> None:
+        recipe, bad = made
+        self.bad.extend(bad)
+        if recipe is None:
             return
-        if not title:
-            self.bad.extend(BadItem(recipe_id, str(i), f"{where}: empty title") for i in images or [""])
-            return
-        try:
-            ingredient_list = parse_list(ingredients)
-            cleaned_list = (
-                parse_list(cleaned) if _text(cleaned) or isinstance(cleaned, list) else ingredient_list
-            )
-        except ValueError as exc:
-            self.bad.extend(BadItem(recipe_id, str(i), f"{where}: ingredients {exc}") for i in images or [""])
-            return
-        present: list[Path | str] = []
-        for image in images:
-            if isinstance(image, str) and image.startswith(("http://", "https://")):
-                self.bad.append(BadItem(recipe_id, image, f"{where}: remote images are not fetched"))
-            elif isinstance(image, Path) and not image.is_file():
-                self.bad.append(BadItem(recipe_id, str(image), f"{where}: image file not found"))
-            else:
-                present.append(image)
-        if not images:
-            self.bad.append(BadItem(recipe_id, "", f"{where}: no image"))
-        previous = self.recipes.get(recipe_id)
+        previous = self.recipes.get(recipe.id)
         if previous is not None:  # more photos of a recipe seen before
-            self.recipes[recipe_id] = replace(previous, images=[*previous.images, *present])
-            return
-        self.recipes[recipe_id] = Recipe(
-            id=recipe_id,
-            title=title,
-            ingredients=ingredient_list,
-            cleaned_ingredients=cleaned_list,
-            instructions=instructions,
-            images=present,
-            category=category,
-            source=source,
-        )
+            self.recipes[recipe.id] = replace(previous, images=[*previous.images, *recipe.images])
+        else:
+            self.recipes[recipe.id] = recipe
 
     def catalog(self) -> Catalog:
         recipes = [r for r in self.recipes.values() if r.images]
@@ -225,7 +264,7 @@ def read_kaggle_csv(csv_path: Path) -> Catalog:
                 recipe_id = recipe_id or str(line_no - 2)
                 name = _text(row.get("Image_Name"))
                 images: list[Path | str] = [_kaggle_image(root, name)] if name else []
-                b.add(
+                made = make_recipe(
                     recipe_id=recipe_id,
                     title=_text(row.get("Title")),
                     ingredients=row.get("Ingredients"),
@@ -236,36 +275,10 @@ def read_kaggle_csv(csv_path: Path) -> Catalog:
                     source=_text(row.get("Source")) or csv_path.name,
                     where=f"{csv_path.name} line {line_no}",
                 )
+                b.add(made)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise CatalogError(f"{csv_path}: cannot read CSV: {exc}") from None
     return b.catalog()
-
-
-def _recipe_from_mapping(b: _Builder, data: Any, base: Path, default_id: str, where: str) -> None:
-    if not isinstance(data, dict):
-        b.bad.append(BadItem(default_id, where, f"{where}: not a JSON object"))
-        return
-    raw_images = data.get("images")
-    if raw_images is None and data.get("image"):
-        raw_images = [data["image"]]
-    images: list[Path | str] = []
-    if raw_images is None and (base / RECIPE_FILE).is_file():  # folder format without a list
-        images = list(sorted(p for p in base.iterdir() if _is_image(p)))
-    elif isinstance(raw_images, list):
-        for item in raw_images:
-            text = _text(item)
-            images.append(text if text.startswith(("http://", "https://")) else base / text)
-    b.add(
-        recipe_id=_text(data.get("id")) or default_id,
-        title=_text(data.get("title")),
-        ingredients=data.get("ingredients"),
-        cleaned=data.get("cleaned_ingredients"),
-        instructions=_text(data.get("instructions")),
-        images=images,
-        category=_text(data.get("category")),
-        source=_text(data.get("source")),
-        where=where,
-    )
 
 
 def read_jsonl(path: Path) -> Catalog:
@@ -281,7 +294,7 @@ def read_jsonl(path: Path) -> Catalog:
                 except ValueError as exc:
                     b.bad.append(BadItem(str(line_no), str(path), f"{where}: invalid JSON: {exc}"))
                     continue
-                _recipe_from_mapping(b, data, path.parent, str(line_no), where)
+                b.add(recipe_from_mapping(data, path.parent, default_id=str(line_no), where=where))
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogError(f"{path}: cannot read JSONL: {exc}") from None
     return b.catalog()
@@ -300,7 +313,7 @@ def read_recipe_folders(root: Path) -> Catalog:
         except (OSError, ValueError) as exc:
             b.bad.append(BadItem(folder.name, str(recipe_file), f"{where}: unreadable: {exc}"))
             continue
-        _recipe_from_mapping(b, data, folder, folder.name, where)
+        b.add(recipe_from_mapping(data, folder, default_id=folder.name, where=where))
     return b.catalog()
 
 
@@ -308,7 +321,7 @@ def read_photo_folder(root: Path) -> Catalog:
     b = _Builder(root, "photos")
     for photo in sorted(p for p in root.iterdir() if _is_image(p)):
         title = photo.stem.replace("_", " ").replace("-", " ").strip()
-        b.add(
+        made = make_recipe(
             recipe_id=photo.stem,
             title=title,
             ingredients=[],
@@ -319,6 +332,7 @@ def read_photo_folder(root: Path) -> Catalog:
             source=root.name,
             where=photo.name,
         )
+        b.add(made)
     return b.catalog()
 
 
@@ -378,50 +392,6 @@ def load_photo(
     return data, array
 
 
-def validate_images(
-    catalog: Catalog,
-    *,
-    min_side: int = 32,
-    threads: int = 0,
-    progress: bool = True,
-    check: Callable[[Path | str], object] | None = None,
-) -> Catalog:
-    """Decode every photo; unreadable, truncated or tiny ones move from the recipes to ``bad``."""
-    items = list(catalog.photos())
-    workers = threads or min(8, os.cpu_count() or 1)
-
-    def one(item: tuple[Recipe, Path | str]) -> str | None:
-        try:
-            if check is not None:
-                check(item[1])
-            else:
-                load_photo(item[1], min_side=min_side)
-        except ImageDecodeError as exc:
-            return str(exc)
-        return None
-
-    bad = list(catalog.bad)
-    failed: set[tuple[str, str]] = set()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(one, items)
-        for (recipe, image), reason in tqdm(
-            zip(items, results, strict=True),
-            total=len(items),
-            desc="checking photos",
-            unit="photo",
-            disable=not progress,
-        ):
-            if reason is not None:
-                bad.append(BadItem(recipe.id, str(image), reason))
-                failed.add((recipe.id, str(image)))
-    recipes = []
-    for recipe in catalog.recipes:
-        kept = [i for i in recipe.images if (recipe.id, str(i)) not in failed]
-        if kept:
-            recipes.append(replace(recipe, images=kept))
-    return Catalog(recipes=recipes, bad=bad, root=catalog.root, format=catalog.format, extra=catalog.extra)
-
-
 def write_bad_report(bad: Iterable[BadItem], path: str | Path) -> Path:
     """CSV with columns id, file, reason."""
     path = Path(path)
@@ -438,13 +408,6 @@ def recipe_payload(
     catalog_root: Path, recipe: Recipe, image: Path | str, model_version: str
 ) -> dict[str, Any]:
     """The payload stored with one photo's vector (keys agreed in the store interface)."""
-    if isinstance(image, Path):
-        try:
-            image_name = image.relative_to(catalog_root).as_posix()
-        except ValueError:
-            image_name = image.as_posix()
-    else:
-        image_name = image
     return {
         "recipe_id": recipe.id,
         "title": recipe.title,
@@ -452,7 +415,7 @@ def recipe_payload(
         "cleaned_ingredients": list(recipe.cleaned_ingredients),
         "ingredient_keywords": ingredient_keywords(recipe.cleaned_ingredients or recipe.ingredients),
         "instructions": recipe.instructions,
-        "image": image_name,
+        "image": image_name(catalog_root, image),
         "category": recipe.category,
         "source": recipe.source,
         "model_version": model_version,

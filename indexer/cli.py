@@ -27,7 +27,8 @@ from indexer.build import BuildError, build_index, open_embedder, rollback
 from indexer.catalog import CatalogError
 from indexer.edit import delete_recipe, read_recipe_arg, upsert_recipe
 from indexer.settings import IndexerSettings
-from indexer.store.base import RecipeStore, StoreError, open_store
+from indexer.store import open_store
+from indexer.store.base import RecipeStore, StoreError
 
 log = logging.getLogger("indexer")
 
@@ -140,17 +141,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                     settings.catalog,
                     settings.model_dir,
                     store,
-                    alias=settings.alias,
-                    embedder_address=settings.embedder_address,
-                    batch_size=settings.batch_size,
-                    max_in_flight=settings.max_in_flight,
-                    decode_threads=settings.decode_threads,
-                    keep_previous=settings.keep_previous,
-                    max_bad_fraction=settings.max_bad_fraction,
-                    verify_sample=settings.verify_sample,
-                    min_side=settings.min_side,
-                    bad_report=settings.bad_report,
-                    batch_pause_s=settings.batch_pause_s,
+                    settings=settings,
                     progress=not args.no_progress,
                 )
                 print(summary.line())

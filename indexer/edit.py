@@ -15,7 +15,7 @@ from pathlib import Path
 
 from embedder.preprocess import ImageDecodeError
 from indexer.build import BuildError, Photo, PhotoEmbedder, new_collection_name, prune
-from indexer.catalog import Recipe, load_photo, parse_list, recipe_payload
+from indexer.catalog import Recipe, image_name, load_photo, recipe_from_mapping, recipe_payload
 from indexer.store.base import DEFAULT_ALIAS, ModelVersionMismatch, RecipePoint, RecipeStore, point_id
 
 log = logging.getLogger(__name__)
@@ -56,36 +56,9 @@ def read_recipe_arg(text: str) -> tuple[Recipe, Path]:
         data = json.loads(raw)
     except ValueError as exc:
         raise BuildError(f"{where}: invalid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BuildError(f"{where}: expected a JSON object")
-    rid = str(data.get("id") or "").strip()
-    if not rid:
-        raise BuildError(f'{where}: the recipe needs an "id"')
-    title = str(data.get("title") or "").strip()
-    if not title:
-        raise BuildError(f"{where}: recipe {rid} has an empty title")
-    names = data.get("images") or ([data["image"]] if data.get("image") else [])
-    paths = [base / str(n) for n in names]
-    if not paths:
-        raise BuildError(f"{where}: recipe {rid} has no images")
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise BuildError(f"{where}: recipe {rid}: image file(s) not found: {', '.join(missing)}")
-    try:
-        ingredients = parse_list(data.get("ingredients"))
-        cleaned = parse_list(data.get("cleaned_ingredients")) or ingredients
-    except ValueError as exc:
-        raise BuildError(f"{where}: recipe {rid}: ingredients {exc}") from None
-    recipe = Recipe(
-        id=rid,
-        title=title,
-        ingredients=ingredients,
-        cleaned_ingredients=cleaned,
-        instructions=str(data.get("instructions") or ""),
-        images=list(paths),
-        category=str(data.get("category") or ""),
-        source=str(data.get("source") or ""),
-    )
+    recipe, bad = recipe_from_mapping(data, base, default_id="", where=where)
+    if bad or recipe is None:
+        raise BuildError("; ".join(b.reason if b.file in b.reason else f"{b.reason}: {b.file}" for b in bad))
     return recipe, base
 
 
@@ -129,8 +102,7 @@ def upsert_recipe(
             data, array = load_photo(image, min_side=min_side)
         except ImageDecodeError as exc:
             raise BuildError(f"recipe {recipe.id}: {image}: {exc}") from None
-        name = Path(image).relative_to(catalog_root).as_posix() if isinstance(image, Path) else image
-        photos.append(Photo(recipe, image, point_id(recipe.id, name), data, array))
+        photos.append(Photo(recipe, image, point_id(recipe.id, image_name(catalog_root, image)), data, array))
     vectors = next(iter(embedder.embed_batches([photos])))
     live, target, copied = _target(store, alias, embedder.version)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.store.base import DEFAULT_ALIAS, StoreSettings
@@ -51,8 +51,8 @@ class IndexerSettings(BaseSettings):
         default=20, ge=0, description="photos searched after a build: each must find its recipe first"
     )
     min_side: int = Field(default=32, ge=1, description="photos with a shorter side are reported as bad")
-    bad_report: Path = Field(
-        default=Path("var/bad-items.csv"), description="CSV of bad items (id, file, reason)"
+    bad_report: Path | None = Field(
+        default=Path("var/bad-items.csv"), description="CSV of bad items (id, file, reason); empty = none"
     )
     batch_pause_s: float = Field(
         default=0.0, ge=0.0, description="pause after each batch: leaves CPU to serving on a shared machine"
@@ -60,11 +60,14 @@ class IndexerSettings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     log_level: str = "INFO"
 
+    @field_validator("bad_report", mode="before")
+    @classmethod
+    def _no_report(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
     def summary(self) -> str:
         """One log line with every setting; the Qdrant API key is masked."""
         shown: dict[str, Any] = self.model_dump()
-        store = dict(shown.pop("store"))
-        if self.store.qdrant_api_key is not None:
-            store["qdrant_api_key"] = "**********"
-        shown.update({f"store.{k}": v for k, v in store.items()})
+        shown.pop("store")
+        shown.update(self.store.shown())
         return " ".join(f"{name}={value}" for name, value in shown.items())

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from embedder.logs import configure_logging
 from embedder.preprocess import ImageDecodeError
+from indexer.catalog import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SHORT_NAMES = {"efficientnet_lite0": "lite0", "efficientnet_b0": "b0"}
 MAX_PARITY_IMAGES = 16
 

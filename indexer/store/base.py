@@ -1,8 +1,9 @@
 """The one store interface the indexer and the gateway use, and what travels through it.
 
-Two backends implement :class:`RecipeStore`: :class:`~indexer.store.edge.EdgeStore` (Qdrant Edge,
+Two back ends implement :class:`RecipeStore`: :class:`~indexer.store.edge.EdgeStore` (Qdrant Edge,
 in-process, on disk: the embedded default) and :class:`~indexer.store.server.ServerStore` (a Qdrant
-server through qdrant-client). :func:`open_store` picks one from :class:`StoreSettings`.
+server through qdrant-client). This module imports neither: :func:`indexer.store.open_store` picks
+one from :class:`StoreSettings`. What both share (checks, filters, grouping) is written here once.
 
 Every collection records the model version and dimension that filled it and a ``complete`` flag;
 nothing writes or searches vectors of one model in a collection of another
@@ -12,17 +13,20 @@ swapped atomically.
 
 from __future__ import annotations
 
+import logging
+import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field, SecretStr
 
-from indexer.keywords import query_keywords
+from indexer.keywords import normal, query_keywords
 
 # Namespace of the deterministic point ids: uuid5(namespace, "<recipe_id>/<image name>").
 POINT_NAMESPACE = uuid.UUID("6f1c1c2e-9a55-5d0e-8a51-7265636970c5")
@@ -31,6 +35,8 @@ POINT_NAMESPACE = uuid.UUID("6f1c1c2e-9a55-5d0e-8a51-7265636970c5")
 KEYWORD_INDEXES: tuple[str, ...] = ("category", "ingredient_keywords", "recipe_id")
 
 DEFAULT_ALIAS = "recipes"
+
+log = logging.getLogger("indexer.store")
 
 
 class StoreError(RuntimeError):
@@ -79,28 +85,158 @@ class StoreHit:
     payload: dict[str, Any]
 
 
+# Caps of one filter: beyond them a request is refused (InvalidFilter), never slowly answered.
+MAX_FILTER_TERMS = 64  # categories + must_include + must_exclude together
+MAX_TERM_CHARS = 100
+MAX_FILTER_BYTES = 4096  # UTF-8 bytes of every term together
+
+
+class InvalidFilter(StoreError, ValueError):
+    """A filter over the caps or of the wrong shape: the caller's mistake (INVALID_ARGUMENT / 400)."""
+
+
 @dataclass(frozen=True)
 class SearchFilter:
     """Category in ``categories`` (any), every ``must_include`` ingredient, none of ``must_exclude``.
 
-    Ingredient terms are free text ("Chicken thighs"); they are reduced to the keywords stored in
-    the ``ingredient_keywords`` payload (see :mod:`indexer.keywords`).
+    Categories match case-insensitively. Ingredient terms are free text ("Chicken thighs"), reduced to
+    normal forms (:func:`indexer.keywords.query_keywords`) and matched against the collection's own
+    keywords, so "chilli" excludes "chillies". Constructing a filter over the caps
+    (:data:`MAX_FILTER_TERMS` terms, :data:`MAX_TERM_CHARS` characters each, :data:`MAX_FILTER_BYTES`
+    in all) raises :class:`InvalidFilter`.
     """
 
     categories: tuple[str, ...] = ()
     must_include: tuple[str, ...] = ()
     must_exclude: tuple[str, ...] = ()
 
-    def include_keywords(self) -> list[str]:
-        """Every keyword that must be present (all of them)."""
-        return sorted({kw for term in self.must_include for kw in query_keywords(term)})
-
-    def exclude_groups(self) -> list[list[str]]:
-        """One keyword list per excluded term; a point is excluded if it has every keyword of a term."""
-        return [kws for term in self.must_exclude if (kws := query_keywords(term))]
+    def __post_init__(self) -> None:
+        total_terms = total_bytes = 0
+        for field_name in ("categories", "must_include", "must_exclude"):
+            value = getattr(self, field_name)
+            if isinstance(value, str) or not isinstance(value, Iterable):
+                raise InvalidFilter(f"filter {field_name}: expected a list of strings")
+            terms = tuple(value)
+            for term in terms:
+                if not isinstance(term, str):
+                    raise InvalidFilter(f"filter {field_name}: {term!r} is not a string")
+                if len(term) > MAX_TERM_CHARS:
+                    raise InvalidFilter(
+                        f"filter {field_name}: a term of {len(term)} characters (at most {MAX_TERM_CHARS})"
+                    )
+                total_bytes += len(term.encode("utf-8"))
+            total_terms += len(terms)
+            object.__setattr__(self, field_name, tuple(t.strip() for t in terms if t.strip()))
+        if total_terms > MAX_FILTER_TERMS:
+            raise InvalidFilter(f"filter of {total_terms} terms (at most {MAX_FILTER_TERMS})")
+        if total_bytes > MAX_FILTER_BYTES:
+            raise InvalidFilter(f"filter of {total_bytes} bytes (at most {MAX_FILTER_BYTES})")
 
     def is_empty(self) -> bool:
         return not (self.categories or self.must_include or self.must_exclude)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What a collection's filters can match: normal form → the spellings stored."""
+
+    categories: dict[str, tuple[str, ...]]  # casefolded category → stored categories
+    keywords: dict[str, tuple[str, ...]]  # normal(keyword) → stored ingredient keywords
+
+    @classmethod
+    def of(cls, categories: Iterable[str], keywords: Iterable[str]) -> Vocabulary:
+        cats: dict[str, set[str]] = {}
+        for c in categories:
+            if c:
+                cats.setdefault(c.strip().casefold(), set()).add(c)
+        kws: dict[str, set[str]] = {}
+        for k in keywords:
+            kws.setdefault(normal(k), set()).add(k)
+        return cls(
+            {k: tuple(sorted(v)) for k, v in cats.items()}, {k: tuple(sorted(v)) for k, v in kws.items()}
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedFilter:
+    """A :class:`SearchFilter` in a collection's own spellings; ``impossible``: no point can match."""
+
+    categories: tuple[str, ...] | None = None  # None: any category
+    include: tuple[tuple[str, ...], ...] = ()  # each: any of these stored keywords
+    exclude: tuple[tuple[tuple[str, ...], ...], ...] = ()  # per term: every group (any of) present
+    impossible: bool = False
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, search_filter: SearchFilter | None, vocabulary: Callable[[], Vocabulary]) -> ResolvedFilter:
+        if search_filter is None or search_filter.is_empty():
+            return cls()
+        vocab = vocabulary()
+        warnings: list[str] = []
+        impossible = False
+        categories: tuple[str, ...] | None = None
+        if search_filter.categories:
+            found: set[str] = set()
+            for c in search_filter.categories:
+                spelled = vocab.categories.get(c.casefold(), ())
+                if not spelled:
+                    warnings.append(f"category {c!r} matches no category in the collection")
+                found.update(spelled)
+            categories = tuple(sorted(found))
+            impossible = not categories
+        include: list[tuple[str, ...]] = []
+        for term in search_filter.must_include:
+            groups = _term_groups(term, vocab, warnings, "must_include")
+            if groups is None or not all(groups):
+                impossible = True
+            else:
+                include.extend(groups)
+        exclude: list[tuple[tuple[str, ...], ...]] = []
+        for term in search_filter.must_exclude:
+            groups = _term_groups(term, vocab, warnings, "must_exclude")
+            if groups is not None and all(groups):  # a term nothing holds excludes nothing
+                exclude.append(tuple(groups))
+        return cls(categories, tuple(include), tuple(exclude), impossible, tuple(warnings))
+
+    def is_empty(self) -> bool:
+        return self.categories is None and not self.include and not self.exclude
+
+
+def _term_groups(
+    term: str, vocab: Vocabulary, warnings: list[str], where: str
+) -> list[tuple[str, ...]] | None:
+    """One group of stored keywords per word of ``term`` (empty where none); None if no word at all."""
+    keys = query_keywords(term)
+    if not keys:
+        warnings.append(f"{where} term {term!r} has no ingredient word; ignored")
+        return None
+    groups = [vocab.keywords.get(k, ()) for k in keys]
+    if not all(groups):
+        warnings.append(f"ingredient {term!r} matches no ingredient in the collection")
+    return groups
+
+
+@dataclass(frozen=True)
+class RecipeMatch:
+    """One recipe in a grouped search, at the rank and score of its best-matching photo."""
+
+    recipe_id: str
+    score: float
+    point_id: str  # the best-matching photo's point
+    payload: dict[str, Any]  # that photo's payload
+
+    @property
+    def matched_image(self) -> str:
+        """The name (or URL) of the photo that matched best, as stored in the payload."""
+        return str(self.payload.get("image", ""))
+
+
+@dataclass(frozen=True)
+class RecipeResults:
+    """A page of distinct recipes, and what the filter could not match (one sentence each)."""
+
+    hits: list[RecipeMatch]
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,7 +256,7 @@ class CollectionInfo:
 
 
 class StoreSettings(BaseModel):
-    """Where the vectors live. Part of each service's settings (``RECIPELENS_INDEXER_STORE__*``)."""
+    """Where the vectors live: one shape in every service's settings (``RECIPELENS_<SERVICE>_STORE__*``)."""
 
     qdrant_url: str | None = Field(default=None, description="a Qdrant server; unset = Qdrant Edge at `path`")
     qdrant_api_key: SecretStr | None = None
@@ -130,6 +266,13 @@ class StoreSettings(BaseModel):
     replication_factor: int | None = Field(default=None, ge=1)
     timeout_s: int = Field(default=60, ge=1, description="server request timeout")
 
+    def shown(self) -> dict[str, Any]:
+        """``store.<field>`` → value for a settings log line; the API key masked."""
+        values = self.model_dump()
+        if self.qdrant_api_key is not None:
+            values["qdrant_api_key"] = "**********"
+        return {f"store.{k}": v for k, v in values.items()}
+
     def describe(self) -> str:
         if self.qdrant_url:
             return f"Qdrant server {self.qdrant_url} (grpc={'yes' if self.prefer_grpc else 'no'})"
@@ -137,10 +280,20 @@ class StoreSettings(BaseModel):
 
 
 class RecipeStore(ABC):
-    """Collections of recipe photo vectors with payloads, and the aliases that name the live one."""
+    """Collections of recipe photo vectors with payloads, and the aliases that name the live one.
+
+    The checks and the search logic live here once (template methods); a back end implements the
+    underscore primitives (``_exists``, ``_create``, ``_drop``, ``_upsert``, ``_query``, ``_facet``,
+    ``_set_alias``, …) and the plain reads.
+    """
+
+    def __init__(self, where: str) -> None:
+        #: where collections live, for messages ("in var/qdrant/collections", "on http://qdrant:6333")
+        self.where = where
+        self._vocab_cache: dict[str, tuple[object, Vocabulary]] = {}
+        self._vocab_lock = threading.Lock()
 
     # -- collections -------------------------------------------------------------------------
-    @abstractmethod
     def create_collection(
         self,
         name: str,
@@ -153,6 +306,37 @@ class RecipeStore(ABC):
         extra: dict[str, Any] | None = None,
     ) -> CollectionInfo:
         """Create an empty, incomplete collection with its payload indexes."""
+        if self._exists(name):
+            raise StoreError(f"collection {name!r} already exists {self.where}")
+        if distance != "Cosine":
+            raise StoreError(f"unsupported distance {distance!r} (only Cosine)")
+        if quantization not in (None, "int8"):
+            raise StoreError(f"unsupported quantization {quantization!r} (None or 'int8')")
+        meta: dict[str, Any] = {
+            "model_version": model_version,
+            "dimension": int(dimension),
+            "distance": distance,
+            "created_at": now_stamp(),
+            "complete": False,
+            "extra": extra or {},
+        }
+        self._create(name, meta, on_disk=on_disk, quantization=quantization)
+        log.info("created collection %s (%d-D, model %s) %s", name, dimension, model_version, self.where)
+        return self._info(name, meta, 0)
+
+    @staticmethod
+    def _info(name: str, meta: dict[str, Any], points: int | None = None) -> CollectionInfo:
+        """A :class:`CollectionInfo` from a collection's stored metadata."""
+        return CollectionInfo(
+            name=name,
+            model_version=str(meta.get("model_version", "")),
+            dimension=int(meta.get("dimension", 0)),
+            points_count=int(meta.get("points_count", 0) if points is None else points),
+            created_at=str(meta.get("created_at", "")),
+            complete=bool(meta.get("complete", False)),
+            distance=str(meta.get("distance", "Cosine")),
+            extra=dict(meta.get("extra") or {}),
+        )
 
     @abstractmethod
     def collection_info(self, name: str) -> CollectionInfo:
@@ -167,14 +351,35 @@ class RecipeStore(ABC):
         """Flag a collection as complete (verified, safe to put behind an alias)."""
 
     @abstractmethod
-    def drop_collection(self, name: str) -> None: ...
+    def set_extra(self, name: str, updates: dict[str, Any]) -> None:
+        """Merge ``updates`` into an incomplete collection's ``extra`` metadata."""
+
+    def drop_collection(self, name: str) -> None:
+        """Remove a collection that no alias points to."""
+        if not self._exists(name):
+            raise CollectionNotFound(f"no collection {name!r} {self.where}")
+        live = sorted(a for a, c in self.aliases().items() if c == name)
+        if live:
+            raise StoreError(
+                f"collection {name!r} is behind alias {live[0]!r}: put another collection behind it first "
+                f"(`recipelens-index swap NAME --alias {live[0]}` or `recipelens-index rollback`)"
+            )
+        self._drop(name)
+        log.info("dropped collection %s", name)
 
     # -- points ------------------------------------------------------------------------------
-    @abstractmethod
     def upsert(self, name: str, points: Sequence[RecipePoint], *, model_version: str) -> None:
         """Insert or replace points; durable when this returns."""
+        info = self.check_model_version(name, model_version)
+        if not points:
+            return
+        check_vectors(name, points, info.dimension)
+        self._upsert(name, points)
 
-    @abstractmethod
+    def delete_points(self, name: str, ids: Sequence[str]) -> None:
+        if ids:
+            self._delete(name, list(ids))
+
     def search(
         self,
         name: str,
@@ -184,14 +389,56 @@ class RecipeStore(ABC):
         offset: int = 0,
         filter: SearchFilter | None = None,
         model_version: str,
-    ) -> list[StoreHit]: ...
+    ) -> list[StoreHit]:
+        """The nearest photos (points), best first; see :meth:`search_recipes` for one hit per recipe."""
+        query = self.query_vector(name, vector, model_version)
+        resolved = self.resolve_filter(name, filter)
+        if resolved.impossible:
+            return []
+        return self._query(name, query, limit=int(limit), offset=int(offset), flt=self._native(resolved))
+
+    def search_recipes(
+        self,
+        name: str,
+        vector: np.ndarray,
+        *,
+        limit: int,
+        offset: int = 0,
+        filter: SearchFilter | None = None,
+        model_version: str,
+    ) -> RecipeResults:
+        """Distinct recipes, best first: each once, at the rank and score of its best photo.
+
+        ``limit`` and ``offset`` count recipes. The result carries the filter's warnings (terms that
+        match nothing in the collection). This default over-fetches photos and collapses them by
+        ``recipe_id``, doubling the fetch until the page is full, the collection is exhausted or
+        :data:`GROUP_FETCH_LIMIT` photos were read (then the page may be short: recipes with that
+        many photos each ahead of it are rare and the bound keeps the cost of one search fixed).
+        """
+        query = self.query_vector(name, vector, model_version)
+        resolved = self.resolve_filter(name, filter)
+        need = int(offset) + int(limit)
+        if resolved.impossible or limit <= 0:
+            return RecipeResults([], resolved.warnings)
+        flt = self._native(resolved)
+        fetch = min(GROUP_FETCH_LIMIT, max(GROUP_FETCH_MIN, need * GROUP_OVERFETCH))
+        while True:
+            hits = self._query(name, query, limit=fetch, offset=0, flt=flt, payload=["recipe_id"])
+            best = collapse(hits, need)
+            if len(best) >= need or len(hits) < fetch or fetch >= GROUP_FETCH_LIMIT:
+                break
+            fetch = min(GROUP_FETCH_LIMIT, fetch * 4)
+        page = best[int(offset) : need]
+        payloads = {h.id: h.payload for h in self.retrieve(name, [h.id for h in page])}
+        matches = [
+            RecipeMatch(str(h.payload.get("recipe_id", "")), h.score, h.id, payloads.get(h.id, h.payload))
+            for h in page
+        ]
+        return RecipeResults(matches, resolved.warnings)
 
     @abstractmethod
     def retrieve(self, name: str, ids: Sequence[str]) -> list[StoreHit]:
         """Points by id (score 0), in no particular order; unknown ids are left out."""
-
-    @abstractmethod
-    def delete_points(self, name: str, ids: Sequence[str]) -> None: ...
 
     @abstractmethod
     def count(self, name: str) -> int: ...
@@ -204,20 +451,59 @@ class RecipeStore(ABC):
     def ids_of_recipe(self, name: str, recipe_id: str) -> list[str]:
         """Point ids of every photo of one recipe."""
 
+    @abstractmethod
+    def payload_hashes(self, name: str) -> dict[str, str]:
+        """point id → the ``source_hash`` stored in its payload ("" where none): what a resume checks."""
+
+    # -- filters -----------------------------------------------------------------------------
+    def vocabulary(self, name: str) -> Vocabulary:
+        """The categories and ingredient keywords ``name`` holds (cached; see :meth:`_vocabulary_key`)."""
+        key = self._vocabulary_key(name)
+        with self._vocab_lock:
+            cached = self._vocab_cache.get(name)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+        vocab = Vocabulary.of(self._facet(name, "category"), self._facet(name, "ingredient_keywords"))
+        with self._vocab_lock:
+            self._vocab_cache[name] = (key, vocab)
+        return vocab
+
+    def resolve_filter(self, name: str, search_filter: SearchFilter | None) -> ResolvedFilter:
+        """``search_filter`` in the spellings ``name`` holds, with a warning per term it lacks."""
+        return ResolvedFilter.of(search_filter, lambda: self.vocabulary(name))
+
+    def _native(self, resolved: ResolvedFilter) -> Any:
+        """The back end's filter object for a resolved filter (None: no filter)."""
+        if resolved.is_empty():
+            return None
+        must: list[Any] = []
+        must_not: list[Any] = []
+        if resolved.categories is not None:
+            must.append(self._match_any("category", resolved.categories))
+        must.extend(self._match_any("ingredient_keywords", group) for group in resolved.include)
+        for groups in resolved.exclude:
+            conds = [self._match_any("ingredient_keywords", group) for group in groups]
+            must_not.append(conds[0] if len(conds) == 1 else self._all_of(conds, []))
+        return self._all_of(must, must_not)
+
     # -- aliases -----------------------------------------------------------------------------
-    @abstractmethod
-    def resolve_alias(self, alias: str) -> str | None: ...
-
-    @abstractmethod
-    def swap_alias(self, alias: str, collection: str) -> None:
-        """Point ``alias`` at ``collection`` in one atomic step."""
-
-    @abstractmethod
-    def delete_alias(self, alias: str) -> None: ...
-
     @abstractmethod
     def aliases(self) -> dict[str, str]:
         """alias → collection."""
+
+    def resolve_alias(self, alias: str) -> str | None:
+        return self.aliases().get(alias)
+
+    def swap_alias(self, alias: str, collection: str) -> None:
+        """Point ``alias`` at complete ``collection`` in one atomic step."""
+        info = self.collection_info(collection)
+        if not info.complete:
+            raise StoreError(f"collection {collection!r} is incomplete; it cannot go behind alias {alias!r}")
+        previous = self._set_alias(alias, collection)
+        log.info("alias %s: %s → %s", alias, previous, collection)
+
+    @abstractmethod
+    def delete_alias(self, alias: str) -> None: ...
 
     # -- edits of a live collection ----------------------------------------------------------
     def copy_on_write(self, name: str) -> bool:
@@ -255,6 +541,82 @@ class RecipeStore(ABC):
             )
         return query
 
+    # -- what a back end implements ----------------------------------------------------------
+    @abstractmethod
+    def _exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def _create(self, name: str, meta: dict[str, Any], *, on_disk: bool, quantization: str | None) -> None:
+        """Create the empty collection with ``meta`` and the :data:`KEYWORD_INDEXES`."""
+
+    @abstractmethod
+    def _drop(self, name: str) -> None: ...
+
+    @abstractmethod
+    def _upsert(self, name: str, points: Sequence[RecipePoint]) -> None: ...
+
+    @abstractmethod
+    def _delete(self, name: str, ids: list[str]) -> None: ...
+
+    @abstractmethod
+    def _query(
+        self,
+        name: str,
+        query: np.ndarray,
+        *,
+        limit: int,
+        offset: int,
+        flt: Any,
+        payload: list[str] | None = None,
+    ) -> list[StoreHit]:
+        """Nearest points with their payload (only the ``payload`` keys when given)."""
+
+    @abstractmethod
+    def _facet(self, name: str, key: str) -> list[str]:
+        """Every distinct value of payload ``key`` in ``name``."""
+
+    @abstractmethod
+    def _vocabulary_key(self, name: str) -> object:
+        """Changes whenever ``name``'s payloads may have changed: the vocabulary cache's key."""
+
+    @abstractmethod
+    def _match_any(self, key: str, values: Sequence[str]) -> Any:
+        """A condition: payload ``key`` holds one of ``values``."""
+
+    @abstractmethod
+    def _all_of(self, must: list[Any], must_not: list[Any]) -> Any:
+        """A filter: every ``must`` condition and none of ``must_not``."""
+
+    @abstractmethod
+    def _set_alias(self, alias: str, collection: str) -> str | None:
+        """Point ``alias`` at ``collection`` atomically; the collection it pointed at before."""
+
+
+# A grouped search reads need × GROUP_OVERFETCH photos first (at least GROUP_FETCH_MIN), and at most
+# GROUP_FETCH_LIMIT photos in all.
+GROUP_OVERFETCH = 4
+GROUP_FETCH_MIN = 32
+GROUP_FETCH_LIMIT = 2048
+
+
+def collapse(hits: Sequence[StoreHit], limit: int) -> list[StoreHit]:
+    """The first hit of each ``recipe_id``, in order, at most ``limit`` of them."""
+    seen: set[str] = set()
+    best: list[StoreHit] = []
+    for hit in hits:
+        rid = str(hit.payload.get("recipe_id", hit.id))
+        if rid not in seen:
+            seen.add(rid)
+            best.append(hit)
+            if len(best) >= limit:
+                break
+    return best
+
+
+def now_stamp() -> str:
+    """The UTC time to the second, as stored in collection metadata."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
 
 def check_vectors(name: str, points: Iterable[RecipePoint], dimension: int) -> None:
     """Every vector has the collection's dimension and finite values."""
@@ -266,25 +628,3 @@ def check_vectors(name: str, points: Iterable[RecipePoint], dimension: int) -> N
             )
         if not np.all(np.isfinite(p.vector)):
             raise StoreError(f"point {p.id}: vector has NaN or infinite values")
-
-
-def open_store(settings: StoreSettings | None = None, **overrides: Any) -> RecipeStore:
-    """Qdrant server when ``qdrant_url`` is set, else Qdrant Edge at ``path``."""
-    if settings is None:
-        settings = StoreSettings(**overrides)
-    elif overrides:
-        settings = settings.model_copy(update=overrides)
-    if settings.qdrant_url:
-        from indexer.store.server import ServerStore
-
-        return ServerStore(
-            settings.qdrant_url,
-            api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
-            prefer_grpc=settings.prefer_grpc,
-            shard_number=settings.shard_number,
-            replication_factor=settings.replication_factor,
-            timeout_s=settings.timeout_s,
-        )
-    from indexer.store.edge import EdgeStore
-
-    return EdgeStore(settings.path)

@@ -11,11 +11,10 @@ which the congruence tests use where no ``QDRANT_URL`` is set.
 
 from __future__ import annotations
 
-import logging
+import time
 import uuid
 import warnings
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,41 +22,24 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from indexer.store.base import (
+    GROUP_FETCH_LIMIT,
     KEYWORD_INDEXES,
     CollectionInfo,
     CollectionNotFound,
+    RecipeMatch,
     RecipePoint,
+    RecipeResults,
     RecipeStore,
     SearchFilter,
     StoreError,
     StoreHit,
-    check_vectors,
+    now_stamp,
 )
 
-log = logging.getLogger(__name__)
-
 _SCROLL_PAGE = 1024
-
-
-def server_filter(search_filter: SearchFilter | None) -> models.Filter | None:
-    """The store's :class:`SearchFilter` as a qdrant-client filter (same meaning as the Edge one)."""
-    if search_filter is None or search_filter.is_empty():
-        return None
-    must: list[Any] = []
-    must_not: list[Any] = []
-    if search_filter.categories:
-        must.append(
-            models.FieldCondition(key="category", match=models.MatchAny(any=list(search_filter.categories)))
-        )
-    for kw in search_filter.include_keywords():
-        must.append(models.FieldCondition(key="ingredient_keywords", match=models.MatchValue(value=kw)))
-    for group in search_filter.exclude_groups():
-        conds = [
-            models.FieldCondition(key="ingredient_keywords", match=models.MatchValue(value=kw))
-            for kw in group
-        ]
-        must_not.append(conds[0] if len(conds) == 1 else models.Filter(must=list(conds)))
-    return models.Filter(must=must or None, must_not=must_not or None)
+# A server's payloads change in place (edits, other writers), so its filter vocabulary is read again
+# after this long rather than keyed on a generation.
+VOCABULARY_TTL_S = 30.0
 
 
 class ServerStore(RecipeStore):
@@ -75,6 +57,7 @@ class ServerStore(RecipeStore):
         location: str | None = None,
     ) -> None:
         self.url = url or location or ""
+        super().__init__(f"on {self.url}")
         self.shard_number = shard_number
         self.replication_factor = replication_factor
         if location is not None:
@@ -99,35 +82,11 @@ class ServerStore(RecipeStore):
             raise StoreError(f"cannot read collection {name!r} on {self.url}: {exc}") from None
         return dict(info.config.metadata or {}), int(info.points_count or 0)
 
-    def create_collection(
-        self,
-        name: str,
-        *,
-        dimension: int,
-        model_version: str,
-        distance: str = "Cosine",
-        on_disk: bool = False,
-        quantization: str | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> CollectionInfo:
-        if self._exists(name):
-            raise StoreError(f"collection {name!r} already exists on {self.url}")
-        if distance != "Cosine":
-            raise StoreError(f"unsupported distance {distance!r} (only Cosine)")
-        if quantization not in (None, "int8"):
-            raise StoreError(f"unsupported quantization {quantization!r} (None or 'int8')")
-        meta = {
-            "model_version": model_version,
-            "dimension": int(dimension),
-            "distance": distance,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "complete": False,
-            "extra": extra or {},
-        }
+    def _create(self, name: str, meta: dict[str, Any], *, on_disk: bool, quantization: str | None) -> None:
         self.client.create_collection(
             name,
             vectors_config=models.VectorParams(
-                size=int(dimension), distance=models.Distance.COSINE, on_disk=on_disk
+                size=int(meta["dimension"]), distance=models.Distance.COSINE, on_disk=on_disk
             ),
             quantization_config=(
                 models.ScalarQuantization(
@@ -146,21 +105,6 @@ class ServerStore(RecipeStore):
                 self.client.create_payload_index(
                     name, field_name, models.PayloadSchemaType.KEYWORD, wait=True
                 )
-        log.info("created collection %s (%d-D, model %s) on %s", name, dimension, model_version, self.url)
-        return self._info(name, meta, 0)
-
-    @staticmethod
-    def _info(name: str, meta: dict[str, Any], points: int) -> CollectionInfo:
-        return CollectionInfo(
-            name=name,
-            model_version=str(meta.get("model_version", "")),
-            dimension=int(meta.get("dimension", 0)),
-            points_count=points,
-            created_at=str(meta.get("created_at", "")),
-            complete=bool(meta.get("complete", False)),
-            distance=str(meta.get("distance", "Cosine")),
-            extra=dict(meta.get("extra") or {}),
-        )
 
     def collection_info(self, name: str) -> CollectionInfo:
         meta, points = self._metadata(name)
@@ -174,24 +118,19 @@ class ServerStore(RecipeStore):
     def mark_complete(self, name: str, complete: bool = True) -> None:
         meta, _ = self._metadata(name)
         meta["complete"] = complete
-        meta["completed_at" if complete else "reopened_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        meta["completed_at" if complete else "reopened_at"] = now_stamp()
         self.client.update_collection(name, metadata=meta)
 
-    def drop_collection(self, name: str) -> None:
-        if not self._exists(name):
-            raise CollectionNotFound(f"no collection {name!r} on {self.url}")
-        live = [a for a, c in self.aliases().items() if c == name]
-        if live:
-            raise StoreError(f"collection {name!r} is behind alias {live[0]!r}: swap or roll back first")
+    def set_extra(self, name: str, updates: dict[str, Any]) -> None:
+        meta, _ = self._metadata(name)
+        meta["extra"] = {**dict(meta.get("extra") or {}), **updates}
+        self.client.update_collection(name, metadata=meta)
+
+    def _drop(self, name: str) -> None:
         self.client.delete_collection(name)
-        log.info("dropped collection %s", name)
 
     # -- points ------------------------------------------------------------------------------
-    def upsert(self, name: str, points: Sequence[RecipePoint], *, model_version: str) -> None:
-        info = self.check_model_version(name, model_version)
-        if not points:
-            return
-        check_vectors(name, points, info.dimension)
+    def _upsert(self, name: str, points: Sequence[RecipePoint]) -> None:
         self.client.upsert(
             name,
             points=[
@@ -203,11 +142,30 @@ class ServerStore(RecipeStore):
             wait=True,
         )
 
-    def delete_points(self, name: str, ids: Sequence[str]) -> None:
-        if ids:
-            self.client.delete(name, points_selector=models.PointIdsList(points=list(ids)), wait=True)
+    def _delete(self, name: str, ids: list[str]) -> None:
+        self.client.delete(name, points_selector=models.PointIdsList(points=list(ids)), wait=True)
 
-    def search(
+    def _query(
+        self,
+        name: str,
+        query: np.ndarray,
+        *,
+        limit: int,
+        offset: int,
+        flt: Any,
+        payload: list[str] | None = None,
+    ) -> list[StoreHit]:
+        result = self.client.query_points(
+            name,
+            query=query.tolist(),
+            limit=limit,
+            offset=offset or None,
+            query_filter=flt,
+            with_payload=payload if payload is not None else True,
+        )
+        return [StoreHit(str(p.id), float(p.score), dict(p.payload or {})) for p in result.points]
+
+    def search_recipes(
         self,
         name: str,
         vector: np.ndarray,
@@ -216,17 +174,45 @@ class ServerStore(RecipeStore):
         offset: int = 0,
         filter: SearchFilter | None = None,
         model_version: str,
-    ) -> list[StoreHit]:
+    ) -> RecipeResults:
+        """Qdrant's query groups (``group_by="recipe_id"``, one photo per group); same answers as the base."""
+        need = int(offset) + int(limit)
+        if need > GROUP_FETCH_LIMIT:  # deeper than groups are worth: the bounded collapse of the base
+            return super().search_recipes(
+                name, vector, limit=limit, offset=offset, filter=filter, model_version=model_version
+            )
         query = self.query_vector(name, vector, model_version)
-        result = self.client.query_points(
+        resolved = self.resolve_filter(name, filter)
+        if resolved.impossible or limit <= 0:
+            return RecipeResults([], resolved.warnings)
+        result = self.client.query_points_groups(
             name,
             query=query.tolist(),
-            limit=int(limit),
-            offset=int(offset) or None,
-            query_filter=server_filter(filter),
+            group_by="recipe_id",
+            limit=need,
+            group_size=1,
+            query_filter=self._native(resolved),
             with_payload=True,
         )
-        return [StoreHit(str(p.id), float(p.score), dict(p.payload or {})) for p in result.points]
+        matches = [
+            RecipeMatch(str(g.id), float(g.hits[0].score), str(g.hits[0].id), dict(g.hits[0].payload or {}))
+            for g in result.groups[int(offset) :]
+            if g.hits
+        ]
+        return RecipeResults(matches, resolved.warnings)
+
+    def _facet(self, name: str, key: str) -> list[str]:
+        response = self.client.facet(name, key, limit=1 << 30, exact=True)
+        return [str(h.value) for h in response.hits]
+
+    def _vocabulary_key(self, name: str) -> object:
+        return int(time.monotonic() // VOCABULARY_TTL_S)
+
+    def _match_any(self, key: str, values: Sequence[str]) -> Any:
+        return models.FieldCondition(key=key, match=models.MatchAny(any=list(values)))
+
+    def _all_of(self, must: list[Any], must_not: list[Any]) -> Any:
+        return models.Filter(must=must or None, must_not=must_not or None)
 
     def retrieve(self, name: str, ids: Sequence[str]) -> list[StoreHit]:
         if not ids:
@@ -243,31 +229,32 @@ class ServerStore(RecipeStore):
         records = self.client.retrieve(name, ids=list(ids), with_payload=False, with_vectors=False)
         return {str(uuid.UUID(str(r.id))) for r in records}
 
+    def _scroll(
+        self, name: str, flt: models.Filter | None, payload: list[str] | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        offset: Any = None
+        while True:
+            records, offset = self.client.scroll(
+                name, scroll_filter=flt, limit=_SCROLL_PAGE, offset=offset, with_payload=payload or False
+            )
+            yield from ((str(uuid.UUID(str(r.id))), dict(r.payload or {})) for r in records)
+            if offset is None:
+                return
+
     def ids_of_recipe(self, name: str, recipe_id: str) -> list[str]:
         flt = models.Filter(
             must=[models.FieldCondition(key="recipe_id", match=models.MatchValue(value=recipe_id))]
         )
-        found: list[str] = []
-        offset: Any = None
-        while True:
-            records, offset = self.client.scroll(
-                name, scroll_filter=flt, limit=_SCROLL_PAGE, offset=offset, with_payload=False
-            )
-            found.extend(str(r.id) for r in records)
-            if offset is None:
-                return found
+        return [pid for pid, _ in self._scroll(name, flt)]
+
+    def payload_hashes(self, name: str) -> dict[str, str]:
+        return {pid: str(p.get("source_hash", "")) for pid, p in self._scroll(name, None, ["source_hash"])}
 
     # -- aliases -----------------------------------------------------------------------------
     def aliases(self) -> dict[str, str]:
         return {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
 
-    def resolve_alias(self, alias: str) -> str | None:
-        return self.aliases().get(alias)
-
-    def swap_alias(self, alias: str, collection: str) -> None:
-        info = self.collection_info(collection)
-        if not info.complete:
-            raise StoreError(f"collection {collection!r} is incomplete; it cannot go behind alias {alias!r}")
+    def _set_alias(self, alias: str, collection: str) -> str | None:
         previous = self.resolve_alias(alias)
         operations: list[Any] = []
         if previous is not None:
@@ -278,7 +265,7 @@ class ServerStore(RecipeStore):
             )
         )
         self.client.update_collection_aliases(change_aliases_operations=operations)
-        log.info("alias %s: %s → %s", alias, previous, collection)
+        return previous
 
     def delete_alias(self, alias: str) -> None:
         if self.resolve_alias(alias) is not None:

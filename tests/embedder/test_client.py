@@ -9,11 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
-from embedder.client import EmbedderClient, EmbedderError, RemoteQueryEmbedder
-from embedder.runtime import EmbeddingModel
+from embedder.client import EmbedderClient, EmbedderError
 from embedder.server import RunningServer, start_server
 from tests.embedder.conftest import free_port, settings_for
 
@@ -97,20 +95,6 @@ def test_error_in_a_later_chunk_says_where(client: EmbedderClient, photo_bytes: 
         client.embed(images)
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "images 8..11" in info.value.details and "image 2:" in info.value.details
-
-
-def test_remote_query_embedder_matches_in_process(
-    client: EmbedderClient, photo_bytes: list[bytes], two_models: tuple[Path, str, str]
-) -> None:
-    root, old, _ = two_models
-    remote = RemoteQueryEmbedder(client)
-    vector = remote.embed(photo_bytes[4], old)
-    assert vector.shape == (64,)
-    expected = EmbeddingModel(root / "m-seed0").embed_images([photo_bytes[4]])[0]
-    np.testing.assert_allclose(vector, expected, atol=1e-5)
-    with pytest.raises(EmbedderError) as info:
-        remote.embed(photo_bytes[4], "0000000000000000")
-    assert info.value.code == grpc.StatusCode.NOT_FOUND
 
 
 def test_health_status_name(client: EmbedderClient) -> None:

@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from embedder.client import EmbedderClient
+from embedder.factory import open_embedder
 from embedder.manifest import read_manifest
 from embedder.preprocess import preprocess
 from embedder.runtime import EmbeddingModel
 from embedder.server import start_server
 from embedder.settings import EmbedderSettings
-from gateway.embedding import InProcessEmbedder
 from indexer.catalog import load_photo, read_catalog
 from tests.support.imagegen import encode, synthetic_photo
 
@@ -53,7 +53,7 @@ def test_training_indexing_and_serving_give_identical_tensors(tmp_path: Path, ti
     photo_set, bad = load_photos(catalog.recipes, progress=False)  # training
     assert not bad
     version = read_manifest(tiny_model_dir).version
-    serving = InProcessEmbedder(tiny_model_dir)  # the gateway's in-process path
+    serving = open_embedder(None, tiny_model_dir)  # the gateway's in-process path
     with ThreadPoolExecutor(2) as pool:
         for file, trained in zip(photo_set.files, photo_set.images, strict=True):
             data = Path(file).read_bytes()

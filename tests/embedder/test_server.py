@@ -23,7 +23,8 @@ from recipelens.v1 import embedder_pb2, embedder_pb2_grpc
 
 from embedder.client import EmbedderClient, EmbedderError
 from embedder.runtime import EmbeddingModel
-from embedder.server import SERVICE_NAME, RunningServer, ServerStartError, start_server
+from embedder.server import RunningServer, ServerStartError, start_server
+from protos.services import EMBEDDER_SERVICE as SERVICE_NAME
 from tests.embedder.conftest import NEW, NEWEST, corrupt, make_model, settings_for
 from tests.support.imagegen import encode, synthetic_photo
 

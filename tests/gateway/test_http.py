@@ -1,4 +1,4 @@
-"""The HTTP API on loopback: seed JSON shape, errors, upload limit, images, probes, metrics, OpenAPI."""
+"""The HTTP API on loopback: legacy JSON shape, errors, upload limit, images, probes, metrics, OpenAPI."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from gateway.server import RunningGateway, start_gateway
 from tests.gateway.conftest import XSS_TITLE, World, gateway_settings
 
-SEED_KEYS = {"recipes", "totalResults", "processingTime", "timestamp", "success", "errorMessage"}
+LEGACY_KEYS = {"recipes", "totalResults", "processingTime", "timestamp", "success", "errorMessage"}
 RECIPE_KEYS = {"rank", "title", "imagePath", "ingredients", "instructions", "similarity"}
 
 
@@ -24,11 +24,11 @@ def _search(http: httpx.Client, data: bytes, **form: str) -> httpx.Response:
     return http.post("/api/v1/search", files={"image": ("photo.jpg", data, "image/jpeg")}, data=form)
 
 
-def test_search_answers_in_the_seed_shape(http: httpx.Client, query_photos: list[bytes]) -> None:
+def test_search_answers_in_the_legacy_shape(http: httpx.Client, query_photos: list[bytes]) -> None:
     response = _search(http, query_photos[4], top_k="4")
     assert response.status_code == 200
     body = response.json()
-    assert body.keys() >= SEED_KEYS
+    assert body.keys() >= LEGACY_KEYS
     assert body["success"] is True and body["errorMessage"] is None
     assert body["totalResults"] == 4 == len(body["recipes"])
     assert body["processingTime"] > 0 and body["timestamp"].endswith("Z")
@@ -46,12 +46,12 @@ def test_content_type_is_sniffed_not_trusted(http: httpx.Client, query_photos: l
     text = http.post("/api/v1/search", files={"image": ("x.jpg", b"<html>not a photo</html>", "image/jpeg")})
     assert text.status_code == 400
     body = text.json()
-    assert body.keys() >= SEED_KEYS and body["success"] is False and body["recipes"] == []
+    assert body.keys() >= LEGACY_KEYS and body["success"] is False and body["recipes"] == []
     assert "image" in body["errorMessage"]
 
 
 @pytest.mark.parametrize("top_k", ["0", "101", "many"])
-def test_bad_top_k_is_400_in_seed_shape(http: httpx.Client, query_photos: list[bytes], top_k: str) -> None:
+def test_bad_top_k_is_400_in_legacy_shape(http: httpx.Client, query_photos: list[bytes], top_k: str) -> None:
     response = _search(http, query_photos[0], top_k=top_k)
     assert response.status_code == 400
     assert response.json()["success"] is False and "top_k" in response.json()["errorMessage"]

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from embedder.runtime import EmbeddingModel
-from gateway.search import LocalQueryEmbedder, RecipeSearcher
-from indexer.build import BuildError, LocalPhotoEmbedder, build_index, rollback
+from indexer.build import BuildError, build_index, open_embedder, rollback
 from indexer.catalog import Recipe
-from indexer.edit import delete_recipe, upsert_recipe
+from indexer.edit import upsert_recipe
 from indexer.store.base import ModelVersionMismatch, SearchFilter
 from indexer.store.edge import EdgeStore
 from tests.indexer.conftest import write_kaggle_catalog
 from tests.support.imagegen import distorted, encode, synthetic_photo
+from tests.support.search import SyncSearch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def test_build_search_rebuild_rollback(catalog40: Path, tiny_model_dir: Path, tm
         assert store.resolve_alias("recipes") == first.collection and store.count(first.collection) == 40
         assert "images/s" in first.line()
 
-        searcher = RecipeSearcher(store, LocalQueryEmbedder(tiny_model_dir))
+        searcher = SyncSearch(store, tiny_model_dir)
         for seed in (3, 17, 33):  # a cropped, recompressed photo finds its recipe first
             result = searcher.search(distorted(synthetic_photo(seed, (160, 120)), seed), top_k=3)
             assert result.hits[0].recipe_id == f"r{seed}", result.hits
@@ -75,7 +75,7 @@ def test_model_version_guard(
         assert summary.model_version in str(err.value) and old.version in str(err.value)
         recipe = Recipe("r1", "Dish 1", [], [], "", [catalog40 / "images" / "dish-001.jpg"])
         with pytest.raises(ModelVersionMismatch, match=old.version):
-            upsert_recipe(store, recipe, LocalPhotoEmbedder(old), catalog_root=catalog40)
+            upsert_recipe(store, recipe, open_embedder(tiny_model_dir, None), catalog_root=catalog40)
 
 
 def test_bad_photos_are_reported_and_threshold_fails(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -99,31 +99,6 @@ def test_bad_photos_are_reported_and_threshold_fails(tiny_model_dir: Path, tmp_p
         ok = _build(cat, tiny_model_dir, store, bad_report=report, max_bad_fraction=0.1)
         assert (ok.bad, ok.indexed, ok.skipped, store.count(ok.collection)) == (2, 0, 28, 28)
         assert ok.resumed  # the failed attempt's collection was finished, not rebuilt
-
-
-def test_incremental_upsert_and_delete(catalog40: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    with EdgeStore(tmp_path / "q") as store, EdgeStore(tmp_path / "q") as gateway_side:
-        built = _build(catalog40, tiny_model_dir, store, verify_sample=2)
-        searcher = RecipeSearcher(gateway_side, LocalQueryEmbedder(tiny_model_dir))
-        searcher.search(encode(synthetic_photo(1, (160, 120))))  # the "gateway" holds the live collection
-        photo = tmp_path / "new" / "new.jpg"
-        photo.parent.mkdir()
-        photo.write_bytes(encode(synthetic_photo(500, (160, 120))))
-        new = Recipe("n1", "New dish", ["2 leeks"], ["leeks"], "Stew.", [photo], "Soups", "test")
-        edit = upsert_recipe(
-            store, new, LocalPhotoEmbedder(EmbeddingModel(tiny_model_dir)), catalog_root=photo.parent
-        )
-        assert edit.copied and edit.previous == built.collection and edit.upserted == 1
-        result = searcher.search(distorted(synthetic_photo(500, (160, 120)), 1), top_k=1)  # seen at once
-        assert result.collection == edit.collection and result.hits[0].recipe_id == "n1"
-        assert result.hits[0].payload["ingredient_keywords"] == ["leek", "leeks"]
-        removed = delete_recipe(store, "r7")
-        assert removed.deleted == 1 and gateway_side.count(removed.collection) == 40
-        assert "r7" not in {
-            h.recipe_id for h in searcher.search(encode(synthetic_photo(7, (160, 120))), top_k=5).hits
-        }
-        with pytest.raises(BuildError, match="not in the live collection"):
-            delete_recipe(store, "r7")
 
 
 def test_killed_build_resumes(catalog40: Path, tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from indexer.catalog import CatalogError, parse_list, read_catalog, validate_images, write_bad_report
+from embedder.preprocess import ImageDecodeError
+from indexer.catalog import BadItem, CatalogError, load_photo, parse_list, read_catalog, write_bad_report
 from tests.indexer.conftest import write_kaggle_catalog
 from tests.support.imagegen import encode, synthetic_photo
 
@@ -96,19 +97,25 @@ def test_bad_catalogue_paths_name_the_path(tmp_path: Path) -> None:
         read_catalog(tmp_path / "bad.csv")
 
 
-def test_validate_images_reports_truncated_tiny_and_garbage(tmp_path: Path) -> None:
+def test_truncated_tiny_and_garbage_photos_are_reported(tmp_path: Path) -> None:
     write_kaggle_catalog(tmp_path, 5, size=(96, 72))
     images = tmp_path / "images"
     good = (images / "dish-000.jpg").read_bytes()
     (images / "dish-001.jpg").write_bytes(good[: len(good) // 3])  # truncated
     (images / "dish-002.jpg").write_bytes(b"not an image at all")
     (images / "dish-003.jpg").write_bytes(encode(synthetic_photo(9).resize((20, 20)), "JPEG"))  # tiny
-    checked = validate_images(read_catalog(tmp_path), progress=False)
-    assert [r.id for r in checked.recipes] == ["r0", "r4"]
-    reasons = {b.recipe_id: b.reason for b in checked.bad}
+    good_ids, bad = [], []
+    for recipe, image in read_catalog(tmp_path).photos():  # what a build does with each photo
+        try:
+            load_photo(image)
+            good_ids.append(recipe.id)
+        except ImageDecodeError as exc:
+            bad.append(BadItem(recipe.id, str(image), str(exc)))
+    assert good_ids == ["r0", "r4"]
+    reasons = {b.recipe_id: b.reason for b in bad}
     assert set(reasons) == {"r1", "r2", "r3"}
     assert "too small" in reasons["r3"] and "identify" in reasons["r2"]
-    report = write_bad_report(checked.bad, tmp_path / "out" / "bad.csv")
+    report = write_bad_report(bad, tmp_path / "out" / "bad.csv")
     rows = list(csv.reader(report.open()))
     assert rows[0] == ["id", "file", "reason"] and len(rows) == 4
     assert rows[1][1].endswith(".jpg")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexer.store import open_store
 from indexer.store.base import (
     CollectionBusy,
     ModelVersionMismatch,
@@ -18,7 +19,6 @@ from indexer.store.base import (
     SearchFilter,
     StoreError,
     StoreSettings,
-    open_store,
     point_id,
 )
 from indexer.store.edge import EdgeStore

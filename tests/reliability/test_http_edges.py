@@ -390,5 +390,5 @@ def test_keys_over_plaintext_beyond_loopback_refuse_to_start(world: World) -> No
     assert "RECIPELENS_GATEWAY_BEHIND_TLS_PROXY" in refused.stderr and "Traceback" not in refused.stderr
     assert KEY not in refused.stderr + refused.stdout
     # Declared behind a TLS-terminating proxy, or bound to loopback, the same keys are accepted.
-    assert settings(world, api_keys=[KEY], http_host="0.0.0.0", behind_tls_proxy=True).auth_enabled
-    assert settings(world, api_keys=[KEY], http_host="127.0.0.1").auth_enabled
+    assert settings(world, api_keys=[KEY], http_host="0.0.0.0", behind_tls_proxy=True).api_keys
+    assert settings(world, api_keys=[KEY], http_host="127.0.0.1").api_keys

@@ -1,0 +1,183 @@
+"""The one embedder interface: photos → unit vectors of a named model version, in-process or remote.
+
+Implementations: :class:`embedder.inprocess.InProcessEmbedder` (onnxruntime in this process, one
+micro-batcher per model version) and :class:`embedder.remote.RemoteEmbedder` (the gRPC embedder service);
+:func:`embedder.factory.open_embedder` picks one. The work is split in the two stages a service measures:
+:meth:`Embedder.prepare` (decode; in-process only — the remote embedder decodes on its side) and
+:meth:`Embedder.embed_prepared`. Failures raise :class:`embedder.errors.EmbedderError` (or
+:class:`embedder.preprocess.ImageDecodeError` for a photo that cannot be decoded).
+
+:class:`SyncEmbedder` drives one on a background event loop for command-line tools (the indexer's build).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+import numpy as np
+
+from embedder.background import BackgroundLoop
+from embedder.errors import EmbedderError
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What a caller needs to know about one model an embedder holds."""
+
+    version: str
+    dimension: int
+    image_size: int
+
+
+@dataclass(frozen=True)
+class EmbedderStatus:
+    """What the embedder holds: its models (newest first), the default version and where it runs."""
+
+    models: list[ModelSummary]
+    default_version: str | None
+    description: str
+
+    @property
+    def versions(self) -> list[str]:
+        return sorted(m.version for m in self.models)
+
+    def model(self, version: str | None = None) -> ModelSummary | None:
+        """The summary of that version (``None``: the default), or ``None`` when it is not held."""
+        wanted = version or self.default_version
+        return next((m for m in self.models if m.version == wanted), None)
+
+
+class DecodedPhoto(Protocol):
+    """A photo a caller already read and decoded (the indexer does, to report bad photos)."""
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def array(self) -> np.ndarray: ...
+
+
+class Embedder(ABC):
+    """Embeds photos with an exact model version; see the module docstring."""
+
+    @abstractmethod
+    async def prepare(self, image: bytes, model_version: str, executor: Executor | None = None) -> Any:
+        """What :meth:`embed_prepared` takes for one photo (decoded here, or the bytes as they are)."""
+
+    @abstractmethod
+    def prepared(self, photo: DecodedPhoto) -> Any:
+        """What :meth:`embed_prepared` takes for a photo the caller has already decoded."""
+
+    @abstractmethod
+    async def embed_prepared(
+        self, prepared: Sequence[Any], model_version: str, timeout_s: float | None = None
+    ) -> np.ndarray:
+        """``(N, D)`` float32 unit vectors of that model version, one per prepared photo."""
+
+    @abstractmethod
+    async def status(self, timeout_s: float = 10.0) -> EmbedderStatus:
+        """The models held now (raises :class:`EmbedderError` UNAVAILABLE when unreachable)."""
+
+    @abstractmethod
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Return once the embedder can embed (``TimeoutError`` after ``timeout_s``)."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release models, batchers and channels."""
+
+    async def embed(
+        self, images: Sequence[bytes], model_version: str, executor: Executor | None = None
+    ) -> np.ndarray:
+        """Encoded photos → ``(N, D)`` vectors (both stages at once)."""
+        prepared = [await self.prepare(image, model_version, executor) for image in images]
+        return await self.embed_prepared(prepared, model_version)
+
+
+def _shut(loop: BackgroundLoop, embedder: Embedder) -> None:
+    if loop.closed:
+        return
+    try:
+        loop.call(embedder.aclose())
+    finally:
+        loop.close()
+
+
+class SyncEmbedder:
+    """An :class:`Embedder` pinned to one model version, driven from synchronous code (CLIs, the build).
+
+    Its loop and the embedder are closed by :meth:`close`, or when it is garbage-collected.
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        model_version: str | None = None,
+        *,
+        max_in_flight: int = 4,
+        timeout_s: float = 60.0,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.embedder = embedder
+        self.max_in_flight = max_in_flight
+        self.timeout_s = timeout_s
+        self._loop = BackgroundLoop("embedder-client")
+        self._finalizer = weakref.finalize(self, _shut, self._loop, embedder)
+        try:
+            status = self._call(embedder.status(timeout_s))
+            model = status.model(model_version)
+            if model is None:
+                listed = ", ".join(status.versions) or "none"
+                wanted = model_version or "(default)"
+                raise EmbedderError(
+                    grpc.StatusCode.NOT_FOUND, f"unknown model version {wanted!r} (available: {listed})"
+                )
+        except BaseException:
+            self._finalizer()
+            raise
+        self.version = model.version
+        self.dimension = model.dimension
+        self.image_size = model.image_size
+
+    def _call(self, coro: Any) -> Any:
+        return self._loop.call(coro, timeout=None)
+
+    def embed(self, images: Sequence[bytes]) -> np.ndarray:
+        """Encoded photos → ``(N, D)`` vectors of the pinned version."""
+        vectors: np.ndarray = self._call(self.embedder.embed(list(images), self.version))
+        return vectors
+
+    def embed_batches(self, batches: Iterable[Sequence[DecodedPhoto]]) -> Iterator[np.ndarray]:
+        """One ``(N, D)`` array per batch, in order, with up to ``max_in_flight`` batches being embedded."""
+        running: deque[Future[np.ndarray]] = deque()
+        try:
+            for batch in batches:
+                items = [self.embedder.prepared(photo) for photo in batch]
+                coro = self.embedder.embed_prepared(items, self.version, self.timeout_s)
+                running.append(asyncio.run_coroutine_threadsafe(coro, self._loop.loop))
+                if len(running) >= self.max_in_flight:
+                    yield running.popleft().result()
+            while running:
+                yield running.popleft().result()
+        finally:
+            for future in running:
+                future.cancel()
+
+    def close(self) -> None:
+        """Close the embedder and stop the loop; safe to call twice."""
+        self._finalizer()
+
+    def __enter__(self) -> SyncEmbedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

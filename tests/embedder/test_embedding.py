@@ -1,0 +1,113 @@
+"""The one embedder interface: in-process and remote give the same vectors; batchers are set up once."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from embedder.embedding import SyncEmbedder
+from embedder.errors import EmbedderError
+from embedder.factory import open_embedder
+from embedder.inprocess import InProcessEmbedder
+from embedder.remote import RemoteEmbedder
+from embedder.repository import UnknownModelError
+from embedder.runtime import EmbeddingModel
+from embedder.server import RunningServer
+from tests.embedder.conftest import make_model
+
+
+class _Photo:
+    """A photo decoded by the caller, as the indexer hands them over."""
+
+    def __init__(self, data: bytes, model: EmbeddingModel) -> None:
+        from embedder.preprocess import preprocess
+
+        self.data = data
+        self.array = preprocess(data, size=model.image_size)
+
+
+def test_remote_embedder_matches_in_process(
+    server: RunningServer, photo_bytes: list[bytes], two_models: tuple[Path, str, str]
+) -> None:
+    root, old, _ = two_models
+    remote = RemoteEmbedder(server.address)
+    vector = asyncio.run(remote.embed([photo_bytes[4]], old))[0]
+    assert vector.shape == (64,)
+    expected = EmbeddingModel(root / "m-seed0").embed_images([photo_bytes[4]])[0]
+    np.testing.assert_allclose(vector, expected, atol=1e-5)
+    with pytest.raises(EmbedderError) as info:
+        asyncio.run(remote.embed([photo_bytes[4]], "0000000000000000"))
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    asyncio.run(remote.aclose())
+
+
+def test_in_process_sets_up_one_batcher_per_version_and_shares_runs(
+    two_models: tuple[Path, str, str], photo_bytes: list[bytes]
+) -> None:
+    root, old, new = two_models
+    embedder = open_embedder(None, root, max_delay_s=0.02)
+    assert isinstance(embedder, InProcessEmbedder)
+
+    async def scenario() -> None:
+        first = embedder.resolve(old).batcher
+        arrays = [await embedder.prepare(p, old) for p in photo_bytes[:8]]
+        results = await asyncio.gather(*(embedder.embed_prepared([a], old) for a in arrays))
+        assert embedder.resolve(old).batcher is first  # the same batcher, not one per call
+        assert embedder.batch_stats(old).items == 8 and embedder.batch_stats(old).batches < 8
+        expected = EmbeddingModel(root / "m-seed0").embed_images(photo_bytes[:8])
+        np.testing.assert_allclose(np.concatenate(results), expected, atol=1e-5)
+        assert embedder.default_version == new
+        with pytest.raises(UnknownModelError) as info:
+            await embedder.embed_prepared(arrays[:1], "0000000000000000")
+        assert info.value.code == grpc.StatusCode.NOT_FOUND and old in str(info.value)
+        await embedder.aclose()
+        with pytest.raises(EmbedderError) as closed:
+            await embedder.embed_prepared(arrays[:1], old)
+        assert closed.value.code == grpc.StatusCode.UNAVAILABLE
+
+    asyncio.run(scenario())
+
+
+def test_watched_model_dir_finds_a_model_added_later(tmp_path: Path, photo_bytes: list[bytes]) -> None:
+    models = tmp_path / "models"
+    embedder = open_embedder(None, models, watch_model_dir=True)  # nothing there yet: tolerated
+
+    async def scenario() -> None:
+        assert (await embedder.status()).models == []
+        version = make_model(models / "late", seed=3, created_at="2025-02-01T00:00:00+00:00")
+        vectors = await embedder.embed(photo_bytes[:2], version)  # a miss rescans the folder
+        assert vectors.shape == (2, 64)
+        assert (await embedder.status()).versions == [version]
+        await embedder.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_sync_wrapper_gives_the_same_vectors_in_and_out_of_process(
+    server: RunningServer, two_models: tuple[Path, str, str], photo_bytes: list[bytes], tmp_path: Path
+) -> None:
+    root, old, _ = two_models
+    folder = tmp_path / "old"
+    shutil.copytree(root / "m-seed0", folder)
+    model = EmbeddingModel(folder)
+    photos = [_Photo(p, model) for p in photo_bytes[:10]]
+    batches = [photos[i : i + 3] for i in range(0, 10, 3)]
+    with (
+        SyncEmbedder(open_embedder(None, folder), max_in_flight=2) as local,
+        SyncEmbedder(open_embedder(server.address, folder), old, max_in_flight=3) as remote,
+    ):
+        assert local.version == remote.version == old and local.dimension == remote.dimension == 64
+        assert local.image_size == remote.image_size == model.image_size
+        got_local = list(local.embed_batches(iter(batches)))
+        got_remote = list(remote.embed_batches(iter(batches)))
+        assert [len(v) for v in got_local] == [len(v) for v in got_remote] == [3, 3, 3, 1]
+        np.testing.assert_allclose(np.concatenate(got_local), model.embed_images(photo_bytes[:10]), atol=1e-5)
+        np.testing.assert_allclose(np.concatenate(got_local), np.concatenate(got_remote), atol=1e-5)
+    with pytest.raises(EmbedderError, match="unknown model version") as info:
+        SyncEmbedder(open_embedder(server.address, folder), "0000000000000000")
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
