@@ -9,12 +9,20 @@ wherever it goes. Steps, in order:
 3. **Draft**: JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still yields at
    least ``size`` pixels on both sides — about 3× faster for phone photos, same result everywhere.
 4. **First frame** of animated images.
-5. **EXIF orientation** applied (``ImageOps.exif_transpose``).
-6. **Mode → RGB**: 16-bit and 32-bit greyscale are scaled to 8 bits (not clipped), transparency
+5. **Decoding budget**: the decode's peak memory, estimated from the header (:func:`decode_cost`), is
+   reserved from the process-wide :data:`embedder.memory.decode_budget` (waiting for its turn, or
+   :class:`~embedder.memory.DecodeBudgetBusy`); one larger than the whole budget is
+   :class:`ImageTooLargeError`. Pixels are decoded at the file's own depth (1-bit, palette, 8/16-bit grey).
+6. **EXIF orientation** applied (``ImageOps.exif_transpose``, only when the tag asks for a turn).
+7. **Mode → RGB**: 16-bit and 32-bit greyscale are scaled to 8 bits (not clipped), transparency
    (RGBA, LA, P with a transparent colour) is composited onto white, CMYK/YCbCr/L/1/P converted.
-7. **Resize policy**: the whole image is resized to ``size × size`` (no crop, aspect ratio not kept,
+8. **Resize policy**: the whole image is resized to ``size × size`` (no crop, aspect ratio not kept,
    as Keras' ``load_img(target_size=...)`` did in the seed notebooks) with bilinear filtering and
-   Pillow's anti-aliasing reduction for large downscales.
+   Pillow's anti-aliasing reduction for large downscales (``reducing_gap=3``).
+
+Steps 7 and 8 run strip by strip for large images (:func:`_resize_to_rgb`): each strip of about
+:data:`STRIP_PIXELS` is converted and at once box-reduced by the whole factor Pillow's resize would
+first reduce by, so the full-size RGB copy never exists — and the tensor is exactly the whole-image one.
 """
 
 from __future__ import annotations
