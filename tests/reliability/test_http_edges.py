@@ -392,3 +392,44 @@ def test_keys_over_plaintext_beyond_loopback_refuse_to_start(world: World) -> No
     # Declared behind a TLS-terminating proxy, or bound to loopback, the same keys are accepted.
     assert settings(world, api_keys=[KEY], http_host="0.0.0.0", behind_tls_proxy=True).api_keys
     assert settings(world, api_keys=[KEY], http_host="127.0.0.1").api_keys
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None, reason="needs Debian packages chromium and chromium-driver"
+)
+def test_docs_render_in_a_browser_without_internet(plain_gateway: RunningGateway, tmp_path: Path) -> None:
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (dev extra)")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        # Anything not on loopback fails at once, as it would offline: only the gateway's own assets load.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        driver.set_page_load_timeout(30)
+        driver.get(plain_gateway.http_url + "/docs")
+        title = WebDriverWait(driver, 30).until(
+            ec.presence_of_element_located((By.CSS_SELECTOR, ".swagger-ui .info .title"))
+        )
+        assert "recipelens gateway" in title.text
+        assert driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path[data-path='/api/v1/search']")
+    finally:
+        driver.quit()
