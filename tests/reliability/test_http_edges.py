@@ -263,8 +263,10 @@ def test_size_refusals_say_the_configured_limit_and_are_counted(
 ) -> None:
     huge = b"\xff\xd8\xff" + os.urandom(UPLOAD_LIMIT + 200_000)
     body, content_type = multipart_body(huge)
-    status, _, answer = request(plain_gateway, "POST", SEARCH_PATH, body, {"Content-Type": content_type})
-    assert status == 413
+    status, headers, answer = request(
+        plain_gateway, "POST", SEARCH_PATH, body, {"Content-Type": content_type}
+    )
+    assert status == 413 and headers["x-content-type-options"] == "nosniff"
     message = _seed_shape(status, answer)
     assert str(UPLOAD_LIMIT) in message and str(UPLOAD_LIMIT + 64 * 1024) not in message, message
 
@@ -308,7 +310,9 @@ def test_metrics_and_docs_need_a_key(keyed_gateway: RunningGateway) -> None:
     for path in ("/metrics", "/docs", "/openapi.json", "/docs-static/swagger-ui-bundle.js"):
         status, headers, body = request(keyed_gateway, "GET", path)
         assert status == 401, path
-        assert headers["www-authenticate"].startswith("Basic")
+        assert (
+            headers["www-authenticate"].startswith("Basic") and headers["x-content-type-options"] == "nosniff"
+        )
         _seed_shape(status, body)
         wrong = request(keyed_gateway, "GET", path, headers={"Authorization": "Bearer nope"})
         assert wrong[0] == 401, path
