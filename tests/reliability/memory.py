@@ -4,9 +4,10 @@ Each service runs as its own process (``python -m gateway.server`` in-process mo
 itself; ``python -m embedder``) with the default limits: 10 MiB uploads, 40 MP, a 384 MiB decoding budget.
 For the gateway, each kind of :mod:`tests.reliability.bigimages` is sent 32 times at once (16 over gRPC,
 16 over HTTP); for the embedder, one ``Embed`` of 64 of them and an ``EmbedStream`` of 64 more run at the
-same time. The peak is the kernel's high-water mark (``VmHWM``, reset through ``/proc/<pid>/clear_refs``
-before each burst), so no short spike is missed between samples; growth is against ``VmRSS`` after a
-warm-up. 10 s after the last burst the resident memory is read again.
+same time. Each service is warmed up first with ordinary photos at the largest batch (onnxruntime keeps
+its arena at the size of the largest batch it ran); growth is against ``VmRSS`` after that. The peak is
+the kernel's high-water mark (``VmHWM``, reset through ``/proc/<pid>/clear_refs`` before each burst), so
+no short spike is missed between samples. 10 s after the last burst the resident memory is read again.
 
 ``python -m tests.reliability.memory`` prints the table of the README; ``test_memory.py`` asserts the bounds.
 """
@@ -153,9 +154,9 @@ def gateway_figure(world: World, bursts: dict[str, list[bytes]], log_dir: Path) 
         _service("gateway", "gateway.server", env, log_dir), address, "recipelens.v1.RecipeSearch"
     )
     try:
-        warm = query_photos(4)
+        warm = query_photos(CONCURRENCY)  # concurrent, so batches of the largest size form once
         for protocol, target in (("grpc", address), ("http", url)):
-            run_load(target, warm, protocol=protocol, total=8, concurrency=4)
+            run_load(target, warm, protocol=protocol, total=2 * CONCURRENCY, concurrency=CONCURRENCY)
         time.sleep(1.0)
         baseline = rss_kib(service.pid)
         figure = Figure("gateway (in-process embedder)", baseline * 1024 / MB)
@@ -225,7 +226,8 @@ def embedder_figure(
     try:
         with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
             stub = embedder_pb2_grpc.EmbedderStub(channel)
-            stub.Embed(embedder_pb2.EmbedRequest(images=query_photos(4)), timeout=60)
+            # Warm-up at the largest batch: onnxruntime's arena then has its steady size before the baseline.
+            stub.Embed(embedder_pb2.EmbedRequest(images=query_photos(32)), timeout=60)
             time.sleep(1.0)
             baseline = rss_kib(service.pid)
             figure = Figure("embedder", baseline * 1024 / MB)
