@@ -6,7 +6,18 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= cpu,train,dev
 
-.PHONY: demo test reliability venv lint typecheck protos bench clean-demo
+# Images (deploy/Dockerfile): `make wheelhouse images` builds offline; PYTHON_IMAGE=... for another base,
+# DOCKER=/usr/bin/docker for Debian's client (it has BuildKit built in), IMAGE_TAG for the tag, and
+# BUILD_FLAGS for more `docker build` flags (e.g. --network none: a wheelhouse build needs no network).
+DOCKER       ?= docker
+IMAGE_TAG    ?= latest
+PYTHON_IMAGE ?= python:3.11-slim-bookworm
+VARIANTS     ?= cpu
+BUILD_FLAGS  ?=
+WHEELHOUSE   := deploy/wheelhouse
+
+.PHONY: demo demo-retrain test reliability venv lint typecheck protos bench clean-demo wheelhouse images images-test \
+	clean-wheelhouse
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +30,12 @@ venv: $(BIN)/.installed
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash deploy/quickstart.sh
 
+# Against a running `make demo` (another terminal): fine-tune (PRESET=ft adds phase 2), serve the new model
+# beside the old one, re-index while the gateway answers, print before/after.
+PRESET ?= tl-hard
+demo-retrain: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m training.demo_retrain --preset $(PRESET)
+
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -30,6 +47,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check embedder indexer gateway training protos/codegen.py protos/__init__.py bench tests
 	$(BIN)/mypy
+	$(BIN)/hadolint deploy/Dockerfile
 	$(BIN)/lint-imports
 
 typecheck: venv
@@ -40,3 +58,29 @@ protos: venv
 
 clean-demo:
 	rm -rf data/demo models var
+
+# Every wheel the images install (pyproject's build backend + dependencies of each extra in VARIANTS),
+# collected by pip on this host; deploy/Dockerfile then installs with --no-index. Needs CPython 3.11.
+# Collected again when pyproject.toml changes or VARIANTS differ (the stamp stays out of the build context:
+# a file added to the wheelhouse would invalidate the image's cached layers).
+WHEELHOUSE_STAMP := build/wheelhouse-$(shell echo $(VARIANTS) | tr ' ' +).stamp
+wheelhouse: $(WHEELHOUSE_STAMP)
+
+$(WHEELHOUSE_STAMP): pyproject.toml
+	rm -f build/wheelhouse-*.stamp
+	$(PYTHON) deploy/wheelhouse.py $(foreach v,$(VARIANTS),--variant $(v)) $(WHEELHOUSE)
+	mkdir -p build && touch $@
+
+clean-wheelhouse:
+	rm -f $(WHEELHOUSE)/*.whl build/wheelhouse-*.stamp
+
+# The three CPU images, from the wheelhouse (tags as docker-compose.yml names them).
+images: wheelhouse
+	for target in embedder gateway indexer; do \
+	  DOCKER_BUILDKIT=1 $(DOCKER) build -f deploy/Dockerfile --target $$target --build-arg VARIANT=cpu $(BUILD_FLAGS) \
+	    --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t recipelens/$$target:$(IMAGE_TAG) . || exit 1; \
+	done
+
+# Build the images and run them (indexer job, embedder, gateway, a search) on a Docker engine: tests/deploy.
+images-test: venv
+	$(BIN)/python -m pytest -m images tests/deploy -s $(PYTEST_ARGS)

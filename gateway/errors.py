@@ -14,7 +14,7 @@ import grpc
 from embedder.errors import EmbedderError
 from embedder.memory import DecodeBudgetBusy
 from embedder.preprocess import ImageDecodeError, ImageTooLargeError
-from indexer.store.base import ModelVersionMismatch
+from indexer.store.base import InvalidFilter, ModelVersionMismatch
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ def store_failure(exc: Exception, what: str) -> GatewayError:
         return exc
     if isinstance(exc, ModelVersionMismatch):
         return GatewayError(ErrorKind.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, InvalidFilter):
+        return GatewayError(ErrorKind.INVALID_ARGUMENT, str(exc))
     log.warning("store failed during %s: %s: %s", what, type(exc).__name__, exc)
     return GatewayError(
         ErrorKind.UNAVAILABLE, f"store unavailable during {what}: {type(exc).__name__}: {exc}"

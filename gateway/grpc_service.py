@@ -20,9 +20,8 @@ from grpc_reflection.v1alpha import reflection
 from recipelens.v1 import search_pb2, search_pb2_grpc
 
 from gateway.errors import ErrorKind, GatewayError
-from gateway.pipeline import SearchGateway, public_image_url
+from gateway.pipeline import SearchGateway, public_image_url, search_filter
 from gateway.search import RecipeHit
-from indexer.store.base import SearchFilter
 from protos.services import RECIPE_SEARCH_SERVICE
 
 log = logging.getLogger(__name__)
@@ -32,6 +31,7 @@ MESSAGE_OVERHEAD_BYTES = 64 * 1024
 # gRPC itself refuses messages over this many times the upload limit (uncounted, in its own words); those
 # in between reach the servicer, which refuses them with the configured limit and counts them in /metrics.
 MESSAGE_CEILING_FACTOR = 4
+MATCHES = {"none": search_pb2.MATCH_NONE, "weak": search_pb2.MATCH_WEAK, "strong": search_pb2.MATCH_STRONG}
 
 
 def recipe_message(hit: RecipeHit, images_root: Path | None) -> search_pb2.Recipe:
@@ -86,22 +86,15 @@ class RecipeSearchServicer(search_pb2_grpc.RecipeSearchServicer):
         start = time.perf_counter()
         try:
             self.gateway.authorize(_metadata(context, "authorization"))
-            search_filter = None
-            if request.HasField("filter"):
-                f = request.filter
-                search_filter = SearchFilter(
-                    categories=tuple(f.categories),
-                    must_include=tuple(f.must_include_ingredients),
-                    must_exclude=tuple(f.must_exclude_ingredients),
-                )
-                if search_filter.is_empty():
-                    search_filter = None
+            f = request.filter
+            flt = search_filter(f.categories, f.must_include_ingredients, f.must_exclude_ingredients)
             result = await self.gateway.search(
                 request.image,
                 top_k=request.top_k or None,
                 offset=request.offset,
-                search_filter=search_filter,
+                search_filter=flt,
                 timeout_s=self._timeout(context),
+                min_confidence=request.min_confidence,
             )
         except GatewayError as exc:
             await self._fail(context, "SearchByImage", exc, start)
@@ -113,12 +106,20 @@ class RecipeSearchServicer(search_pb2_grpc.RecipeSearchServicer):
         self.gateway.metrics.observe_request("grpc", "SearchByImage", "OK", time.perf_counter() - start, None)
         return search_pb2.SearchByImageResponse(
             hits=[
-                search_pb2.RecipeHit(rank=h.rank, score=h.score, recipe=recipe_message(h, self.images_root))
+                search_pb2.RecipeHit(
+                    rank=h.rank,
+                    score=h.score,
+                    recipe=recipe_message(h, self.images_root),
+                    matched_image_url=public_image_url(h.matched_image, self.images_root),
+                    confidence=h.confidence,
+                )
                 for h in result.hits
             ],
             model_version=result.model_version,
             collection=result.collection,
             took_ms=result.took_ms,
+            warnings=result.warnings,
+            match=MATCHES.get(result.match or "", search_pb2.MATCH_UNSPECIFIED),
         )
 
     async def GetRecipe(

@@ -43,7 +43,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gateway.errors import ErrorKind, GatewayError
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline import SearchGateway, public_image_url
+from gateway.pipeline import SearchGateway, public_image_url, search_filter
 from gateway.search import RecipeHit
 from indexer.catalog import IMAGE_SUFFIXES
 
@@ -226,6 +226,18 @@ def legacy_error(exc: GatewayError, processing_s: float = 0.0) -> JSONResponse:
     return error_response(exc.kind.http_status, exc.message, processing_s)
 
 
+FILTER_HELP = {
+    "categories": "any of these categories (case-insensitive); repeat the field or separate with commas",
+    "must_include_ingredients": "every one of these ingredients (chilli also matches chillies)",
+    "must_exclude_ingredients": "none of these ingredients (chilli also excludes chillies)",
+}
+
+
+def form_terms(values: list[str] | None) -> list[str]:
+    """Filter terms from repeated form fields, each of which may also list several separated by commas."""
+    return [term.strip() for value in values or () for term in value.split(",") if term.strip()]
+
+
 def recipe_json(hit: RecipeHit, images_root: Path | None) -> dict[str, Any]:
     return {
         "id": hit.recipe_id,
@@ -284,27 +296,54 @@ def create_app(
     @app.post(SEARCH_PATH, summary="Search recipes by photo (legacy API shape)")
     async def search(
         request: Request,
+        *,
         image: Annotated[UploadFile, File(description="a photo (JPEG, PNG, WebP, GIF, BMP, TIFF)")],
         top_k: Annotated[int, Form(description="how many recipes, 1..100")] = gateway.default_top_k,
-        offset: Annotated[int, Form(description="skip this many (paging)")] = 0,
+        offset: Annotated[int, Form(description="skip this many recipes (paging)")] = 0,
+        categories: Annotated[list[str] | None, Form(description=FILTER_HELP["categories"])] = None,
+        must_include_ingredients: Annotated[
+            list[str] | None, Form(description=FILTER_HELP["must_include_ingredients"])
+        ] = None,
+        must_exclude_ingredients: Annotated[
+            list[str] | None, Form(description=FILTER_HELP["must_exclude_ingredients"])
+        ] = None,
+        min_confidence: Annotated[
+            float, Form(description="leave out hits below this confidence, 0..1")
+        ] = 0.0,
     ) -> Response:
         start = time.perf_counter()
         try:
             gateway.authorize(request.headers.get("authorization"))
+            flt = search_filter(
+                form_terms(categories),
+                form_terms(must_include_ingredients),
+                form_terms(must_exclude_ingredients),
+            )
             data = await image.read(gateway.max_upload_bytes + 1)
-            result = await gateway.search(data, top_k=top_k, offset=offset)
+            result = await gateway.search(
+                data, top_k=top_k, offset=offset, search_filter=flt, min_confidence=min_confidence
+            )
         except GatewayError as exc:
             return fail("search", exc, start)
         finally:
             await image.close()
         body = {
-            "recipes": [recipe_json(h, images_root) for h in result.hits],
+            "recipes": [
+                {
+                    **recipe_json(h, images_root),
+                    "matchedImage": public_image_url(h.matched_image, images_root),
+                    "confidence": None if h.confidence is None else round(h.confidence, 4),
+                }
+                for h in result.hits
+            ],
             "totalResults": len(result.hits),
             "processingTime": round(time.perf_counter() - start, 4),
             "timestamp": _now(),
             "success": True,
             "errorMessage": None,
             "modelVersion": result.model_version,
+            "warnings": result.warnings,
+            "match": result.match,
         }
         return finish("search", JSONResponse(body), start)
 

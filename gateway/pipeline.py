@@ -30,9 +30,18 @@ from embedder.embedding import Embedder
 from embedder.preprocess import IMAGE_SIZE, over_budget
 from gateway.errors import ErrorKind, GatewayError, embedder_failure, store_failure
 from gateway.metrics import GatewayMetrics
-from gateway.search import RecipeHit, SearchResult, check_paging
+from gateway.search import RecipeHit, SearchResult, check_paging, judge_hits
 from gateway.settings import GatewaySettings
-from indexer.store.base import RecipeStore, SearchFilter, StoreHit
+from indexer.calibration import MatchCalibration, calibration_of
+from indexer.store.base import (
+    CollectionNotFound,
+    InvalidFilter,
+    ModelVersionMismatch,
+    RecipeResults,
+    RecipeStore,
+    SearchFilter,
+    StoreHit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +105,17 @@ def sniff_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[str, i
     return fmt, width, height
 
 
+def search_filter(
+    categories: Sequence[str] = (), must_include: Sequence[str] = (), must_exclude: Sequence[str] = ()
+) -> SearchFilter | None:
+    """The filter both front ends pass on (``None`` when empty); over the caps: INVALID_ARGUMENT."""
+    try:
+        built = SearchFilter(tuple(categories), tuple(must_include), tuple(must_exclude))
+    except InvalidFilter as exc:
+        raise GatewayError(ErrorKind.INVALID_ARGUMENT, str(exc)) from None
+    return None if built.is_empty() else built
+
+
 @dataclass
 class Readiness:
     """``ready`` when the store answers, the alias points at a collection and the embedder holds its model."""
@@ -128,6 +148,7 @@ class SearchGateway:
         self.api_keys = list(self.settings.api_keys)
         self.metrics = metrics or GatewayMetrics()
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway")
+        self._calibrations: dict[str, MatchCalibration | None] = {}
 
     @property
     def max_upload_bytes(self) -> int:
@@ -172,13 +193,29 @@ class SearchGateway:
             raise GatewayError(ErrorKind.UNAVAILABLE, f"{what} did not finish within the deadline") from None
 
     def _live_collection(self) -> tuple[str, str]:
-        collection = self.store.resolve_alias(self.alias)
-        if collection is None:
-            raise GatewayError(
-                ErrorKind.FAILED_PRECONDITION,
-                f"no collection behind alias {self.alias!r}: build one with `recipelens-index build`",
-            )
-        return collection, self.store.collection_info(collection).model_version
+        for attempt in (1, 2):
+            collection = self.store.resolve_alias(self.alias)
+            if collection is None:
+                raise GatewayError(
+                    ErrorKind.FAILED_PRECONDITION,
+                    f"no collection behind alias {self.alias!r}: build one with `recipelens-index build`",
+                )
+            try:
+                return collection, self.store.collection_info(collection).model_version
+            except CollectionNotFound:
+                if attempt == 2:
+                    raise  # dropped between the alias lookup and the read, twice: a store in trouble
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _moved(self, collection: str, exc: Exception, deadline: float) -> tuple[str, str] | None:
+        """Where the alias points now, when a store failure came from ``collection`` being replaced."""
+        if isinstance(exc, GatewayError | InvalidFilter | ModelVersionMismatch):
+            return None
+        try:
+            now = await self.live_collection(deadline)
+        except GatewayError:
+            return None
+        return now if now[0] != collection else None
 
     async def live_collection(self, deadline: float) -> tuple[str, str]:
         """The collection behind the alias and the model version that filled it."""
@@ -208,10 +245,12 @@ class SearchGateway:
         offset: int = 0,
         search_filter: SearchFilter | None = None,
         timeout_s: float | None = None,
+        min_confidence: float = 0.0,
     ) -> SearchResult:
         """Photo → ranked recipes from the collection behind the alias, embedded with its model version.
 
-        ``top_k`` ``None`` means the configured default (gRPC's unset 0 is passed as ``None``).
+        ``top_k`` ``None`` means the configured default (gRPC's unset 0 is passed as ``None``). The result
+        carries the match verdict; hits below ``min_confidence`` are dropped (:func:`judge_hits`).
         """
         start = time.perf_counter()
         top_k = self.default_top_k if top_k is None else top_k
@@ -222,11 +261,12 @@ class SearchGateway:
             sniff_image(image, max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels)
         collection, model_version = await self.live_collection(deadline)
         vector = await self._embed(image, model_version, deadline)
-        with self.metrics.time_stage("search"):
-            try:
-                found = await self._bounded(
+
+        async def find() -> RecipeResults:
+            with self.metrics.time_stage("search"):
+                return await self._bounded(
                     self._blocking(
-                        lambda: self.store.search(
+                        lambda: self.store.search_recipes(
                             collection,
                             vector,
                             limit=top_k,
@@ -238,11 +278,38 @@ class SearchGateway:
                     deadline,
                     "store search",
                 )
-            except Exception as exc:
+
+        try:
+            found = await find()
+        except Exception as exc:
+            # The collection may have gone under the search (alias swapped, old one dropped): look the
+            # alias up once more and answer from where it points now, re-embedding if its model differs.
+            moved = await self._moved(collection, exc, deadline)
+            if moved is None:
                 raise store_failure(exc, "search") from None
-        hits = [RecipeHit.from_store(offset + i + 1, h) for i, h in enumerate(found)]
+            log.info("collection %s went away during a search (%s); searching %s", collection, exc, moved[0])
+            if moved[1] != model_version:
+                vector = await self._embed(image, moved[1], deadline)
+            collection, model_version = moved
+            try:
+                found = await find()
+            except Exception as again:
+                raise store_failure(again, "search") from None
+        hits = [RecipeHit.from_match(offset + i + 1, m) for i, m in enumerate(found.hits)]
+        match, hits = judge_hits(self._calibration(collection, model_version), vector, hits, min_confidence)
         took_ms = (time.perf_counter() - start) * 1000.0
-        return SearchResult(hits=hits, model_version=model_version, collection=collection, took_ms=took_ms)
+        return SearchResult(hits, model_version, collection, took_ms, list(found.warnings), match=match)
+
+    def _calibration(self, collection: str, model_version: str) -> MatchCalibration | None:
+        """The collection's match calibration, read once per collection (a build never changes it)."""
+        key = f"{collection}/{model_version}"
+        if key not in self._calibrations:
+            if len(self._calibrations) >= 16:
+                self._calibrations.clear()
+            self._calibrations[key] = calibration_of(
+                self.store.collection_info(collection).extra, model_version
+            )
+        return self._calibrations[key]
 
     async def get_recipe(self, recipe_id: str, *, timeout_s: float | None = None) -> RecipeHit:
         """One recipe of the live collection, by its recipe id (or its point id)."""
@@ -314,13 +381,17 @@ class SearchGateway:
 
 
 def public_image_url(image: str, images_root: Path | None) -> str:
-    """Where a client fetches a catalogue image: URLs as they are, files under ``/images/``."""
+    """Where a client fetches a catalogue image: URLs as they are, files under ``/images/``.
+
+    Stored names are relative to ``images_root`` (see :mod:`gateway.images`); without it, or for an
+    absolute path outside it, there is no URL (``""``).
+    """
     if not image or image.startswith(("http://", "https://")):
         return image
+    if images_root is None:
+        return ""
     path = PurePosixPath(image.replace("\\", "/"))
     if path.is_absolute():
-        if images_root is None:
-            return ""
         try:
             path = PurePosixPath(Path(image).resolve().relative_to(images_root.resolve()).as_posix())
         except ValueError:

@@ -30,6 +30,7 @@ from embedder.manifest import ModelIntegrityError
 from embedder.memory import configure_decoding, tune_allocator
 from gateway.grpc_service import HealthReporter, start_grpc_server
 from gateway.http_app import TimedH11Protocol, create_app
+from gateway.images import check_images_root, images_report
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import SearchGateway
 from gateway.settings import GatewaySettings
@@ -98,7 +99,13 @@ class GatewayServer:
         log.info("starting gateway: %s", s.summary())
         tune_allocator()
         configure_decoding(s.decode_budget_mb << 20, s.decode_wait_s)
+        images_root = check_images_root(s.images_root)
         self.gateway = build_gateway(s, store=self._given_store)
+        try:
+            report = await asyncio.to_thread(images_report, self.gateway.store, s.alias, images_root)
+            (log.info if report.ok else log.warning)("%s", report.line(s.images_root))
+        except Exception as exc:  # the store may be down at start: searches will say so
+            log.warning("images_root %s: could not check the live collection: %s", s.images_root, exc)
         self.grpc_server, self.grpc_port, self.health = await start_grpc_server(
             self.gateway,
             host=s.grpc_host,
@@ -225,7 +232,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-dir", type=Path, help="model repository for the in-process embedder")
     parser.add_argument("--store-path", type=Path, help="Qdrant Edge folder")
     parser.add_argument("--qdrant-url", help="a Qdrant server instead of Qdrant Edge")
-    parser.add_argument("--images-root", type=Path, help="catalogue image folder served under /images/")
+    parser.add_argument(
+        "--images-root",
+        type=Path,
+        help="the catalogue folder the index was built from (the --catalog of recipelens-index build); "
+        "its photos are served under /images/",
+    )
     parser.add_argument("--grpc-port", type=int)
     parser.add_argument("--http-port", type=int)
     return parser.parse_args(argv)

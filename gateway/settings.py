@@ -116,7 +116,10 @@ class GatewaySettings(BaseSettings):
         description="serve /metrics on this port of its own (metrics_host, no key) instead of the HTTP port",
     )
     metrics_host: str = Field(default="127.0.0.1", description="where the metrics port listens")
-    images_root: Path | None = Field(default=None, description="catalogue image folder served under /images/")
+    images_root: Path | None = Field(
+        default=None,
+        description="the catalogue folder the index was built from; its photos are served under /images/",
+    )
 
     grace_period_s: float = Field(
         default=5.0, ge=0, description="how long in-flight calls may finish on stop"

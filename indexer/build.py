@@ -9,14 +9,19 @@ batches decode while one batch embeds and the previous one is written.
   moves only once that collection is complete and verified (count = catalogue − bad, and a sample of
   photos each finds its own recipe at rank 1). ``keep_previous`` older collections are kept.
 * A build killed at any moment leaves the alias where it was; rerunning it finds the incomplete
-  collection of the same alias and model version and resumes it, skipping points already stored
-  (point ids are deterministic, so nothing is stored twice).
+  collection of the same alias, model version and catalogue and resumes it, catalogue-true: each point
+  carries a ``source_hash`` of its payload and photo bytes, so a rerun skips exactly the points whose
+  source is unchanged, re-embeds the ones that changed and deletes the ones that left the catalogue
+  (point ids are deterministic, so nothing is stored twice). An unfinished collection of another
+  catalogue (its recorded ``catalog_fingerprint`` differs) is left alone and a fresh one started,
+  with a log line saying why. Nothing stale goes live.
 * Bad photos go to a report (id, file, reason); the build fails when their share passes
   ``max_bad_fraction``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -37,14 +42,17 @@ from embedder.factory import open_embedder as open_any_embedder
 from embedder.manifest import ModelIntegrityError
 from embedder.model_folders import newest_model_folder, verify_model_folder
 from embedder.preprocess import ImageDecodeError
+from indexer.calibration import CALIBRATION_KEY
 from indexer.catalog import (
     BadItem,
+    Catalog,
     Recipe,
     load_photo,
     read_catalog,
     recipe_payload,
     write_bad_report,
 )
+from indexer.quality import QUALITY_KEY, CollectionQuality, assess_collection, gate_failures, quality_of
 from indexer.settings import IndexerSettings
 from indexer.store.base import (
     DEFAULT_ALIAS,
@@ -107,6 +115,8 @@ class BuildSummary:
     model_version: str
     indexed: int = 0
     skipped: int = 0
+    changed: int = 0
+    removed: int = 0
     bad: int = 0
     total: int = 0
     seconds: float = 0.0
@@ -114,6 +124,8 @@ class BuildSummary:
     previous: str | None = None
     dropped: list[str] = field(default_factory=list)
     bad_report: Path | None = None
+    quality: CollectionQuality | None = None
+    forced: bool = False
 
     @property
     def images_per_s(self) -> float:
@@ -121,7 +133,8 @@ class BuildSummary:
 
     def line(self) -> str:
         return (
-            f"indexed {self.indexed}, skipped {self.skipped} (already stored), bad {self.bad} "
+            f"indexed {self.indexed}, skipped {self.skipped} (already stored), re-embedded {self.changed} "
+            f"(changed), removed {self.removed} (left the catalogue), bad {self.bad} "
             f"of {self.total} photos in {self.seconds:.1f}s ({self.images_per_s:.1f} images/s) "
             f"→ {self.collection} behind alias {self.alias!r}"
         )
@@ -142,7 +155,16 @@ def new_collection_name(store: RecipeStore, alias: str, model_version: str) -> s
     return name
 
 
-def _resumable(store: RecipeStore, alias: str, model_version: str) -> CollectionInfo | None:
+def catalog_fingerprint(catalog_path: str | Path, fmt: str) -> str:
+    """Which catalogue a build reads (its resolved path and format), recorded by unfinished collections."""
+    where = Path(catalog_path).resolve().as_posix()
+    return hashlib.sha256(f"{fmt}\0{where}".encode()).hexdigest()[:16]
+
+
+def _resumable(
+    store: RecipeStore, alias: str, model_version: str, fingerprint: str
+) -> tuple[CollectionInfo | None, list[CollectionInfo]]:
+    """The newest unfinished build of this alias, model and catalogue; and those of other catalogues."""
     candidates = [
         c
         for c in store.list_collections()
@@ -151,7 +173,25 @@ def _resumable(store: RecipeStore, alias: str, model_version: str) -> Collection
         and c.extra.get("purpose") == "build"
         and c.extra.get("alias") == alias
     ]
-    return candidates[-1] if candidates else None
+    same = [c for c in candidates if c.extra.get("catalog_fingerprint") == fingerprint]
+    others = [c for c in candidates if c.extra.get("catalog_fingerprint") != fingerprint]
+    return (same[-1] if same else None), others
+
+
+def _source_hashes(
+    catalog: Catalog, items: Sequence[tuple[Recipe, Path | str, str]], version: str, pool: ThreadPoolExecutor
+) -> dict[str, str]:
+    """point id → the ``source_hash`` its point would carry (payload + photo bytes); unreadable: ""."""
+
+    def one(item: tuple[Recipe, Path | str, str]) -> str:
+        recipe, image, _ = item
+        try:
+            data = Path(image).read_bytes()
+        except OSError:
+            return ""
+        return str(recipe_payload(catalog.root, recipe, image, version, photo=data)["source_hash"])
+
+    return {pid: h for (_, _, pid), h in zip(items, pool.map(one, items), strict=True)}
 
 
 def _bad_check(bad: int, total: int, limit: float, report: Path | None) -> None:
@@ -217,13 +257,16 @@ def build_index(
     *,
     settings: IndexerSettings | None = None,
     embedder: PhotoEmbedder | None = None,
+    force: bool = False,
     progress: bool = True,
     **overrides: Any,
 ) -> BuildSummary:
     """Index a catalogue into a new (or resumed) collection and put it behind the alias.
 
     The knobs (alias, batch_size, keep_previous, verify_sample, bad_report, …) are those of
-    :class:`~indexer.settings.IndexerSettings`: ``settings``, each overridable by keyword.
+    :class:`~indexer.settings.IndexerSettings`: ``settings``, each overridable by keyword. Before the
+    alias moves, the collection's figures are measured and compared with the live one's
+    (:mod:`indexer.quality`); ``force`` moves it even when they are worse.
     """
     started = time.perf_counter()
     opts = build_options(settings, **overrides)
@@ -250,7 +293,18 @@ def build_index(
     _bad_check(len(catalog.bad), total, max_bad_fraction, report)
 
     previous = store.resolve_alias(alias)
-    resumable = _resumable(store, alias, version)
+    fingerprint = catalog_fingerprint(catalog_path, catalog.format)
+    resumable, others = _resumable(store, alias, version, fingerprint)
+    for other in others:
+        log.warning(
+            "unfinished collection %s was filled from another catalogue (%s) and is not resumed from %s: "
+            "%s; `recipelens-index drop %s` removes it",
+            other.name,
+            other.extra.get("catalog", "unrecorded"),
+            catalog_path,
+            "resuming another unfinished build" if resumable is not None else "starting a fresh collection",
+            other.name,
+        )
     if resumable is not None:
         name = resumable.name
         if resumable.dimension != embedder.dimension:
@@ -268,6 +322,9 @@ def build_index(
                 "purpose": "build",
                 "alias": alias,
                 "catalog": str(catalog_path),
+                "catalog_fingerprint": fingerprint,
+                # what image names are relative to: the gateway's images_root (and upserts) use it
+                "catalog_root": str(catalog.root.resolve()),
                 "expected": catalog.photo_count,
             },
         )
@@ -285,15 +342,27 @@ def build_index(
     ids = [pid for _, _, pid in items]
     if len(set(ids)) != len(ids):
         raise BuildError(f"{catalog_path}: two photos of one recipe share a file name")
-    stored: set[str] = set()
-    if resumable is not None:
-        for start in range(0, len(ids), 1024):
-            stored |= store.existing_ids(name, ids[start : start + 1024])
-    todo = [item for item in items if item[2] not in stored]
-    summary.skipped = len(items) - len(todo)
-
     bad: list[BadItem] = list(catalog.bad)
     workers = opts.decode_threads or min(8, os.cpu_count() or 1)
+    todo = items
+    if resumable is not None:
+        stored = store.payload_hashes(name)
+        with ThreadPoolExecutor(workers, thread_name_prefix="hash") as hash_pool:
+            wanted = _source_hashes(catalog, items, version, hash_pool)
+        gone = [pid for pid in stored if pid not in wanted]
+        store.delete_points(name, gone)
+        todo = [item for item in items if not stored.get(item[2]) or stored[item[2]] != wanted[item[2]]]
+        store.set_extra(name, {"expected": catalog.photo_count})
+        summary.removed = len(gone)
+        summary.changed = sum(1 for _, _, pid in todo if pid in stored)
+        if gone or summary.changed:
+            log.info(
+                "%s: %d point(s) changed since they were stored, %d left the catalogue",
+                name,
+                summary.changed,
+                len(gone),
+            )
+    summary.skipped = len(items) - len(todo)
     bar = tqdm(total=len(todo), desc=f"indexing {name}", unit="photo", disable=not progress, smoothing=0.1)
     try:
         with (
@@ -322,7 +391,9 @@ def build_index(
                 if len(vectors) != len(batch):
                     raise BuildError(f"embedder returned {len(vectors)} vectors for {len(batch)} photos")
                 points = [
-                    RecipePoint(p.id, v, recipe_payload(catalog.root, p.recipe, p.image, version))
+                    RecipePoint(
+                        p.id, v, recipe_payload(catalog.root, p.recipe, p.image, version, photo=p.data)
+                    )
                     for p, v in zip(batch, vectors, strict=True)
                 ]
                 if writing is not None:
@@ -351,6 +422,17 @@ def build_index(
     _verify_sample(
         store, name, embedder=embedder, good=good, sample=opts.verify_sample, image_size=image_size
     )
+    summary.quality = _assess_and_gate(
+        store,
+        name,
+        previous,
+        embedder=embedder,
+        good=good,
+        sample=opts.quality_sample,
+        tolerance_points=opts.gate_tolerance_points,
+        force=force,
+    )
+    summary.forced = force
 
     store.mark_complete(name)
     store.swap_alias(alias, name)
@@ -400,6 +482,50 @@ def _verify_sample(
             f"verification failed: {len(failures)} of {len(photos)} sampled photos do not find their own "
             f"recipe first in {name}: " + "; ".join(failures[:5]) + "; the alias was not moved"
         )
+
+
+def _assess_and_gate(
+    store: RecipeStore,
+    name: str,
+    live: str | None,
+    *,
+    embedder: PhotoEmbedder,
+    good: Sequence[tuple[Recipe, Path | str, str]],
+    sample: int,
+    tolerance_points: float,
+    force: bool,
+) -> CollectionQuality:
+    """Calibrate the match verdict, record the figures, refuse (unless ``force``) when worse than live."""
+    calibration, quality = assess_collection(
+        store,
+        name,
+        embedder.version,
+        [(recipe.id, image) for recipe, image, _ in good],
+        embedder.embed,
+        sample=sample,
+    )
+    store.set_extra(name, {CALIBRATION_KEY: calibration.to_metadata(), QUALITY_KEY: quality.to_metadata()})
+    if live is None or live == name:
+        return quality
+    before = quality_of(store.collection_info(live).extra)
+    if before is None:
+        log.info("quality gate: live collection %s has no recorded figures; nothing to compare", live)
+        return quality
+    failures = gate_failures(before, quality, tolerance_points)
+    if not failures:
+        log.info("quality gate passed: %s (live %s: %s)", name, live, before.line())
+        return quality
+    message = (
+        f"quality gate: new collection {name} is worse than live {live} by more than "
+        f"{tolerance_points:g} point(s): " + "; ".join(failures)
+    )
+    if force:
+        log.warning("%s; moving the alias anyway (--force)", message)
+        return quality
+    raise BuildError(
+        f"{message}. The alias was not moved; {name} is kept incomplete with its figures: rerun with "
+        "--force to put it live anyway (the rerun resumes it), or roll back the model"
+    )
 
 
 def prune(store: RecipeStore, alias: str, keep_previous: int, *, previous: str | None = None) -> list[str]:

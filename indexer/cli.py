@@ -2,7 +2,7 @@
 
     recipelens-index build --catalog data/demo --model models/raw [--store-path var/qdrant | --qdrant-url URL]
                            [--alias recipes] [--embedder HOST:PORT] [--batch-size 128] [--bad-report PATH]
-    recipelens-index list | rollback | drop NAME
+    recipelens-index list | rollback | swap NAME | drop NAME
     recipelens-index upsert --model MODEL_DIR --recipe recipe.json
     recipelens-index delete RECIPE_ID
 
@@ -26,6 +26,7 @@ from embedder.manifest import ModelIntegrityError
 from indexer.build import BuildError, build_index, open_embedder, rollback
 from indexer.catalog import CatalogError
 from indexer.edit import delete_recipe, read_recipe_arg, upsert_recipe
+from indexer.quality import quality_of
 from indexer.settings import IndexerSettings
 from indexer.store import open_store
 from indexer.store.base import RecipeStore, StoreError
@@ -51,11 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--model", type=Path, help="model folder (model.onnx + manifest.json)")
     build.add_argument("--embedder", help="HOST:PORT of the embedder service (default: in-process)")
     build.add_argument("--batch-size", type=int, help="photos per batch (64–256)")
-    build.add_argument("--bad-report", type=Path, help="CSV of bad items (default var/bad-items.csv)")
+    build.add_argument("--bad-report", help="CSV of bad items (default var/bad-items.csv; '' for none)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    build.add_argument(
+        "--force", action="store_true", help="move the alias even when the quality gate finds the build worse"
+    )
 
     sub.add_parser("list", parents=[store], help="list collections and aliases")
     sub.add_parser("rollback", parents=[store], help="put the previous collection back behind the alias")
+    swap = sub.add_parser("swap", parents=[store], help="put a complete collection behind the alias")
+    swap.add_argument("name")
     drop = sub.add_parser("drop", parents=[store], help="drop a collection that no alias points to")
     drop.add_argument("name")
 
@@ -100,7 +106,7 @@ def _list(store: RecipeStore) -> None:
     behind: dict[str, list[str]] = {}
     for alias, name in aliases.items():
         behind.setdefault(name, []).append(alias)
-    rows = [("NAME", "MODEL", "DIM", "POINTS", "CREATED", "STATUS", "ALIASES")]
+    rows = [("NAME", "MODEL", "DIM", "POINTS", "CREATED", "STATUS", "ALIASES", "FIGURES")]
     for c in store.list_collections():
         status = "broken" if c.extra.get("broken") else c.status
         rows.append(
@@ -112,6 +118,7 @@ def _list(store: RecipeStore) -> None:
                 c.created_at,
                 status,
                 ",".join(behind.get(c.name, [])),
+                quality.line() if (quality := quality_of(c.extra)) else "-",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -131,7 +138,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     log.info("settings: %s", settings.summary())
     try:
-        with open_store(settings.store) as store:
+        # Only a build creates the store; every other command reports a missing one.
+        with open_store(settings.store, create=args.command == "build") as store:
             log.info("store: %s", settings.store.describe())
             if args.command == "build":
                 if settings.catalog is None or settings.model_dir is None:
@@ -142,9 +150,12 @@ def run(argv: Sequence[str] | None = None) -> int:
                     settings.model_dir,
                     store,
                     settings=settings,
+                    force=args.force,
                     progress=not args.no_progress,
                 )
                 print(summary.line())
+                if summary.quality is not None:
+                    print(f"figures of {summary.collection}: {summary.quality.line()}")
                 if summary.bad:
                     print(f"{summary.bad} bad item(s) listed in {summary.bad_report}")
                 if summary.dropped:
@@ -154,6 +165,10 @@ def run(argv: Sequence[str] | None = None) -> int:
             elif args.command == "rollback":
                 before, after = rollback(store, settings.alias)
                 print(f"alias {settings.alias!r}: {before} → {after}")
+            elif args.command == "swap":
+                was = store.resolve_alias(settings.alias)
+                store.swap_alias(settings.alias, args.name)
+                print(f"alias {settings.alias!r}: {was} → {args.name}")
             elif args.command == "drop":
                 store.drop_collection(args.name)
                 print(f"dropped {args.name}")
@@ -161,13 +176,12 @@ def run(argv: Sequence[str] | None = None) -> int:
                 if settings.model_dir is None:
                     print("recipelens-index upsert: --model is required", file=sys.stderr)
                     return 2
-                recipe, base = read_recipe_arg(args.recipe)
+                recipe, _ = read_recipe_arg(args.recipe)
                 embedder = open_embedder(settings.model_dir, settings.embedder_address)
                 edit = upsert_recipe(
                     store,
                     recipe,
                     embedder,
-                    catalog_root=base,
                     alias=settings.alias,
                     keep_previous=settings.keep_previous,
                     min_side=settings.min_side,

@@ -62,6 +62,22 @@ def read_recipe_arg(text: str) -> tuple[Recipe, Path]:
     return recipe, base
 
 
+def _built_from(store: RecipeStore, alias: str) -> Path | None:
+    """The catalogue root the live collection's image names are relative to (``None`` if unrecorded)."""
+    live = store.resolve_alias(alias)
+    recorded = store.collection_info(live).extra.get("catalog_root") if live is not None else None
+    return Path(recorded) if recorded else None
+
+
+def _stored_name(root: Path | None, image: Path | str) -> str:
+    """A photo's stored name: relative to ``root`` when inside it, else its absolute path (URLs as given)."""
+    if not isinstance(image, Path):
+        return image
+    if root is None:
+        return image.resolve().as_posix()
+    return image_name(root.resolve(), image.resolve())
+
+
 def _target(store: RecipeStore, alias: str, model_version: str | None) -> tuple[str, str, bool]:
     live = store.resolve_alias(alias)
     if live is None:
@@ -90,19 +106,25 @@ def upsert_recipe(
     recipe: Recipe,
     embedder: PhotoEmbedder,
     *,
-    catalog_root: Path,
+    catalog_root: Path | None = None,
     alias: str = DEFAULT_ALIAS,
     keep_previous: int = 1,
     min_side: int = 32,
 ) -> EditSummary:
-    """Replace every photo of ``recipe`` in the live collection (old photos of it are removed)."""
+    """Replace every photo of ``recipe`` in the live collection (old photos of it are removed).
+
+    Photo names are stored relative to ``catalog_root``, by default the catalogue root the live collection
+    was built from (so the gateway serves them from the same ``images_root``); photos outside it are
+    stored by absolute path.
+    """
+    root = catalog_root if catalog_root is not None else _built_from(store, alias)
     photos = []
     for image in recipe.images:
         try:
             data, array = load_photo(image, min_side=min_side)
         except ImageDecodeError as exc:
             raise BuildError(f"recipe {recipe.id}: {image}: {exc}") from None
-        photos.append(Photo(recipe, image, point_id(recipe.id, image_name(catalog_root, image)), data, array))
+        photos.append(Photo(recipe, image, point_id(recipe.id, _stored_name(root, image)), data, array))
     vectors = next(iter(embedder.embed_batches([photos])))
     live, target, copied = _target(store, alias, embedder.version)
     try:
@@ -110,7 +132,12 @@ def upsert_recipe(
         stale = [i for i in store.ids_of_recipe(target, recipe.id) if i not in new_ids]
         store.delete_points(target, stale)
         points = [
-            RecipePoint(p.id, v, recipe_payload(catalog_root, recipe, p.image, embedder.version))
+            RecipePoint(
+                p.id,
+                v,
+                recipe_payload(root or Path("/"), recipe, p.image, embedder.version, photo=p.data)
+                | {"image": _stored_name(root, p.image)},
+            )
             for p, v in zip(photos, vectors, strict=True)
         ]
         store.upsert(target, points, model_version=embedder.version)

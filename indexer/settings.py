@@ -57,6 +57,12 @@ class IndexerSettings(BaseSettings):
     batch_pause_s: float = Field(
         default=0.0, ge=0.0, description="pause after each batch: leaves CPU to serving on a shared machine"
     )
+    quality_sample: int = Field(
+        default=200, ge=1, description="photos whose distorted copies calibrate the verdict, gate builds"
+    )
+    gate_tolerance_points: float = Field(
+        default=1.0, ge=0.0, description="the gate refuses a build with a figure this many points below live"
+    )
     store: StoreSettings = Field(default_factory=StoreSettings)
     log_level: str = "INFO"
 

@@ -16,13 +16,12 @@ photo of another recipe of the batch (of another category in label-aware mode). 
 ``query_gallery`` the training rows look like a search instead: the anchor is an augmented view (a
 phone photo), positive and negative are clean catalogue photos (view 0), as in the gallery.
 
-A slot is addressed as (photo index, view): phase 1 looks the view up in its feature cache, phase 2
-renders it on the fly with the view number as the augmentation seed.
+A slot is addressed as (photo index, view), the view number seeding its augmentation: phase 1 looks
+it up in its feature cache, phase 2 in its activation cache (:mod:`training.activation_cache`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from embedder.preprocess import IMAGE_SIZE, ImageDecodeError
 from indexer.catalog import BadItem, Recipe, load_photo
+from training.split import content_hash
 
 if TYPE_CHECKING:
     from training.presets import AugmentConfig
@@ -105,7 +105,7 @@ def load_photos(
                 bar.update(1)
                 try:
                     data, image = load_photo(path, size=size)  # the indexer's checks: decodable, not tiny
-                    usable.append((image, hashlib.sha256(data).hexdigest(), Path(path)))
+                    usable.append((image, content_hash(data), Path(path)))
                 except ImageDecodeError as exc:
                     bad.append(BadItem(recipe.id, str(path), str(exc)))
             if not usable:
@@ -358,7 +358,8 @@ def _spec(rows: int | None) -> tuple[tf.TensorSpec, tf.TensorSpec, tf.TensorSpec
     )
 
 
-def _index_dataset(sampler: TripletSampler, *, training: bool, seed: int) -> tf.data.Dataset:
+def index_dataset(sampler: TripletSampler, *, training: bool, seed: int) -> tf.data.Dataset:
+    """(photos, views, labels) index batches: endless random ones for training, fixed ones for validation."""
     if training:  # endless: Keras draws steps_per_epoch batches per epoch from one running stream
         signature = _spec(sampler.batch_recipes)
         return tf.data.Dataset.from_generator(sampler.stream, output_signature=signature).repeat()
@@ -380,23 +381,7 @@ def feature_triplets(
     def lookup(photos: tf.Tensor, views: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return tf.gather_nd(table, tf.stack([photos, views], axis=-1)), labels
 
-    return _index_dataset(sampler, training=training, seed=seed).map(lookup).prefetch(2)
-
-
-def image_triplets(
-    sampler: TripletSampler, config: AugmentConfig, *, training: bool, base_seed: int, seed: int = 0
-) -> tf.data.Dataset:
-    """Phase 2: ((P, 3, S, S, 3) uint8 views rendered on the fly, (P, 3) labels)."""
-    images = tf.constant(sampler.photos.images)
-
-    def render(photos: tf.Tensor, views: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return render_views(images, photos, views, base_seed, config), labels
-
-    return (
-        _index_dataset(sampler, training=training, seed=seed)
-        .map(render, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .prefetch(2)
-    )
+    return index_dataset(sampler, training=training, seed=seed).map(lookup).prefetch(2)
 
 
 def view_dataset(

@@ -11,25 +11,22 @@
   the report gives the trained model's difference to the raw backbone on the *same* queries with a 95 %
   bootstrap interval that resamples whole photos (a photo's queries move together), and the count of
   queries each model gets right that the other misses. "Beats raw" means the interval lies above 0.
-* An embedding map (PCA of the gallery, coloured by category) per model as one PNG, and the report as
-  JSON and Markdown.
+The report and pictures are written by :mod:`training.run_report`.
 
-Everything here is numpy, Pillow and matplotlib: the embeddings come in as arrays.
+Everything here is numpy and Pillow: the embeddings come in as arrays.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
 
-from embedder.preprocess import IMAGE_SIZE, decode, preprocess
+from embedder.preprocess import IMAGE_SIZE, preprocess
+from indexer.distortions import DISTORTIONS, distort
 
 log = logging.getLogger(__name__)
 
@@ -41,49 +38,14 @@ CONFIDENCE = 0.95
 METRIC_LABELS = {"recall@1": "R@1", "category_p@5": "cat P@5"}
 
 
-@dataclass(frozen=True)
-class Distortion:
-    """Ranges of one query distortion level (each side cropped to a fraction, then the rest)."""
-
-    crop_side: tuple[float, float]
-    rotation_degrees: float
-    brightness: tuple[float, float]
-    contrast: tuple[float, float]
-    saturation: tuple[float, float]
-    jpeg_quality: tuple[int, int]
-
-
-DISTORTIONS: dict[str, Distortion] = {
-    # A careful re-shot: slight crop and tilt, a little light change, ordinary JPEG.
-    "moderate": Distortion((0.7, 0.9), 10, (0.8, 1.2), (0.85, 1.15), (1.0, 1.0), (50, 80)),
-    # A phone photo of the dish: tighter crop, more tilt, lighting and white balance off, heavy JPEG.
-    "strong": Distortion((0.55, 0.85), 20, (0.7, 1.3), (0.7, 1.3), (0.6, 1.4), (35, 75)),
-}
-
-
-def distort(data: bytes, rng: np.random.Generator, level: str = "moderate") -> bytes:
-    """A query-like copy of a photo: crop, rotation, light and colour change, JPEG (see DISTORTIONS)."""
-    d = DISTORTIONS[level]
-    img = decode(data, size=2 * IMAGE_SIZE)
-    w, h = img.size
-    fw, fh = rng.uniform(*d.crop_side), rng.uniform(*d.crop_side)
-    cw, ch = max(1, round(w * fw)), max(1, round(h * fh))
-    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    img = img.crop((x0, y0, x0 + cw, y0 + ch))
-    angle = float(rng.uniform(-d.rotation_degrees, d.rotation_degrees))
-    img = img.rotate(angle, resample=Image.Resampling.BILINEAR, expand=False)
-    img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(*d.brightness)))
-    img = ImageEnhance.Contrast(img).enhance(float(rng.uniform(*d.contrast)))
-    img = ImageEnhance.Color(img).enhance(float(rng.uniform(*d.saturation)))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=int(rng.integers(d.jpeg_quality[0], d.jpeg_quality[1] + 1)))
-    return buf.getvalue()
-
-
 def make_queries(
-    files: Sequence[Path], per_photo: int, seed: int, level: str = "moderate"
+    files: Sequence[Path], per_photo: int, seed: int, level: str = "moderate", *, size: int = IMAGE_SIZE
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(Q, S, S, 3) uint8 distorted views of ``files`` and the index of the photo each came from."""
+    """(Q, S, S, 3) uint8 distorted views of ``files`` and the index of the photo each came from.
+
+    The distorted JPEG bytes do not depend on ``size`` (the model's input side), so every backbone is
+    queried with the same photos.
+    """
     if level not in DISTORTIONS:
         raise ValueError(f"unknown distortion level {level!r}; choose one of {', '.join(DISTORTIONS)}")
     rng = np.random.default_rng(seed)
@@ -92,10 +54,10 @@ def make_queries(
     for i, path in enumerate(files):
         data = Path(path).read_bytes()
         for _ in range(per_photo):
-            arrays.append(preprocess(distort(data, rng, level)))
+            arrays.append(preprocess(distort(data, rng, level), size=size))
             origin.append(i)
     if not arrays:
-        return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), np.zeros((0,), np.int64)
+        return np.zeros((0, size, size, 3), np.uint8), np.zeros((0,), np.int64)
     return np.stack(arrays), np.asarray(origin, np.int64)
 
 
@@ -341,149 +303,3 @@ def score(
                 gallery_category=gallery_category,
             )
     return RetrievalScores(len(queries), recall, mean_ap, cat_queries, precision, distortion, interval)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Reports and pictures
-
-
-def pca_2d(x: np.ndarray) -> np.ndarray:
-    """The first two principal components of the rows of ``x``."""
-    centred = np.asarray(x, np.float64) - np.mean(x, axis=0, keepdims=True)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return centred @ vt[:2].T
-
-
-def plot_embedding_map(
-    embeddings: Mapping[str, np.ndarray],
-    categories: np.ndarray,
-    category_names: Sequence[str],
-    path: Path,
-    *,
-    max_points: int = 2000,
-    seed: int = 0,
-) -> Path:
-    """One PCA panel per model, points coloured by category (grey when unknown)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(categories)
-    pick = np.sort(np.random.default_rng(seed).permutation(n)[:max_points])
-    fig, axes = plt.subplots(1, len(embeddings), figsize=(6 * len(embeddings), 5.5), squeeze=False)
-    cmap = plt.get_cmap("tab20")
-    for ax, (name, emb) in zip(axes[0], embeddings.items(), strict=True):
-        xy = pca_2d(emb[pick])
-        cats = categories[pick]
-        ax.scatter(*xy[cats < 0].T, s=8, c="lightgrey", label="(none)" if (cats < 0).any() else None)
-        for c in np.unique(cats[cats >= 0]):
-            label = category_names[c] if c < len(category_names) else str(c)
-            ax.scatter(*xy[cats == c].T, s=10, color=cmap(int(c) % 20), label=label[:28])
-        ax.set_title(f"{name}: PCA of {len(pick)} gallery photos")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if labels and len(labels) <= 24:
-        fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7, frameon=False)
-        fig.subplots_adjust(bottom=0.2)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{100 * v:.1f}"
-
-
-def _signed(v: float) -> str:
-    return f"{100 * v:+.1f}".replace("-", "−")
-
-
-def comparison_table(comparisons: Sequence[PairedDelta]) -> list[str]:
-    """Markdown lines: each model minus the reference on the same queries, interval and verdict."""
-    if not comparisons:
-        return []
-    first = comparisons[0]
-    lines = [
-        "",
-        f"## Against {first.reference}, on the same queries",
-        "",
-        f"| model | queries | metric | {first.reference} | model | Δ points "
-        f"| {100 * CONFIDENCE:.0f} % interval | better / worse | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for c in comparisons:
-        lines.append(
-            f"| {c.model} | {c.distortion} | {METRIC_LABELS.get(c.metric, c.metric)} "
-            f"| {_pct(c.reference_value)} | {_pct(c.model_value)} "
-            f"| {_signed(c.delta)} | {_signed(c.low)} … {_signed(c.high)} | {c.better} / {c.worse} "
-            f"| {c.verdict} |"
-        )
-    lines += [
-        "",
-        f"Interval: {BOOTSTRAP_RESAMPLES} bootstrap resamples of the {first.photos} held-out photos, each "
-        "photo with all its queries (they are not independent). better / worse: queries (for cat P@5, "
-        "held-out photos) where the model scores higher / lower than the reference. The verdict is "
-        "'better' only when the whole interval lies above 0.",
-    ]
-    return lines
-
-
-def markdown_report(
-    results: Mapping[str, RetrievalScores],
-    *,
-    title: str,
-    notes: Sequence[str] = (),
-    targets: str = "",
-    comparisons: Sequence[PairedDelta] = (),
-) -> str:
-    """A Markdown table: one row per model and query distortion, figures in percent."""
-    cols = (
-        ["queries"] + [f"R@{k}" for k in RECALL_AT] + [f"mAP@{MAP_AT}"] + [f"cat P@{k}" for k in PRECISION_AT]
-    )
-    lines = [f"# {title}", "", "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name, r in results.items():
-        cells = [r.distortion] + [_pct(r.recall[k]) for k in RECALL_AT] + [_pct(r.map_at_10)]
-        cells += [_pct((r.category_precision or {}).get(k)) for k in PRECISION_AT]
-        lines.append(f"| {name.split('@')[0]} | " + " | ".join(cells) + " |")
-    first = next(iter(results.values()), None)
-    if first is not None:
-        lines += [
-            "",
-            f"R@k / mAP@10: {first.queries} distorted queries per row (held-out recipes' photos; "
-            "levels in training/evaluate.py DISTORTIONS) against the whole catalogue; a recipe ranks by "
-            "its best photo. cat P@k: share of the nearest photos of other recipes in the same category, "
-            f"over {first.category_queries} clean held-out photos.",
-        ]
-    lines += comparison_table(comparisons)
-    if targets:
-        lines += ["", targets]
-    lines += [f"- {n}" for n in notes]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(
-    out_dir: Path,
-    results: Mapping[str, RetrievalScores],
-    *,
-    title: str,
-    extra: Mapping[str, object] | None = None,
-    notes: Sequence[str] = (),
-    targets: str = "",
-    comparisons: Sequence[PairedDelta] = (),
-) -> tuple[Path, Path]:
-    """``evaluation.json`` and ``evaluation.md`` in ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "models": {name: {**asdict(r), "flat": r.flat()} for name, r in results.items()},
-        "comparisons": [{**asdict(c), "verdict": c.verdict} for c in comparisons],
-        **(extra or {}),
-    }
-    json_path = out_dir / "evaluation.json"
-    json_path.write_text(json.dumps(payload, indent=2, default=str))
-    md_path = out_dir / "evaluation.md"
-    md_path.write_text(
-        markdown_report(results, title=title, notes=notes, targets=targets, comparisons=comparisons)
-    )
-    return json_path, md_path

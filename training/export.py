@@ -30,7 +30,7 @@ import tensorflow as tf
 import tf2onnx
 from PIL import Image
 
-from embedder.manifest import MODEL_FILE, ModelManifest, write_manifest
+from embedder.manifest import MODEL_FILE, InputSpec, ModelManifest, write_manifest
 from embedder.preprocess import IMAGE_SIZE, preprocess, preprocess_file
 from training.models import INPUT_NAME, keras_path
 from training.onnx_fold import fold_input_scaling
@@ -54,7 +54,7 @@ class ExportParityError(ExportError):
     """onnxruntime and Keras disagree on the parity photos (or the outputs are not unit vectors)."""
 
 
-def skimage_photos() -> list[tuple[str, np.ndarray]]:
+def skimage_photos(size: int = IMAGE_SIZE) -> list[tuple[str, np.ndarray]]:
     """The bundled scikit-image photos, each passed through the one ``preprocess`` as a PNG file."""
     import skimage.data
 
@@ -62,16 +62,16 @@ def skimage_photos() -> list[tuple[str, np.ndarray]]:
     for name in SKIMAGE_PHOTOS:
         buffer = io.BytesIO()
         Image.fromarray(getattr(skimage.data, name)()).save(buffer, format="PNG")
-        photos.append((f"skimage:{name}", preprocess(buffer.getvalue())))
+        photos.append((f"skimage:{name}", preprocess(buffer.getvalue(), size=size)))
     return photos
 
 
 def parity_photos(
-    extra: Sequence[Path] | None = None, *, limit: int = MAX_PARITY_IMAGES
+    extra: Sequence[Path] | None = None, *, limit: int = MAX_PARITY_IMAGES, size: int = IMAGE_SIZE
 ) -> list[tuple[str, np.ndarray]]:
-    """Bundled photos plus up to ``limit`` given image files (errors name the file)."""
-    photos = skimage_photos()
-    photos += [(str(path), preprocess_file(path)) for path in list(extra or [])[:limit]]
+    """Bundled photos plus up to ``limit`` given image files (errors name the file), at ``size``."""
+    photos = skimage_photos(size)
+    photos += [(str(path), preprocess_file(path, size=size)) for path in list(extra or [])[:limit]]
     return photos
 
 
@@ -195,11 +195,13 @@ def export_model(
     """Convert, verify and publish ``keras_model`` as ``<out_dir>/<name>-<version>``; return that folder."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    photos = parity_photos(parity_images)  # fail on a bad parity image before the slow conversion
+    image_size = int(keras_model.input_shape[1])  # the manifest records it; every consumer reads it there
+    # Fail on a bad parity image before the slow conversion.
+    photos = parity_photos(parity_images, size=image_size)
     embedding_dim = int(keras_model.output_shape[-1])
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-export-", dir=out_dir))
     try:
-        proto = convert_to_onnx(keras_model)
+        proto = convert_to_onnx(keras_model, image_size)
         onnx_path = staging / MODEL_FILE
         onnx_path.write_bytes(proto.SerializeToString())
         parity = check_parity(keras_model, onnx_path, photos, tolerance=tolerance)
@@ -211,6 +213,7 @@ def export_model(
             name=name,
             backbone=backbone,
             embedding_dim=embedding_dim,
+            input=InputSpec(shape=[None, image_size, image_size, 3]),
             source=dict(source),
             metrics=dict(metrics or {}),
             parity=parity,

@@ -36,6 +36,43 @@ class L2Normalization(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class GeneralizedMeanPooling(keras.layers.Layer):
+    """GeM pooling (Radenović et al.): ``(mean over H×W of max(x, ε)^p)^(1/p)``, per channel.
+
+    ``p = 1`` is average pooling, ``p → ∞`` max pooling; ``p = 3`` weights the strongest (salient)
+    activations more, which is what instance retrieval under crops and clutter tends to want.
+    """
+
+    def __init__(self, p: float = 3.0, epsilon: float = 1e-6, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.p = float(p)
+        self.epsilon = float(epsilon)
+
+    def call(self, inputs: Any) -> Any:
+        x = ops.power(ops.maximum(inputs, self.epsilon), self.p)
+        return ops.power(ops.mean(x, axis=(1, 2)), 1.0 / self.p)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "p": self.p, "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class GatherSlots(keras.layers.Layer):
+    """``[(U, D) embeddings of distinct inputs, (P, 3) int index]`` → ``(P, 3, D)`` triplet embeddings."""
+
+    def call(self, inputs: Any) -> Any:
+        embeddings, index = inputs
+        return ops.take(embeddings, ops.cast(index, "int32"), axis=0)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        (_, dim), (rows, _) = input_shape
+        return (rows, 3, dim)
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class ExtractTripletComponent(keras.layers.Layer):
     """Slot ``index`` (0 anchor, 1 positive, 2 negative) of a ``(batch, 3, ...)`` triplet tensor."""
 

@@ -1,7 +1,8 @@
 """Embedding models: a pretrained backbone, global average pooling, an optional projection head, L2 norm.
 
-All models take one input named ``image``: float32 ``(None, 224, 224, 3)`` RGB pixels in 0..255 (the
-output of :func:`embedder.preprocess.preprocess`), and return unit-length vectors.
+All models take one input named ``image``: float32 ``(None, S, S, 3)`` RGB pixels in 0..255 (the output
+of :func:`embedder.preprocess.preprocess` at the backbone's size ``S``, which the exported manifest
+records), and return unit-length vectors.
 """
 
 from __future__ import annotations
@@ -11,30 +12,42 @@ from pathlib import Path
 import keras
 
 from embedder.manifest import read_manifest
-from training.backbones import FEATURE_DIM, IMAGE_SIZE, build_backbone
-from training.layers import L2Normalization
+from training.backbones import FEATURE_DIM, backbone_image_size, build_backbone
+from training.layers import GeneralizedMeanPooling, L2Normalization
 
 INPUT_NAME = "image"
 KERAS_SUBDIR = "keras"
 KERAS_FILE = "model.keras"
 
 
-def image_input() -> keras.KerasTensor:
-    return keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype="float32", name=INPUT_NAME)
+def image_input(size: int) -> keras.KerasTensor:
+    return keras.Input(shape=(size, size, 3), dtype="float32", name=INPUT_NAME)
+
+
+def pooling_layer(pooling: str = "avg", gem_p: float = 3.0) -> keras.layers.Layer:
+    """Global pooling of the feature map: average (``avg_pool``) or generalized mean (``gem_pool``)."""
+    if pooling == "gem":
+        return GeneralizedMeanPooling(gem_p, name="gem_pool")
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool")
+    raise ValueError(f"unknown pooling {pooling!r}; choose avg or gem")
 
 
 def build_raw_model(
-    backbone: str = "efficientnet_lite0", weights: str | Path | None = "imagenet"
+    backbone: str = "efficientnet_lite0",
+    weights: str | Path | None = "imagenet",
+    *,
+    pooling: str = "avg",
+    gem_p: float = 3.0,
 ) -> keras.Model:
-    """Backbone → GlobalAveragePooling2D → L2Normalization: the pretrained 1280-D embedding, no training.
+    """Backbone → global pooling (average or GeM) → L2Normalization: the pretrained 1280-D embedding.
 
     The backbone is one nested layer named ``backbone`` (as in :func:`build_embedding_model`).
     """
     features = build_backbone(backbone, weights)
     features.name = "backbone"
-    inputs = image_input()
-    x = features(inputs)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    inputs = image_input(backbone_image_size(backbone))
+    x = pooling_layer(pooling, gem_p)(features(inputs))
     outputs = L2Normalization(name="embedding")(x)
     return keras.Model(inputs, outputs, name=f"{backbone}_raw")
 
@@ -46,16 +59,17 @@ def build_embedding_model(
     embedding_dim: int = 512,
     hidden: int = 1024,
     dropout: float = 0.3,
+    pooling: str = "avg",
+    gem_p: float = 3.0,
 ) -> keras.Model:
-    """Backbone → GAP → Dense(hidden, relu) → Dropout → Dense(embedding_dim) → L2Normalization.
+    """Backbone → pooling → Dense(hidden, relu) → Dropout → Dense(embedding_dim) → L2Normalization.
 
     The backbone is one nested layer named ``backbone`` so training can freeze or unfreeze it whole.
     """
     features = build_backbone(backbone, weights)
     features.name = "backbone"
-    inputs = image_input()
-    x = features(inputs)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    inputs = image_input(backbone_image_size(backbone))
+    x = pooling_layer(pooling, gem_p)(features(inputs))
     x = keras.layers.Dense(hidden, activation="relu", name="projection_hidden")(x)
     x = keras.layers.Dropout(dropout, name="projection_dropout")(x)
     x = keras.layers.Dense(embedding_dim, name="projection")(x)

@@ -79,6 +79,13 @@ class EvalConfig(_Section):
     )
     seed: int = 20240601
     map_points: int = Field(default=2000, ge=10, description="most gallery points drawn on the embedding map")
+    split: Literal["test", "validation"] = Field(
+        default="test", description="whose photos make the queries: choose settings on validation"
+    )
+    reference_backbone: str | None = Field(
+        default="efficientnet_lite0",
+        description="also score this raw backbone, on the same queries, when the run's backbone differs",
+    )
 
 
 class TrainConfig(_Section):
@@ -90,6 +97,8 @@ class TrainConfig(_Section):
         default="imagenet", description="'imagenet', a weights file, or null for random weights (tests only)"
     )
     embedding_dim: int = Field(default=512, ge=2)
+    pooling: Literal["avg", "gem"] = Field(default="avg", description="global pooling: average or GeM")
+    gem_p: float = Field(default=3.0, ge=1, le=10, description="pooling=gem: the exponent p")
     dropout: float = Field(default=0.3, ge=0, lt=1)
     seed: int = 1234
     max_recipes: int | None = Field(
@@ -109,7 +118,15 @@ class TrainConfig(_Section):
         default=6, ge=2, description="views per photo in the phase-1 feature cache; view 0 is clean"
     )
     phase2_views: int = Field(
-        default=1 << 16, ge=2, description="distinct augmented views per photo in phase 2"
+        default=8, ge=2, description="views per photo in phase 2 (view 0 clean), the same as phase 1's"
+    )
+    phase2_cache: bool = Field(
+        default=True,
+        description="phase 2 on activations cached at the unfreeze boundary (false: render the views "
+        "and run the frozen layers at every step)",
+    )
+    cache_ram_gib: float = Field(
+        default=4.0, gt=0, description="a larger phase-2 cache is a numpy memmap in the run folder"
     )
     weight_decay: float = Field(default=1e-4, ge=0)
     lr_patience: int = Field(default=3, ge=1)

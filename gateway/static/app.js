@@ -31,6 +31,9 @@ function renderCard(recipe) {
   card.querySelector(".card-title").textContent = String(recipe.title ?? "");
   card.querySelector(".card-rank").textContent = "#" + String(recipe.rank ?? "");
   card.querySelector(".card-score").textContent = Number(recipe.similarity ?? 0).toFixed(3);
+  if (typeof recipe.confidence === "number") {
+    card.querySelector(".card-confidence").textContent = " · confidence " + recipe.confidence.toFixed(2);
+  }
   const list = card.querySelector(".card-ingredients");
   for (const ingredient of recipe.ingredients ?? []) {
     const item = document.createElement("li");
@@ -39,7 +42,10 @@ function renderCard(recipe) {
   }
   card.querySelector(".card-instructions").textContent = String(recipe.instructions ?? "");
   const img = card.querySelector(".card-image");
-  const src = safeImageUrl(recipe.imagePath);
+  // One card per recipe: its photo that matched best is the one shown (and named).
+  const matched = String(recipe.matchedImage || recipe.imagePath || "");
+  card.querySelector(".card-matched-name").textContent = matched ? decodeURIComponent(matched.split("/").pop()) : "-";
+  const src = safeImageUrl(matched);
   if (src) {
     img.src = src;
     img.alt = String(recipe.title ?? "");
@@ -49,8 +55,11 @@ function renderCard(recipe) {
   return card;
 }
 
+let lastFile = null;
+
 async function search(file) {
   if (!file) return;
+  lastFile = file;
   results.replaceChildren();
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
@@ -58,6 +67,11 @@ async function search(file) {
   const body = new FormData();
   body.append("image", file);
   body.append("top_k", document.getElementById("top-k").value || "6");
+  // Comma-separated terms are split by the server; empty fields are not sent.
+  const category = document.getElementById("category").value.trim();
+  if (category) body.append("categories", category);
+  const without = document.getElementById("without").value.trim();
+  if (without) body.append("must_exclude_ingredients", without);
   const headers = {};
   const key = document.getElementById("api-key").value;
   if (key) headers["Authorization"] = "Bearer " + key;
@@ -73,11 +87,22 @@ async function search(file) {
     setStatus(String(data.errorMessage ?? "search failed"), true);
     return;
   }
+  const noMatch = data.match === "none";
+  results.classList.toggle("no-match", noMatch);  // the nearest recipes, greyed
   for (const recipe of data.recipes) results.appendChild(renderCard(recipe));
-  setStatus(data.totalResults + " recipes in " + Number(data.processingTime).toFixed(2) + " s", false);
+  let summary = data.totalResults + " recipes in " + Number(data.processingTime).toFixed(2) + " s";
+  if (noMatch) summary = "No close match — nothing in the catalogue looks like this photo; the nearest recipes: " + summary;
+  else if (data.match === "strong") summary = "Strong match (the same dish) — " + summary;
+  else if (data.match === "weak") summary = "Similar food — " + summary;
+  const warnings = Array.isArray(data.warnings) ? data.warnings : [];
+  if (warnings.length) summary += " — " + warnings.map(String).join("; ");
+  setStatus(summary, false);
 }
 
 input.addEventListener("change", () => search(input.files[0]));
+for (const id of ["category", "without", "top-k"]) {
+  document.getElementById(id).addEventListener("change", () => search(lastFile));
+}
 form.addEventListener("submit", (event) => event.preventDefault());
 for (const name of ["dragenter", "dragover"]) {
   dropZone.addEventListener(name, (event) => {

@@ -97,6 +97,16 @@ def load_compose(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return result
 
 
+def active_services(services: Mapping[str, Any], profiles: list[str]) -> set[str]:
+    """The services ``docker compose up`` starts with these profiles on: those with no profile, plus those
+    with one of them (profiles only add services)."""
+    return {
+        name
+        for name, service in services.items()
+        if not service.get("profiles") or set(service["profiles"]) & set(profiles)
+    }
+
+
 def service_environment(service: Mapping[str, Any]) -> dict[str, str]:
     """A service's ``environment`` as a dict of strings (list or mapping form)."""
     env = service.get("environment") or {}

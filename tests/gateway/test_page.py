@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,12 +20,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_upload_shows_cards_and_escapes_titles(gateway: RunningGateway, world: World, tmp_path: Path) -> None:
+def _chrome(tmp_path: Path) -> Any:
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = Options()
     options.binary_location = str(CHROMIUM)
@@ -41,7 +39,15 @@ def test_upload_shows_cards_and_escapes_titles(gateway: RunningGateway, world: W
         f"--user-data-dir={tmp_path / 'profile'}",
     ):
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+
+
+def test_upload_shows_cards_and_escapes_titles(gateway: RunningGateway, world: World, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _chrome(tmp_path)
     try:
         driver.set_page_load_timeout(30)
         driver.get(gateway.http_url + "/")
@@ -67,5 +73,32 @@ def test_upload_shows_cards_and_escapes_titles(gateway: RunningGateway, world: W
         # No alert was raised by the payload (an open alert would make this call fail).
         assert driver.execute_script("return document.title").startswith("recipelens")
         assert "searching" not in driver.find_element(By.ID, "status").text.lower()
+    finally:
+        driver.quit()
+
+
+def test_filters_on_the_page_and_the_matched_photo(
+    gateway: RunningGateway, world: World, tmp_path: Path
+) -> None:
+    """Category and "without ingredient" reach the search; cards name their matched photo; warnings show."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _chrome(tmp_path)
+    try:
+        driver.set_page_load_timeout(30)
+        driver.get(gateway.http_url + "/")
+        driver.find_element(By.ID, "category").send_keys("SOUP")
+        driver.find_element(By.ID, "without").send_keys("basil, unobtainium")
+        driver.find_element(By.ID, "photo").send_keys(str(world.images / "r002.jpg"))
+        WebDriverWait(driver, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#results .card")))
+        WebDriverWait(driver, 30).until(lambda d: "recipes in" in d.find_element(By.ID, "status").text)
+        cards = driver.find_elements(By.CSS_SELECTOR, "#results .card")
+        # Soups are recipes 2, 5, 8, ..., 23; of them 14 and 23 have basil: six are left, the default top-k.
+        titles = [c.find_element(By.CSS_SELECTOR, ".card-title").text for c in cards]
+        assert sorted(int(t.split()[-1]) for t in titles) == [2, 5, 8, 11, 17, 20]
+        assert cards[0].find_element(By.CSS_SELECTOR, ".card-matched-name").text.endswith(".jpg")
+        assert "unobtainium" in driver.find_element(By.ID, "status").text  # the warning is shown
     finally:
         driver.quit()

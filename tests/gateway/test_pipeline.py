@@ -137,7 +137,8 @@ def test_sniff_image_checks_size_format_and_pixels() -> None:
 
 def test_public_image_url(tmp_path: Path) -> None:
     assert public_image_url("https://cdn.example/x.jpg", None) == "https://cdn.example/x.jpg"
-    assert public_image_url("dir/a b.jpg", None) == "/images/dir/a%20b.jpg"
+    assert public_image_url("dir/a b.jpg", tmp_path) == "/images/dir/a%20b.jpg"
+    assert public_image_url("dir/a b.jpg", None) == ""  # nothing is served without images_root
     assert public_image_url(str(tmp_path / "x.jpg"), None) == ""
     assert public_image_url(str(tmp_path / "sub" / "x.jpg"), tmp_path) == "/images/sub/x.jpg"
     assert public_image_url("/elsewhere/x.jpg", tmp_path) == ""  # outside the served folder

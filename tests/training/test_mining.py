@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from training.losses import TripletLoss, triplet_distances
-from training.metrics import triplet_metrics
 from training.mining import select_negatives
+from training.triplet_metrics import triplet_metrics
 
 
 def _unit(deg: float) -> list[float]:

@@ -27,7 +27,7 @@ if _version_not_supported:
 
 class RecipeSearchStub:
     """Photo -> recipes. The gateway embeds the photo with the model that filled the live collection
-    and answers with the nearest recipes.
+    and answers with the nearest recipes, each recipe once (at the rank of its best-matching photo).
     """
 
     def __init__(self, channel):
@@ -50,7 +50,7 @@ class RecipeSearchStub:
 
 class RecipeSearchServicer:
     """Photo -> recipes. The gateway embeds the photo with the model that filled the live collection
-    and answers with the nearest recipes.
+    and answers with the nearest recipes, each recipe once (at the rank of its best-matching photo).
     """
 
     def SearchByImage(self, request, context):
@@ -88,7 +88,7 @@ def add_RecipeSearchServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class RecipeSearch:
     """Photo -> recipes. The gateway embeds the photo with the model that filled the live collection
-    and answers with the nearest recipes.
+    and answers with the nearest recipes, each recipe once (at the rank of its best-matching photo).
     """
 
     @staticmethod

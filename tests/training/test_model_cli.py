@@ -9,7 +9,7 @@ import pytest
 from embedder.manifest import read_manifest
 from tests.support.imagegen import encode, synthetic_photo
 from tests.training.rawmodel import RawExport
-from training.cli import main
+from training.model_cli import main
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Triplet model: custom layers serialise, the model round-trips, cached features give the same loss."""
+"""Triplet models and freezing: layers serialise, models round-trip, cached features give the same loss."""
 
 from __future__ import annotations
 
@@ -9,16 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training.layers import ExtractTripletComponent, L2Normalization, TripletStack
+from training.fitting import build_triplet_model, split_at_pooling, unfreeze_top
+from training.layers import ExtractTripletComponent, GeneralizedMeanPooling, L2Normalization, TripletStack
 from training.losses import TripletLoss
 from training.models import build_embedding_model
-from training.train import (
-    build_triplet_model,
-    init_head_with_pca,
-    init_head_with_whitening,
-    split_at_pooling,
-    unfreeze_top,
-)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +40,17 @@ def test_layers_serialise_and_rebuild() -> None:
     np.testing.assert_array_equal(TripletStack()(parts).numpy(), x.numpy())
     with pytest.raises(ValueError, match="0, 1 or 2"):
         ExtractTripletComponent(3)
+
+
+def test_gem_pooling_is_a_generalized_mean_and_serialises() -> None:
+    x = np.random.default_rng(4).uniform(0, 6, size=(2, 3, 3, 5)).astype(np.float32)
+    gem = GeneralizedMeanPooling(3.0)
+    want = np.mean(x**3, axis=(1, 2)) ** (1 / 3)
+    np.testing.assert_allclose(gem(x).numpy(), want, rtol=1e-5)
+    np.testing.assert_allclose(GeneralizedMeanPooling(1.0)(x).numpy(), x.mean(axis=(1, 2)), rtol=1e-5)
+    assert (gem(x).numpy() > x.mean(axis=(1, 2))).all()  # leans towards the strongest activations
+    rebuilt = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(gem))
+    assert isinstance(rebuilt, GeneralizedMeanPooling) and rebuilt.p == 3.0
 
 
 def test_triplet_model_round_trips_through_keras_file(tmp_path: Path) -> None:
@@ -104,54 +109,3 @@ def test_unfreeze_keeps_batchnorm_frozen(lite0: keras.Model) -> None:
         assert any(layer.trainable for layer in top if layer.weights)
     finally:
         backbone.trainable = False
-
-
-def test_pca_init_makes_the_head_a_pca_projection() -> None:
-    model = build_embedding_model("efficientnet_lite0", None, embedding_dim=4, hidden=8, dropout=0.3)
-    _, head = split_at_pooling(model)
-    rng = np.random.default_rng(0)
-    features = np.abs(rng.normal(size=(30, 2, 1280))).astype(np.float32)  # (photos, views, F)
-    assert init_head_with_pca(model, features)
-    x = features.reshape(-1, 1280).astype(np.float64)
-    mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    expected = (x - mean) @ vt[:4].T
-    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    got = head(x.astype(np.float32), training=False).numpy()
-    np.testing.assert_allclose(got, expected, atol=1e-4)
-    odd = build_embedding_model("efficientnet_lite0", None, embedding_dim=4, hidden=6)
-    assert not init_head_with_pca(odd, features)
-
-
-def test_whitening_init_keeps_distorted_copies_near_their_photo() -> None:
-    model = build_embedding_model("efficientnet_lite0", None, embedding_dim=32, hidden=64, dropout=0.3)
-    _, head = split_at_pooling(model)
-    rng = np.random.default_rng(1)
-    clean = rng.normal(size=(60, 1, 1280))
-    # Augmentation moves every photo a long way along 40 directions, and a little everywhere else.
-    noise = np.zeros((60, 3, 1280))
-    noise[:, :, :40] = 30 * rng.normal(size=(60, 3, 40))
-    views = clean + noise + 0.1 * rng.normal(size=(60, 3, 1280))
-    features = np.concatenate([clean, views], axis=1).astype(np.float32)  # view 0 clean
-
-    def found(init: str) -> float:
-        ok = (
-            init_head_with_whitening(model, features, 0.0)
-            if init == "w"
-            else init_head_with_pca(model, features)
-        )
-        assert ok
-        gallery = head(features[:, 0], training=False).numpy()
-        queries = head(features[:, 1], training=False).numpy()
-        return float(np.mean(np.argmax(queries @ gallery.T, axis=1) == np.arange(60)))
-
-    # PCA keeps the noisy directions (the largest variance); whitening scales them down.
-    assert found("pca") < 0.5
-    assert found("w") == 1.0
-    # Full shrinkage leaves nothing to whiten: the map is the PCA's, up to scale and column signs.
-    assert init_head_with_whitening(model, features, 1.0)
-    whitened = head(features[:, 0], training=False).numpy()
-    assert init_head_with_pca(model, features)
-    np.testing.assert_allclose(
-        np.abs(whitened), np.abs(head(features[:, 0], training=False).numpy()), atol=1e-4
-    )

@@ -1,0 +1,98 @@
+"""``images_root``: the catalogue folder whose photos the gateway serves under ``/images/``.
+
+One meaning: the folder the index was built from (``recipelens-index build --catalog``; its root when that
+is a CSV file) — the image names stored in the index are relative to it (``images/D044.jpg`` in the
+Kaggle layout, ``<recipe>/photo.jpg`` in the folder-per-recipe layout). Upserted photos are stored
+relative to the same root, or by absolute path when outside it; those are served when they lie inside
+``images_root``. At start the gateway checks the folder exists and says how many of the live collection's
+photos it finds there (and what to set when it finds none).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from indexer.store.base import RecipeStore
+
+log = logging.getLogger(__name__)
+
+SAMPLE = 200  # photos of the live collection checked at start
+
+
+def check_images_root(images_root: Path | None) -> Path | None:
+    """The resolved folder, or ``FileNotFoundError`` / ``NotADirectoryError`` naming the setting."""
+    if images_root is None:
+        return None
+    if not images_root.exists():
+        raise FileNotFoundError(f"images_root {images_root} does not exist (the catalogue folder to serve)")
+    if not images_root.is_dir():
+        raise NotADirectoryError(f"images_root {images_root} is not a folder (the catalogue folder to serve)")
+    return images_root.resolve()
+
+
+def image_file(images_root: Path, name: str) -> Path | None:
+    """The file a stored image name stands for under ``images_root``, if it is there (never outside)."""
+    if not name or name.startswith(("http://", "https://")):
+        return None
+    path = Path(name) if PurePosixPath(name).is_absolute() else images_root / name
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):
+        return None
+    return target if target.is_relative_to(images_root) and target.is_file() else None
+
+
+@dataclass(frozen=True)
+class ImagesReport:
+    """How many sampled photos of the live collection ``images_root`` can serve."""
+
+    collection: str | None
+    built_from: str | None
+    sampled: int
+    found: int
+    urls: int
+    hint: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.collection is None or self.sampled == self.urls or self.found > 0
+
+    def line(self, images_root: Path | None) -> str:
+        if images_root is None:
+            return "images_root unset: catalogue photos are not served (cards show no image)"
+        if self.collection is None:
+            return f"images_root {images_root}: no live collection yet"
+        files = self.sampled - self.urls
+        line = (
+            f"images_root {images_root} serves {self.found} of {files} sampled photo files of collection "
+            f"{self.collection} (built from {self.built_from or 'an unrecorded folder'})"
+        )
+        if self.urls:
+            line += f"; {self.urls} are URLs"
+        return line + (f"; {self.hint}" if self.hint else "")
+
+
+def images_report(store: RecipeStore, alias: str, images_root: Path | None) -> ImagesReport:
+    """Sample the live collection's photo names and look each up under ``images_root``."""
+    collection = store.resolve_alias(alias)
+    if collection is None or images_root is None:
+        return ImagesReport(collection, None, 0, 0, 0)
+    info = store.collection_info(collection)
+    built_from = info.extra.get("catalog_root")
+    probe = np.full(info.dimension, 1.0 / np.sqrt(info.dimension), dtype=np.float32)
+    hits = store.search(collection, probe, limit=SAMPLE, model_version=info.model_version)
+    names = [str(h.payload.get("image", "")) for h in hits]
+    urls = sum(n.startswith(("http://", "https://")) for n in names)
+    found = sum(image_file(images_root, n) is not None for n in names)
+    hint = ""
+    if names and found == 0 and urls < len(names):
+        hint = f"image names look like {names[0]!r}: set images_root to the folder they are relative to"
+        if built_from:
+            hint += f" ({built_from}, where the collection was built)"
+        elif (images_root.parent / names[0]).is_file():
+            hint += f" ({images_root.parent})"
+    return ImagesReport(collection, built_from, len(names), found, urls, hint)

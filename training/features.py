@@ -1,0 +1,182 @@
+"""Backbone outputs computed once: pooled features of clean photos, queries and augmented views.
+
+A frozen part of the network is a pure function of its input view, so its output is computed once per
+(photo, view) and training reads it back from a cache: phase 1 caches the pooled features under the
+head, phase 2 the activations at the unfreeze boundary (:mod:`training.activation_cache`). A view is
+addressed as (photo index, view number), view 0 the clean photo, as in :mod:`training.data`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from training.data import PhotoSet, view_dataset
+from training.evaluate import make_queries
+from training.presets import TrainConfig
+
+
+@dataclass
+class PretrainedFeatures:
+    """The frozen backbone's pooled features before any training, and the evaluation queries."""
+
+    clean: np.ndarray  # (N, F): every photo, clean
+    query_sets: dict[str, tuple[np.ndarray, np.ndarray]]  # level → (uint8 queries, source photo)
+    query_features: dict[str, np.ndarray]  # level → (Q, F)
+    held_out: np.ndarray  # photo indices of the test recipes
+
+
+def embed_batches(
+    fn: Callable[[tf.Tensor], tf.Tensor], batches: Iterable[Any], total: int, desc: str, progress: bool
+) -> np.ndarray:
+    """Concatenated float32 outputs of ``fn`` over ``batches``, with a progress bar."""
+    out: list[np.ndarray] = []
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+        for batch in batches:
+            out.append(np.asarray(fn(tf.cast(batch, tf.float32)), np.float32))
+            bar.update(int(batch.shape[0]))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def inference_fn(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """A compiled ``model(x, training=False)`` in float32."""
+
+    @tf.function(reduce_retracing=True)
+    def fn(x: tf.Tensor) -> tf.Tensor:
+        return tf.cast(model(x, training=False), tf.float32)
+
+    return fn
+
+
+def chunks(images: np.ndarray, size: int = 32) -> Iterable[np.ndarray]:
+    """Consecutive slices of ``size`` rows."""
+    return (images[i : i + size] for i in range(0, len(images), size))
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def view_outputs(
+    model: keras.Model,
+    photos: PhotoSet,
+    photo_index: np.ndarray,
+    view_index: np.ndarray,
+    config: TrainConfig,
+    *,
+    desc: str,
+    progress: bool,
+    out: np.ndarray | None = None,
+    batch: int = 32,
+) -> np.ndarray:
+    """``model`` on view ``view_index[i]`` of photo ``photo_index[i]``, in order; into ``out`` if given."""
+    fn = inference_fn(model)
+    shape = tuple(int(d) for d in model.output_shape[1:])
+    target = out if out is not None else np.zeros((len(photo_index), *shape), np.float32)
+    views = view_dataset(
+        photos.images, photo_index, view_index, base_seed=config.seed, config=config.augment, batch=batch
+    )
+    at = 0
+    with tqdm(total=len(photo_index), desc=desc, unit="img", disable=not progress) as bar:
+        for images in views:
+            result = np.asarray(fn(tf.cast(images, tf.float32)), np.float32)
+            target[at : at + len(result)] = result
+            at += len(result)
+            bar.update(len(result))
+    return target
+
+
+def pretrained_features(
+    config: TrainConfig, features: keras.Model, photos: PhotoSet, held_out: np.ndarray, *, progress: bool
+) -> PretrainedFeatures:
+    """The frozen backbone on every clean photo and on the distorted queries of the held-out photos."""
+    every = np.arange(len(photos))
+    clean = view_outputs(
+        features,
+        photos,
+        every,
+        np.zeros_like(every),
+        config,
+        desc="features: clean photos",
+        progress=progress,
+    )
+    feature_fn = inference_fn(features)
+    query_sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    query_features: dict[str, np.ndarray] = {}
+    for level in config.evaluation.distortions:
+        queries, origin = make_queries(
+            [photos.files[p] for p in held_out],
+            config.evaluation.queries_per_photo,
+            config.evaluation.seed,
+            level,
+            size=int(features.input_shape[1]),
+        )
+        query_sets[level] = (queries, held_out[origin])
+        query_features[level] = embed_batches(
+            feature_fn, chunks(queries), len(queries), f"features: {level} queries", progress
+        )
+    return PretrainedFeatures(clean, query_sets, query_features, held_out)
+
+
+def reference_embeddings(
+    config: TrainConfig, backbone: str, photos: PhotoSet, held_out: np.ndarray, *, progress: bool
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Another raw backbone on the same photos and query bytes, each preprocessed at its own size."""
+    from embedder.preprocess import preprocess_file
+    from training.models import build_raw_model
+
+    model = build_raw_model(backbone, "imagenet")
+    size = int(model.input_shape[1])
+    fn = inference_fn(model)
+    images = np.stack([preprocess_file(path, size=size) for path in photos.files])
+    gallery = embed_batches(fn, chunks(images), len(images), f"{backbone}: photos", progress)
+    queries = {}
+    for level in config.evaluation.distortions:
+        q, _ = make_queries(
+            [photos.files[p] for p in held_out],
+            config.evaluation.queries_per_photo,
+            config.evaluation.seed,
+            level,
+            size=size,
+        )
+        queries[level] = embed_batches(fn, chunks(q), len(q), f"{backbone}: {level} queries", progress)
+    return gallery, queries
+
+
+def augmented_view_index(photo_index: np.ndarray, views: int) -> tuple[np.ndarray, np.ndarray]:
+    """(photo, view) pairs of views 1 … views − 1 of every photo, photo-major."""
+    return np.repeat(photo_index, views - 1), np.tile(np.arange(1, views), len(photo_index))
+
+
+def pooled_feature_cache(
+    config: TrainConfig,
+    features: keras.Model,
+    photos: PhotoSet,
+    cached: np.ndarray,
+    clean: np.ndarray,
+    *,
+    progress: bool,
+) -> np.ndarray:
+    """(N, V, F) pooled features: view 0 the clean photo, views 1… augmented for the ``cached`` photos."""
+    views = config.cache_views
+    rep_p, rep_v = augmented_view_index(cached, views)
+    augmented = view_outputs(
+        features,
+        photos,
+        rep_p,
+        rep_v,
+        config,
+        desc=f"features: {views - 1} augmented views per photo",
+        progress=progress,
+    )
+    cache = np.zeros((len(photos), views, clean.shape[1]), np.float32)
+    cache[:, 0] = clean
+    cache[rep_p, rep_v] = augmented
+    return cache
