@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from embedder.manifest import MODEL_FILE, read_manifest, write_manifest
 from embedder.runtime import EmbeddingModel
 from tests.training.triplet_catalog import CATEGORIES, write_catalog
-from training import cli
+from training import model_cli as cli
 from training.quantize import (
     Int8Settings,
     QuantizationRefusedError,
