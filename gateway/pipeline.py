@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import SecretStr
 
 from embedder.embedding import Embedder
+from embedder.preprocess import IMAGE_SIZE, over_budget
 from gateway.errors import ErrorKind, GatewayError, embedder_failure, store_failure
 from gateway.metrics import GatewayMetrics
 from gateway.search import RecipeHit, SearchResult, check_paging, judge_hits
@@ -80,6 +81,9 @@ def sniff_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[str, i
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt, (width, height) = img.format or "", img.size
+            if fmt == "JPEG":
+                img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))
+            too_costly = over_budget(img, (width, height)) if width * height <= max_pixels else None
     except UnidentifiedImageError:
         raise GatewayError(ErrorKind.INVALID_ARGUMENT, "image: not a picture format we can read") from None
     except Exception as exc:  # malformed headers raise many exception types
@@ -94,6 +98,8 @@ def sniff_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[str, i
             ErrorKind.RESOURCE_EXHAUSTED,
             f"image is {width}x{height} = {width * height} pixels, the limit is {max_pixels}",
         )
+    if too_costly:
+        raise GatewayError(ErrorKind.RESOURCE_EXHAUSTED, too_costly)
     return fmt, width, height
 
 
