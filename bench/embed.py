@@ -1,13 +1,19 @@
-"""Embedding throughput and latency, side by side in one run on the same photos.
+"""Embedding throughput and latency, fp32 and its int8 twin side by side in one run on the same photos.
 
-Keras ``predict`` of the model (the seed's way) vs a bare onnxruntime session on its ONNX export vs the
-embedder service over gRPC on loopback, each from encoded photos. Prints batch-1 latency p50/p99 and
-batch-32 images/s (median and fastest round), and the ratios the targets are stated in (service ≥ 2.5×
-Keras predict, ≥ 0.9× bare onnxruntime at batch 32). Two more rows run Keras and onnxruntime on the
-already-decoded tensors: their ratio is the ceiling of service / Keras predict, since decoding costs both
-sides the same.
+Rows, measured in interleaved rounds (so whatever else the machine does slows every path alike):
 
-    python bench/embed.py --model models/lite0-raw-<version> --photos data/demo/images
+* each runtime × numerics on **decoded tensors** (onnxruntime's CPU provider and, where the installed
+  build has it, OpenVINO's; fp32 and int8) — the model alone;
+* **decoding alone** (``preprocess``), and the bare runtime from encoded photos (decode + run);
+* the **embedder service** over gRPC on loopback, one process per model, as deployed;
+* optionally Keras ``predict`` (the seed's way, an information row).
+
+Ratios (batch-N images/s, medians), each beside the ceiling that bounds it, measured in the same run:
+int8 on OpenVINO / fp32 on decoded tensors (goal ≥ 2.5×); int8 service / fp32 service (goal ≥ 1.8×,
+bounded by decode + fp32 run over decode + int8 run); service / bare runtime (goal ≥ 0.95×, ceiling 1).
+
+    python bench/embed.py --model models/lite0-raw-<v> --int8 models/lite0-raw-int8-<v> \
+        --photos data/demo/images
 """
 
 from __future__ import annotations
@@ -28,18 +34,39 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import free_port, load_photos, percentiles
 
+CPU = "CPUExecutionProvider"
+OPENVINO = "OpenVINOExecutionProvider"
+SHORT = {CPU: "onnxruntime CPU", OPENVINO: "OpenVINO EP"}
+
+
+def _service(model: Path, batch: int) -> tuple[subprocess.Popen[bytes], int]:
+    """An embedder process serving one model folder; returns it and its port."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        RECIPELENS_EMBEDDER_MODEL_DIR=str(model),
+        RECIPELENS_EMBEDDER_PORT=str(port),
+        RECIPELENS_EMBEDDER_MAX_BATCH_SIZE=str(batch),
+        RECIPELENS_EMBEDDER_RELOAD_INTERVAL_S="0",
+        RECIPELENS_EMBEDDER_LOG_LEVEL="WARNING",
+    )
+    return subprocess.Popen([sys.executable, "-m", "embedder"], env=env, stderr=subprocess.DEVNULL), port
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, required=True, help="an exported model folder")
+    parser.add_argument("--model", type=Path, required=True, help="an exported (fp32) model folder")
+    parser.add_argument("--int8", type=Path, default=None, help="its int8 twin (recipelens-model --int8)")
     parser.add_argument("--photos", type=Path, default=None, help="folder of photos (default: generated)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--latency-repeats", type=int, default=40)
     parser.add_argument("--throughput-repeats", type=int, default=7)
     parser.add_argument("--skip-keras", action="store_true")
     args = parser.parse_args()
+
+    import onnxruntime as ort
 
     from embedder.client import EmbedderClient
     from embedder.preprocess import preprocess
@@ -48,8 +75,15 @@ def main() -> None:
     photos = load_photos(args.photos, args.batch)
     one = [photos[0]]
     decoded = {len(batch): np.stack([preprocess(b) for b in batch]) for batch in (one, photos)}
-    model = EmbeddingModel(args.model)
-    print(f"model {model.version} ({model.manifest.backbone}, {model.dimension}-D) on {model.provider}")
+    providers = [p for p in (CPU, OPENVINO) if p in ort.get_available_providers()]
+    folders = {"fp32": args.model, **({"int8": args.int8} if args.int8 else {})}
+    default = {numerics: EmbeddingModel(folder) for numerics, folder in folders.items()}
+    for numerics, model in default.items():
+        print(
+            f"{numerics}: model {model.version} ({model.manifest.backbone}, {model.dimension}-D) "
+            f"on {model.provider}"
+        )
+    print(f"onnxruntime {ort.__version__}, providers {providers}, {os.cpu_count()} CPUs")
 
     paths: dict[str, Callable[[list[bytes]], object]] = {}
     if not args.skip_keras:
@@ -61,49 +95,56 @@ def main() -> None:
             arr = np.stack([preprocess(b) for b in batch]).astype(np.float32)
             return np.asarray(keras_model.predict(arr, batch_size=len(batch), verbose=0))
 
-        paths["Keras predict (seed)"] = keras_run
-        paths["Keras predict, decoded tensors"] = lambda batch: keras_model.predict(
+        paths["Keras predict, fp32 (seed)"] = keras_run
+        paths["Keras predict, fp32, decoded tensors"] = lambda batch: keras_model.predict(
             decoded[len(batch)].astype(np.float32), batch_size=len(batch), verbose=0
         )
-    paths["bare onnxruntime"] = model.embed_images
-    paths["onnxruntime, decoded tensors"] = lambda batch: model.embed_arrays(decoded[len(batch)])
+    for numerics, folder in folders.items():
+        for provider in providers:
+            model = EmbeddingModel(folder, providers=[provider])
 
-    # The service runs in its own process, as deployed (a client in the same process would share its GIL).
-    port = free_port()
-    env = dict(
-        os.environ,
-        RECIPELENS_EMBEDDER_MODEL_DIR=str(args.model),
-        RECIPELENS_EMBEDDER_PORT=str(port),
-        RECIPELENS_EMBEDDER_MAX_BATCH_SIZE=str(args.batch),
-        RECIPELENS_EMBEDDER_LOG_LEVEL="WARNING",
-    )
-    service = subprocess.Popen([sys.executable, "-m", "embedder"], env=env, stderr=subprocess.DEVNULL)
-    latency: dict[str, list[float]] = {name: [] for name in [*paths, "embedder service (gRPC)"]}
-    rates: dict[str, list[float]] = {name: [] for name in latency}
+            def run_decoded(batch: list[bytes], model: EmbeddingModel = model) -> np.ndarray:
+                return model.embed_arrays(decoded[len(batch)])
+
+            paths[f"{SHORT[provider]}, {numerics}, decoded tensors"] = run_decoded
+    paths["decoding alone (preprocess)"] = lambda batch: [preprocess(b) for b in batch]
+    for numerics, model in default.items():
+        paths[f"bare runtime, {numerics} (decode + run)"] = model.embed_images
+
+    # Each service runs in its own process, as deployed (a client in the same process would share its GIL).
+    services = {numerics: _service(folder, args.batch) for numerics, folder in folders.items()}
+    clients = {
+        numerics: EmbedderClient(f"127.0.0.1:{port}", timeout_s=120)
+        for numerics, (_, port) in services.items()
+    }
     try:
-        with EmbedderClient(f"127.0.0.1:{port}", timeout_s=120) as client:
-            client.wait_ready(60)
-            paths["embedder service (gRPC)"] = client.embed
-            for run in paths.values():  # warm-up
+        for numerics, client in clients.items():
+            client.wait_ready(120)
+            paths[f"embedder service, {numerics} (gRPC)"] = client.embed
+        latency: dict[str, list[float]] = {name: [] for name in paths}
+        rates: dict[str, list[float]] = {name: [] for name in paths}
+        for run in paths.values():  # warm-up
+            run(one)
+            run(photos)
+        for _ in range(args.latency_repeats):
+            for name, run in paths.items():
+                t0 = time.perf_counter()
                 run(one)
+                latency[name].append((time.perf_counter() - t0) * 1000)
+        for _ in range(args.throughput_repeats):
+            for name, run in paths.items():
+                t0 = time.perf_counter()
                 run(photos)
-            # Interleaved rounds, so that whatever else the machine does slows every path alike.
-            for _ in range(args.latency_repeats):
-                for name, run in paths.items():
-                    t0 = time.perf_counter()
-                    run(one)
-                    latency[name].append((time.perf_counter() - t0) * 1000)
-            for _ in range(args.throughput_repeats):
-                for name, run in paths.items():
-                    t0 = time.perf_counter()
-                    run(photos)
-                    rates[name].append(len(photos) / (time.perf_counter() - t0))
+                rates[name].append(len(photos) / (time.perf_counter() - t0))
     finally:
-        service.terminate()
-        service.wait(timeout=30)
+        for client in clients.values():
+            client.close()
+        for proc, _ in services.values():
+            proc.terminate()
+            proc.wait(timeout=30)
     rows = {
         name: (*percentiles(latency[name]), statistics.median(rates[name]), max(rates[name]))
-        for name in latency
+        for name in paths
     }
 
     print()
@@ -115,16 +156,55 @@ def main() -> None:
     for name, (p50, p99, rate, best) in rows.items():
         print(f"| {name} | {p50:.1f} | {p99:.1f} | {rate:.1f} | {best:.1f} |")
     rate = {name: row[2] for name, row in rows.items()}
-    service = rate["embedder service (gRPC)"]
+
+    def ratio_row(label: str, value: float, ceiling: str, goal: str) -> None:
+        print(f"| {label} | {value:.2f}× | {ceiling} | {goal} |")
+
     print()
-    print(f"| ratio (batch-{args.batch} img/s, medians) | measured | target |")
-    print("|---|---:|---:|")
-    if "Keras predict (seed)" in rows:
-        print(f"| service / Keras predict | {service / rate['Keras predict (seed)']:.2f}× | ≥ 2.5× |")
-    print(f"| service / bare onnxruntime | {service / rate['bare onnxruntime']:.2f}× | ≥ 0.9× |")
-    if "Keras predict (seed)" in rows:
-        ceiling = rate["onnxruntime, decoded tensors"] / rate["Keras predict, decoded tensors"]
-        print(f"| ceiling: onnxruntime / Keras on decoded tensors | {ceiling:.2f}× | |")
+    print(f"| ratio (batch-{args.batch} img/s, medians) | measured | ceiling | goal |")
+    print("|---|---:|---:|---:|")
+    fp32_cpu = rate[f"{SHORT[CPU]}, fp32, decoded tensors"]
+    decode_rate = rate["decoding alone (preprocess)"]
+    if args.int8:
+        for provider in providers:
+            int8 = rate[f"{SHORT[provider]}, int8, decoded tensors"]
+            fp32_same = rate[f"{SHORT[provider]}, fp32, decoded tensors"]
+            goal = "≥ 2.5×" if provider == OPENVINO else ""
+            ratio_row(
+                f"int8 on {SHORT[provider]} / fp32 on onnxruntime CPU, decoded",
+                int8 / fp32_cpu,
+                "4× (VNNI int8 vs fp32 MACs)",
+                goal,
+            )
+            ratio_row(f"int8 / fp32, both on {SHORT[provider]}, decoded", int8 / fp32_same, "4×", "")
+        int8_model = rate[f"{SHORT[default['int8'].provider]}, int8, decoded tensors"]
+        fp32_model = rate[f"{SHORT[default['fp32'].provider]}, fp32, decoded tensors"]
+        # Decoding costs both the same: the service ratio is bounded by (decode + fp32) / (decode + int8).
+        amdahl = (1 / decode_rate + 1 / fp32_model) / (1 / decode_rate + 1 / int8_model)
+        ratio_row(
+            "embedder service int8 / fp32 (decode included)",
+            rate["embedder service, int8 (gRPC)"] / rate["embedder service, fp32 (gRPC)"],
+            f"{amdahl:.2f}× (decode + fp32 run / decode + int8 run)",
+            "≥ 1.8×",
+        )
+        share = (1 / decode_rate) / (1 / decode_rate + 1 / int8_model)
+        print(f"| decoding's share of a photo's work in the int8 service | {share * 100:.0f} % | | |")
+        print(f"| decoding per photo, one thread | {1000 / decode_rate:.2f} ms | | |")
+    for numerics in folders:
+        ratio_row(
+            f"service / bare runtime, {numerics}",
+            rate[f"embedder service, {numerics} (gRPC)"] / rate[f"bare runtime, {numerics} (decode + run)"],
+            "1×",
+            "≥ 0.95×",
+        )
+    if not args.skip_keras:
+        keras_ceiling = fp32_cpu / rate["Keras predict, fp32, decoded tensors"]
+        ratio_row(
+            "information: fp32 service / Keras predict",
+            rate["embedder service, fp32 (gRPC)"] / rate["Keras predict, fp32 (seed)"],
+            f"{keras_ceiling:.2f}× (onnxruntime / Keras on decoded tensors)",
+            "",
+        )
 
 
 if __name__ == "__main__":

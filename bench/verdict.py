@@ -63,7 +63,9 @@ def _verdicts(
 def measure(catalog: Path, model_dir: Path, quality_sample: int, work: Path) -> dict[str, object]:
     """Build, then score the disjoint test set; the figures of one model."""
     with EdgeStore(work / model_dir.name) as store:
-        summary = build_index(catalog, model_dir, store, quality_sample=quality_sample, progress=False)
+        summary = build_index(
+            catalog, model_dir, store, quality_sample=quality_sample, batch_size=32, progress=False
+        )
         info = store.collection_info(summary.collection)
         cal = MatchCalibration.from_metadata(info.extra[CALIBRATION_KEY])
         model = EmbeddingModel(model_dir)

@@ -24,6 +24,7 @@ if [ ! -s "$tarball" ]; then
   mkdir -p "$cache/base"
   rootfs="$(mktemp -d "$cache/base/rootfs.XXXXXX")"
   trap 'rm -rf "$rootfs"' EXIT
+  chmod 0755 "$rootfs"  # it becomes the image's /: mktemp's 0700 would lock every non-root user out
   start=$SECONDS
   echo "stand-in base: debootstrap bookworm (minbase + python3 python3-venv python3-pip) from $mirror"
   debootstrap --variant=minbase --include=python3,python3-venv,python3-pip bookworm "$rootfs" "$mirror" \

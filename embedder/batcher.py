@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -52,6 +53,7 @@ class MicroBatcher(Generic[T, R]):
         max_batch_size: int = 32,
         max_delay_s: float = DEFAULT_MAX_QUEUE_DELAY_S,
         name: str = "batcher",
+        observer: Callable[[Sequence[float], float], None] | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -59,8 +61,9 @@ class MicroBatcher(Generic[T, R]):
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.name = name
+        self.observer = observer  # after each run: each item's queue wait and the run's seconds
         self.stats = BatchStats()
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R], float]] = asyncio.Queue()
         self._full = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
@@ -73,9 +76,10 @@ class MicroBatcher(Generic[T, R]):
             self._worker = asyncio.create_task(self._work(), name=self.name)
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[R]] = []
+        queued = time.perf_counter()
         for item in items:
             future: asyncio.Future[R] = loop.create_future()
-            self._queue.put_nowait((item, future))
+            self._queue.put_nowait((item, future, queued))
             futures.append(future)
         if self._queue.qsize() >= self.max_batch_size - 1:
             self._full.set()
@@ -106,8 +110,10 @@ class MicroBatcher(Generic[T, R]):
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
-        live = [(item, future) for item, future in batch if not future.done()]  # skip cancelled callers
+    async def _run(self, batch: list[tuple[T, asyncio.Future[R], float]]) -> None:
+        start = time.perf_counter()
+        waits = [start - queued for _, future, queued in batch if not future.done()]
+        live = [(item, future) for item, future, _ in batch if not future.done()]  # skip cancelled callers
         if not live:
             return
         self.stats.batches += 1
@@ -123,6 +129,8 @@ class MicroBatcher(Generic[T, R]):
                 if not future.done():
                     future.set_exception(exc)
             return
+        if self.observer is not None:
+            self.observer(waits, time.perf_counter() - start)
         for (_, future), result in zip(live, results, strict=True):
             if not future.done():
                 future.set_result(result)

@@ -22,6 +22,7 @@ import numpy as np
 from embedder.batcher import DEFAULT_MAX_QUEUE_DELAY_S, BatcherClosedError, BatchStats, MicroBatcher
 from embedder.embedding import DecodedPhoto, Embedder, EmbedderStatus, ModelSummary
 from embedder.errors import EmbedderError
+from embedder.metrics import EmbedderMetrics
 from embedder.preprocess import DEFAULT_MAX_PIXELS, preprocess
 from embedder.repository import ModelRepository, UnknownModelError
 from embedder.runtime import EmbeddingModel
@@ -52,12 +53,14 @@ class InProcessEmbedder(Embedder):
         max_delay_s: float = DEFAULT_MAX_QUEUE_DELAY_S,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         refresh_on_miss: bool = False,
+        metrics: EmbedderMetrics | None = None,
     ) -> None:
         self.repository = repository
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_pixels = max_pixels
         self.refresh_on_miss = refresh_on_miss
+        self.metrics = metrics
         self._served: dict[str, ServedModel] = {}
         self._default: str | None = None
         self._synced = False
@@ -93,12 +96,17 @@ class InProcessEmbedder(Embedder):
                 max_batch_size=self.max_batch_size,
                 max_delay_s=self.max_delay_s,
                 name=f"embed[{model.version}]",
+                observer=None
+                if self.metrics is None
+                else functools.partial(self.metrics.observe_batch, model.version),
             )
             served[model.version] = ServedModel(model, batcher)
         gone = [s for version, s in self._served.items() if served.get(version) is not s]
         self._served = served
         self._default = next(iter(served), None)
         self._synced = True
+        if self.metrics is not None:
+            self.metrics.set_models(s.model for s in served.values())
         return gone
 
     async def sync(self) -> None:

@@ -61,6 +61,9 @@ class ModelManifest(BaseModel):
     source: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     parity: dict[str, Any] = Field(default_factory=dict)
+    # "fp32", or "int8" for a QDQ twin: its method, calibration and agreement with fp32 in quantization.
+    numerics: str = "fp32"
+    quantization: dict[str, Any] = Field(default_factory=dict)
 
 
 def file_sha256(path: Path) -> str:

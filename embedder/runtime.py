@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from embedder.manifest import MODEL_FILE, ModelManifest, read_manifest
 from embedder.preprocess import DEFAULT_MAX_PIXELS, preprocess
-from embedder.providers import DEFAULT_PROVIDERS
+from embedder.providers import CPU, DEFAULT_PROVIDERS, OPENVINO, TENSORRT
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +23,30 @@ def select_providers(preferred: Sequence[str], available: Sequence[str] | None =
     """Keep the preferred providers that this onnxruntime build offers, in order; CPU is always last."""
     offered = list(ort.get_available_providers() if available is None else available)
     chosen = [p for p in preferred if p in offered]
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
+    if CPU not in chosen:
+        chosen.append(CPU)
     return chosen
+
+
+def provider_options(provider: str, *, numerics: str = "fp32", threads: int = 0) -> dict[str, str]:
+    """Options for one execution provider, by the model's numerics (``fp32`` or ``int8``).
+
+    TensorRT builds fp16 engines from fp32 models and int8 engines from QDQ models (their scales are in
+    the graph), cached next to nothing else; OpenVINO runs on the CPU device in the model's own precision
+    (an int8 QDQ graph becomes int8 kernels there) with ``threads`` streams' worth of threads.
+    """
+    if provider == TENSORRT:
+        return {
+            "trt_fp16_enable": "True",
+            "trt_int8_enable": "True" if numerics == "int8" else "False",
+            "trt_engine_cache_enable": "True",
+        }
+    if provider == OPENVINO:
+        options = {"device_type": "CPU", "precision": "ACCURACY" if numerics == "int8" else "FP32"}
+        if threads > 0:
+            options["num_of_threads"] = str(threads)
+        return options
+    return {}
 
 
 class EmbeddingModel:
@@ -56,8 +77,12 @@ class EmbeddingModel:
             # they take the very cores that decode the next photos and answer gRPC (bench/embed.py here:
             # batch-1 p50 through the embedder 12.5 → 9.5 ms).
             options.add_session_config_entry(STOP_SPINNING, "1")
+        chosen = select_providers(providers)
+        numerics = self.manifest.numerics
         self.session = ort.InferenceSession(
-            str(self.folder / MODEL_FILE), sess_options=options, providers=select_providers(providers)
+            str(self.folder / MODEL_FILE),
+            sess_options=options,
+            providers=[(p, provider_options(p, numerics=numerics, threads=intra_op_threads)) for p in chosen],
         )
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
@@ -67,10 +92,11 @@ class EmbeddingModel:
         self.input_name: str = inputs[0].name
         self.provider: str = self.session.get_providers()[0]
         log.info(
-            "loaded model %s (%s, %s-D) from %s on %s",
+            "loaded model %s (%s, %s-D, %s) from %s on %s",
             self.version,
             self.manifest.backbone,
             self.dimension,
+            numerics,
             self.folder,
             self.provider,
         )
@@ -78,6 +104,15 @@ class EmbeddingModel:
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    @property
+    def numerics(self) -> str:
+        return self.manifest.numerics
+
+    @property
+    def runs_on(self) -> str:
+        """What runs, in words: ``int8 on OpenVINOExecutionProvider``."""
+        return f"{self.numerics} on {self.provider}"
 
     @property
     def dimension(self) -> int:

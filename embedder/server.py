@@ -30,6 +30,7 @@ from recipelens.v1 import embedder_pb2_grpc
 from embedder.background import RunningService, stop_on_signals
 from embedder.inprocess import InProcessEmbedder
 from embedder.logs import configure_logging
+from embedder.metrics import EmbedderMetrics, MetricsEndpoint
 from embedder.repository import ModelRepository, ModelRepositoryError, RefreshReport
 from embedder.servicer import EmbedderServicer
 from embedder.settings import EmbedderSettings
@@ -49,7 +50,10 @@ class EmbedderServer:
         self.settings = settings
         threads = settings.decode_threads or min(8, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self.metrics = EmbedderMetrics()
+        self.metrics_endpoint: MetricsEndpoint | None = None
         self.embedder = InProcessEmbedder(
+            metrics=self.metrics,
             max_batch_size=settings.max_batch_size,
             max_delay_s=settings.max_queue_delay_ms / 1000.0,
             max_pixels=settings.max_pixels,
@@ -96,6 +100,12 @@ class EmbedderServer:
             raise ServerStartError(f"cannot listen on {s.host}:{s.port}")
         await server.start()
         self._server, self.port = server, port
+        if s.metrics_port is not None:
+            try:
+                self.metrics_endpoint = self.metrics.serve(s.host, s.metrics_port)
+            except OSError as exc:
+                await server.stop(0)
+                raise ServerStartError(f"cannot serve metrics on {s.host}:{s.metrics_port}: {exc}") from None
         log.info("listening on %s:%d (health NOT_SERVING until the models are loaded)", s.host, port)
         return port
 
@@ -122,18 +132,23 @@ class EmbedderServer:
         await self.embedder.attach(repository)
         for model in repository.models():
             log.info(
-                "serving model %s: name=%s backbone=%s dim=%d image_size=%d created_at=%s provider=%s",
+                "serving model %s: name=%s backbone=%s dim=%d image_size=%d created_at=%s runs %s",
                 model.version,
                 model.manifest.name,
                 model.manifest.backbone,
                 model.dimension,
                 model.image_size,
                 model.manifest.created_at,
-                model.provider,
+                model.runs_on,
             )
         default = self.embedder.default_version
-        provider = repository.get(default).provider
-        log.info("default model %s; execution provider in use: %s; SERVING", default, provider)
+        model = repository.get(default)
+        log.info(
+            "default model %s (%s); execution provider in use: %s; SERVING",
+            default,
+            model.numerics,
+            model.provider,
+        )
         await self._set_health(True)
         if s.reload_interval_s > 0:
             self._refresh_task = asyncio.create_task(self._refresh_loop(), name="model-refresh")
@@ -177,6 +192,8 @@ class EmbedderServer:
         if self._server is not None:
             await self._server.stop(grace)
         await self.embedder.aclose()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
 

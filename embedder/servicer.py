@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NoReturn
@@ -95,13 +96,36 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             request_id=request.request_id,
         )
 
+    async def _counted(self, method: str, request: embedder_pb2.EmbedRequest) -> embedder_pb2.EmbedResponse:
+        """:meth:`embed`, counted in the embedder's metrics (calls, images, errors by status, latency)."""
+        metrics = self.embedder.metrics
+        if metrics is None:
+            return await self.embed(request)
+        start = time.perf_counter()
+        metrics.in_flight.inc()
+        try:
+            response = await self.embed(request)
+        except EmbedderError as exc:
+            metrics.observe_error(method, exc.code.name, time.perf_counter() - start)
+            raise
+        except asyncio.CancelledError:
+            metrics.observe_error(method, grpc.StatusCode.CANCELLED.name)
+            raise
+        except Exception:
+            metrics.observe_error(method, grpc.StatusCode.INTERNAL.name, time.perf_counter() - start)
+            raise
+        finally:
+            metrics.in_flight.dec()
+        metrics.observe_call(method, response.model_version, len(request.images), time.perf_counter() - start)
+        return response
+
     # -- RPCs -------------------------------------------------------------------------------------------
 
     async def Embed(
         self, request: embedder_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embedder_pb2.EmbedResponse:
         try:
-            return await self.embed(request)
+            return await self._counted("Embed", request)
         except EmbedderError as exc:
             log.info("Embed refused (%s): %s", exc.code.name, exc.details)
             await _abort(context, exc.code, exc.details)
@@ -121,7 +145,9 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             try:
                 async for request in request_iterator:
                     await slots.acquire()
-                    pending.put_nowait((request.request_id, asyncio.create_task(self.embed(request))))
+                    pending.put_nowait(
+                        (request.request_id, asyncio.create_task(self._counted("EmbedStream", request)))
+                    )
             finally:
                 pending.put_nowait(None)
 

@@ -69,6 +69,9 @@ class EmbedderSettings(BaseSettings):
         300_000, ge=1000, description="connections are recycled after this, so clients find new replicas"
     )
     max_connection_age_grace_ms: int = Field(30_000, ge=0, description="time left to calls on a recycled one")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus /metrics on this port (0 picks a free one); unset = off"
+    )
     log_level: str = "INFO"
 
     _split_providers = field_validator("providers", mode="before")(split_list)

@@ -20,8 +20,9 @@ from embedder.manifest import ModelIntegrityError
 from gateway.errors import ErrorKind, GatewayError
 from gateway.pipeline import SearchGateway, search_filter, sniff_image
 from gateway.search import SearchResult, check_paging
-from gateway.server import build_embedder, build_store
+from gateway.server import build_embedder
 from gateway.settings import GatewaySettings
+from indexer.store import open_store
 from indexer.store.base import StoreError
 
 PROG = "recipelens-search"
@@ -35,6 +36,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("photo", nargs="?", type=Path, help="a photo file (JPEG, PNG, WebP, ...)")
     parser.add_argument("--top-k", type=int, default=5, help="how many recipes (1..100)")
+    parser.add_argument(
+        "--min-confidence", type=float, default=0.0, help="leave out hits below this confidence (0..1)"
+    )
     parser.add_argument(
         "--category", action="append", default=[], help="only this category (repeatable; any of them)"
     )
@@ -59,19 +63,30 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+VERDICTS = {
+    "strong": "the same dish",
+    "weak": "similar food",
+    "none": "no close match: nothing in the catalogue is close, or the photo is not food",
+}
+
+
 def _fail(message: str, code: int = 1) -> SystemExit:
     print(f"{PROG}: {message}", file=sys.stderr)
     return SystemExit(code)
 
 
 def format_table(result: SearchResult) -> str:
-    rows = [("rank", "score", "title", "category", "model")]
-    rows += [(str(h.rank), f"{h.score:.4f}", h.title, h.category, result.model_version) for h in result.hits]
-    widths = [min(max(len(r[i]) for r in rows), 60) for i in range(5)]
+    rows = [("rank", "score", "confidence", "title", "category", "model")]
+    for h in result.hits:
+        confidence = "-" if h.confidence is None else f"{h.confidence:.2f}"
+        rows.append((str(h.rank), f"{h.score:.4f}", confidence, h.title, h.category, result.model_version))
+    widths = [min(max(len(r[i]) for r in rows), 60) for i in range(len(rows[0]))]
     lines = ["  ".join(cell[:60].ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines += [f"#{h.rank} matched photo: {h.matched_image or '(none)'}" for h in result.hits]
     lines += [f"warning: {w}" for w in result.warnings]
+    verdict = VERDICTS.get(result.match or "", "no verdict (the collection has no calibration)")
+    lines.append(f"match: {result.match or '-'} — {verdict}")
     lines.append(f"{len(result.hits)} recipe(s) from {result.collection} in {result.took_ms:.0f} ms")
     return "\n".join(lines)
 
@@ -89,7 +104,9 @@ async def _answer(gateway: SearchGateway, args: argparse.Namespace, photo: bytes
         if args.photo is None:
             return readiness.line()
     try:
-        result = await gateway.search(photo, top_k=args.top_k, search_filter=args.filter)
+        result = await gateway.search(
+            photo, top_k=args.top_k, search_filter=args.filter, min_confidence=args.min_confidence
+        )
     except GatewayError as exc:
         if exc.kind in _PHOTO_ERRORS:
             raise GatewayError(exc.kind, f"{args.photo}: {exc}") from None
@@ -128,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except GatewayError as exc:
             raise _fail(f"{args.photo}: {exc}") from None
     try:
-        store = build_store(settings)
+        store = open_store(settings.store, create=False)
     except (StoreError, OSError) as exc:
         raise _fail(f"cannot open the store: {exc}") from None
     try:

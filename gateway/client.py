@@ -59,9 +59,12 @@ class RecipeSearchClient:
         offset: int = 0,
         *,
         timeout_s: float | None = None,
+        min_confidence: float = 0.0,
     ) -> search_pb2.SearchByImageResponse:
-        """The top ``top_k`` recipes for a photo (after skipping ``offset``)."""
-        request = search_pb2.SearchByImageRequest(image=image, top_k=top_k, filter=filter, offset=offset)
+        """The top ``top_k`` recipes for a photo after ``offset``, none below ``min_confidence``."""
+        request = search_pb2.SearchByImageRequest(
+            image=image, top_k=top_k, filter=filter, offset=offset, min_confidence=min_confidence
+        )
         response: search_pb2.SearchByImageResponse = self._stub.SearchByImage(
             request, timeout=timeout_s or self.timeout_s, metadata=self._metadata
         )

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 # Room for the rest of the request beside the image (filters, field tags).
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
+MATCHES = {"none": search_pb2.MATCH_NONE, "weak": search_pb2.MATCH_WEAK, "strong": search_pb2.MATCH_STRONG}
 
 
 def recipe_message(hit: RecipeHit, images_root: Path | None) -> search_pb2.Recipe:
@@ -90,6 +91,7 @@ class RecipeSearchServicer(search_pb2_grpc.RecipeSearchServicer):
                 offset=request.offset,
                 search_filter=flt,
                 timeout_s=self._timeout(context),
+                min_confidence=request.min_confidence,
             )
         except GatewayError as exc:
             await self._fail(context, "SearchByImage", exc, start)
@@ -106,6 +108,7 @@ class RecipeSearchServicer(search_pb2_grpc.RecipeSearchServicer):
                     score=h.score,
                     recipe=recipe_message(h, self.images_root),
                     matched_image_url=public_image_url(h.matched_image, self.images_root),
+                    confidence=h.confidence,
                 )
                 for h in result.hits
             ],
@@ -113,6 +116,7 @@ class RecipeSearchServicer(search_pb2_grpc.RecipeSearchServicer):
             collection=result.collection,
             took_ms=result.took_ms,
             warnings=result.warnings,
+            match=MATCHES.get(result.match or "", search_pb2.MATCH_UNSPECIFIED),
         )
 
     async def GetRecipe(

@@ -176,6 +176,9 @@ def create_app(gateway: SearchGateway, *, images_root: Path | None = None) -> Fa
         must_exclude_ingredients: Annotated[
             list[str] | None, Form(description=FILTER_HELP["must_exclude_ingredients"])
         ] = None,
+        min_confidence: Annotated[
+            float, Form(description="leave out hits below this confidence, 0..1")
+        ] = 0.0,
     ) -> Response:
         start = time.perf_counter()
         try:
@@ -186,7 +189,9 @@ def create_app(gateway: SearchGateway, *, images_root: Path | None = None) -> Fa
                 form_terms(must_exclude_ingredients),
             )
             data = await image.read(gateway.max_upload_bytes + 1)
-            result = await gateway.search(data, top_k=top_k, offset=offset, search_filter=flt)
+            result = await gateway.search(
+                data, top_k=top_k, offset=offset, search_filter=flt, min_confidence=min_confidence
+            )
         except GatewayError as exc:
             return fail("search", exc, start)
         finally:
@@ -196,6 +201,7 @@ def create_app(gateway: SearchGateway, *, images_root: Path | None = None) -> Fa
                 {
                     **recipe_json(h, images_root),
                     "matchedImage": public_image_url(h.matched_image, images_root),
+                    "confidence": None if h.confidence is None else round(h.confidence, 4),
                 }
                 for h in result.hits
             ],
@@ -206,6 +212,7 @@ def create_app(gateway: SearchGateway, *, images_root: Path | None = None) -> Fa
             "errorMessage": None,
             "modelVersion": result.model_version,
             "warnings": result.warnings,
+            "match": result.match,
         }
         return finish("search", JSONResponse(body), start)
 

@@ -9,14 +9,19 @@ batches decode while one batch embeds and the previous one is written.
   moves only once that collection is complete and verified (count = catalogue − bad, and a sample of
   photos each finds its own recipe at rank 1). ``keep_previous`` older collections are kept.
 * A build killed at any moment leaves the alias where it was; rerunning it finds the incomplete
-  collection of the same alias and model version and resumes it, skipping points already stored
-  (point ids are deterministic, so nothing is stored twice).
+  collection of the same alias, model version and catalogue and resumes it, catalogue-true: each point
+  carries a ``source_hash`` of its payload and photo bytes, so a rerun skips exactly the points whose
+  source is unchanged, re-embeds the ones that changed and deletes the ones that left the catalogue
+  (point ids are deterministic, so nothing is stored twice). An unfinished collection of another
+  catalogue (its recorded ``catalog_fingerprint`` differs) is left alone and a fresh one started,
+  with a log line saying why. Nothing stale goes live.
 * Bad photos go to a report (id, file, reason); the build fails when their share passes
   ``max_bad_fraction``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -40,6 +45,7 @@ from embedder.preprocess import ImageDecodeError
 from indexer.calibration import CALIBRATION_KEY
 from indexer.catalog import (
     BadItem,
+    Catalog,
     Recipe,
     load_photo,
     read_catalog,
@@ -109,6 +115,8 @@ class BuildSummary:
     model_version: str
     indexed: int = 0
     skipped: int = 0
+    changed: int = 0
+    removed: int = 0
     bad: int = 0
     total: int = 0
     seconds: float = 0.0
@@ -125,7 +133,8 @@ class BuildSummary:
 
     def line(self) -> str:
         return (
-            f"indexed {self.indexed}, skipped {self.skipped} (already stored), bad {self.bad} "
+            f"indexed {self.indexed}, skipped {self.skipped} (already stored), re-embedded {self.changed} "
+            f"(changed), removed {self.removed} (left the catalogue), bad {self.bad} "
             f"of {self.total} photos in {self.seconds:.1f}s ({self.images_per_s:.1f} images/s) "
             f"→ {self.collection} behind alias {self.alias!r}"
         )
@@ -146,7 +155,16 @@ def new_collection_name(store: RecipeStore, alias: str, model_version: str) -> s
     return name
 
 
-def _resumable(store: RecipeStore, alias: str, model_version: str) -> CollectionInfo | None:
+def catalog_fingerprint(catalog_path: str | Path, fmt: str) -> str:
+    """Which catalogue a build reads (its resolved path and format), recorded by unfinished collections."""
+    where = Path(catalog_path).resolve().as_posix()
+    return hashlib.sha256(f"{fmt}\0{where}".encode()).hexdigest()[:16]
+
+
+def _resumable(
+    store: RecipeStore, alias: str, model_version: str, fingerprint: str
+) -> tuple[CollectionInfo | None, list[CollectionInfo]]:
+    """The newest unfinished build of this alias, model and catalogue; and those of other catalogues."""
     candidates = [
         c
         for c in store.list_collections()
@@ -155,7 +173,25 @@ def _resumable(store: RecipeStore, alias: str, model_version: str) -> Collection
         and c.extra.get("purpose") == "build"
         and c.extra.get("alias") == alias
     ]
-    return candidates[-1] if candidates else None
+    same = [c for c in candidates if c.extra.get("catalog_fingerprint") == fingerprint]
+    others = [c for c in candidates if c.extra.get("catalog_fingerprint") != fingerprint]
+    return (same[-1] if same else None), others
+
+
+def _source_hashes(
+    catalog: Catalog, items: Sequence[tuple[Recipe, Path | str, str]], version: str, pool: ThreadPoolExecutor
+) -> dict[str, str]:
+    """point id → the ``source_hash`` its point would carry (payload + photo bytes); unreadable: ""."""
+
+    def one(item: tuple[Recipe, Path | str, str]) -> str:
+        recipe, image, _ = item
+        try:
+            data = Path(image).read_bytes()
+        except OSError:
+            return ""
+        return str(recipe_payload(catalog.root, recipe, image, version, photo=data)["source_hash"])
+
+    return {pid: h for (_, _, pid), h in zip(items, pool.map(one, items), strict=True)}
 
 
 def _bad_check(bad: int, total: int, limit: float, report: Path | None) -> None:
@@ -257,7 +293,18 @@ def build_index(
     _bad_check(len(catalog.bad), total, max_bad_fraction, report)
 
     previous = store.resolve_alias(alias)
-    resumable = _resumable(store, alias, version)
+    fingerprint = catalog_fingerprint(catalog_path, catalog.format)
+    resumable, others = _resumable(store, alias, version, fingerprint)
+    for other in others:
+        log.warning(
+            "unfinished collection %s was filled from another catalogue (%s) and is not resumed from %s: "
+            "%s; `recipelens-index drop %s` removes it",
+            other.name,
+            other.extra.get("catalog", "unrecorded"),
+            catalog_path,
+            "resuming another unfinished build" if resumable is not None else "starting a fresh collection",
+            other.name,
+        )
     if resumable is not None:
         name = resumable.name
         if resumable.dimension != embedder.dimension:
@@ -275,6 +322,7 @@ def build_index(
                 "purpose": "build",
                 "alias": alias,
                 "catalog": str(catalog_path),
+                "catalog_fingerprint": fingerprint,
                 # what image names are relative to: the gateway's images_root (and upserts) use it
                 "catalog_root": str(catalog.root.resolve()),
                 "expected": catalog.photo_count,
@@ -294,15 +342,27 @@ def build_index(
     ids = [pid for _, _, pid in items]
     if len(set(ids)) != len(ids):
         raise BuildError(f"{catalog_path}: two photos of one recipe share a file name")
-    stored: set[str] = set()
-    if resumable is not None:
-        for start in range(0, len(ids), 1024):
-            stored |= store.existing_ids(name, ids[start : start + 1024])
-    todo = [item for item in items if item[2] not in stored]
-    summary.skipped = len(items) - len(todo)
-
     bad: list[BadItem] = list(catalog.bad)
     workers = opts.decode_threads or min(8, os.cpu_count() or 1)
+    todo = items
+    if resumable is not None:
+        stored = store.payload_hashes(name)
+        with ThreadPoolExecutor(workers, thread_name_prefix="hash") as hash_pool:
+            wanted = _source_hashes(catalog, items, version, hash_pool)
+        gone = [pid for pid in stored if pid not in wanted]
+        store.delete_points(name, gone)
+        todo = [item for item in items if not stored.get(item[2]) or stored[item[2]] != wanted[item[2]]]
+        store.set_extra(name, {"expected": catalog.photo_count})
+        summary.removed = len(gone)
+        summary.changed = sum(1 for _, _, pid in todo if pid in stored)
+        if gone or summary.changed:
+            log.info(
+                "%s: %d point(s) changed since they were stored, %d left the catalogue",
+                name,
+                summary.changed,
+                len(gone),
+            )
+    summary.skipped = len(items) - len(todo)
     bar = tqdm(total=len(todo), desc=f"indexing {name}", unit="photo", disable=not progress, smoothing=0.1)
     try:
         with (
@@ -331,7 +391,9 @@ def build_index(
                 if len(vectors) != len(batch):
                     raise BuildError(f"embedder returned {len(vectors)} vectors for {len(batch)} photos")
                 points = [
-                    RecipePoint(p.id, v, recipe_payload(catalog.root, p.recipe, p.image, version))
+                    RecipePoint(
+                        p.id, v, recipe_payload(catalog.root, p.recipe, p.image, version, photo=p.data)
+                    )
                     for p, v in zip(batch, vectors, strict=True)
                 ]
                 if writing is not None:

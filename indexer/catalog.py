@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Iterable
@@ -76,11 +77,6 @@ class Catalog:
     def photo_count(self) -> int:
         """Usable photos (bad ones excluded)."""
         return sum(len(r.images) for r in self.recipes)
-
-    @property
-    def bad_fraction(self) -> float:
-        total = self.photo_count + len(self.bad)
-        return len(self.bad) / total if total else 0.0
 
     def photos(self) -> Iterable[tuple[Recipe, Path | str]]:
         for recipe in self.recipes:
@@ -395,20 +391,27 @@ def load_photo(
 def write_bad_report(bad: Iterable[BadItem], path: str | Path) -> Path:
     """CSV with columns id, file, reason."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "file", "reason"])
-        for item in bad:
-            writer.writerow([item.recipe_id, item.file, item.reason])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["id", "file", "reason"])
+            for item in bad:
+                writer.writerow([item.recipe_id, item.file, item.reason])
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot write the bad-item report: {exc.strerror or exc}") from None
     return path
 
 
 def recipe_payload(
-    catalog_root: Path, recipe: Recipe, image: Path | str, model_version: str
+    catalog_root: Path, recipe: Recipe, image: Path | str, model_version: str, *, photo: bytes | None = None
 ) -> dict[str, Any]:
-    """The payload stored with one photo's vector (keys agreed in the store interface)."""
-    return {
+    """The payload stored with one photo's vector (keys agreed in the store interface).
+
+    With the ``photo`` bytes it carries ``source_hash``: a hash of the rest of the payload and those
+    bytes, what a resumed build compares to tell a stale point from a current one.
+    """
+    payload = {
         "recipe_id": recipe.id,
         "title": recipe.title,
         "ingredients": list(recipe.ingredients),
@@ -420,3 +423,9 @@ def recipe_payload(
         "source": recipe.source,
         "model_version": model_version,
     }
+    if photo is not None:
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode())
+        digest.update(b"\0")
+        digest.update(photo)
+        payload["source_hash"] = digest.hexdigest()[:32]
+    return payload

@@ -2,7 +2,7 @@
 
     recipelens-index build --catalog data/demo --model models/raw [--store-path var/qdrant | --qdrant-url URL]
                            [--alias recipes] [--embedder HOST:PORT] [--batch-size 128] [--bad-report PATH]
-    recipelens-index list | rollback | drop NAME
+    recipelens-index list | rollback | swap NAME | drop NAME
     recipelens-index upsert --model MODEL_DIR --recipe recipe.json
     recipelens-index delete RECIPE_ID
 
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--model", type=Path, help="model folder (model.onnx + manifest.json)")
     build.add_argument("--embedder", help="HOST:PORT of the embedder service (default: in-process)")
     build.add_argument("--batch-size", type=int, help="photos per batch (64–256)")
-    build.add_argument("--bad-report", type=Path, help="CSV of bad items (default var/bad-items.csv)")
+    build.add_argument("--bad-report", help="CSV of bad items (default var/bad-items.csv; '' for none)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.add_argument(
         "--force", action="store_true", help="move the alias even when the quality gate finds the build worse"
@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", parents=[store], help="list collections and aliases")
     sub.add_parser("rollback", parents=[store], help="put the previous collection back behind the alias")
+    swap = sub.add_parser("swap", parents=[store], help="put a complete collection behind the alias")
+    swap.add_argument("name")
     drop = sub.add_parser("drop", parents=[store], help="drop a collection that no alias points to")
     drop.add_argument("name")
 
@@ -136,7 +138,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     log.info("settings: %s", settings.summary())
     try:
-        with open_store(settings.store) as store:
+        # Only a build creates the store; every other command reports a missing one.
+        with open_store(settings.store, create=args.command == "build") as store:
             log.info("store: %s", settings.store.describe())
             if args.command == "build":
                 if settings.catalog is None or settings.model_dir is None:
@@ -162,6 +165,10 @@ def run(argv: Sequence[str] | None = None) -> int:
             elif args.command == "rollback":
                 before, after = rollback(store, settings.alias)
                 print(f"alias {settings.alias!r}: {before} → {after}")
+            elif args.command == "swap":
+                was = store.resolve_alias(settings.alias)
+                store.swap_alias(settings.alias, args.name)
+                print(f"alias {settings.alias!r}: {was} → {args.name}")
             elif args.command == "drop":
                 store.drop_collection(args.name)
                 print(f"dropped {args.name}")

@@ -135,7 +135,7 @@ def upsert_recipe(
             RecipePoint(
                 p.id,
                 v,
-                recipe_payload(root or Path("/"), recipe, p.image, embedder.version)
+                recipe_payload(root or Path("/"), recipe, p.image, embedder.version, photo=p.data)
                 | {"image": _stored_name(root, p.image)},
             )
             for p, v in zip(photos, vectors, strict=True)

@@ -56,8 +56,8 @@ class CollectionQuality:
     photos: int
 
     FIGURES = (("R@1", "recall_at_1"), ("food not none", "food_not_none"), ("non-food none", "nonfood_none"))
-    # food_not_none is ≈ 98 % for every model by construction (the threshold is its 2 % quantile on the
-    # other half), so only sampling noise would move it: the gate compares the other two.
+    # food_not_none is ≈ 98 % for every model by construction (the threshold sits in the tail of the same
+    # distribution on the other half), so only sampling noise would move it: the gate compares the other two.
     GATED = ("recall_at_1", "nonfood_none")
 
     def to_metadata(self) -> dict[str, Any]:
@@ -103,7 +103,7 @@ def assess_collection(
     photos: Sequence[tuple[str, Path | str]],
     embed: EmbedBytes,
     *,
-    sample: int = 100,
+    sample: int = 200,
     seed: int = 0,
 ) -> tuple[MatchCalibration, CollectionQuality]:
     """Calibrate the verdict of collection ``name`` and measure its figures (see the module docstring).

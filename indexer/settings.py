@@ -58,7 +58,7 @@ class IndexerSettings(BaseSettings):
         default=0.0, ge=0.0, description="pause after each batch: leaves CPU to serving on a shared machine"
     )
     quality_sample: int = Field(
-        default=100, ge=1, description="photos whose distorted copies calibrate the verdict, gate builds"
+        default=200, ge=1, description="photos whose distorted copies calibrate the verdict, gate builds"
     )
     gate_tolerance_points: float = Field(
         default=1.0, ge=0.0, description="the gate refuses a build with a figure this many points below live"

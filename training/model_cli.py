@@ -1,7 +1,11 @@
 """``recipelens-model``: build and export models.
 
     recipelens-model raw --out models [--backbone efficientnet_lite0|lite1|lite2|efficientnet_b0]
-                         [--weights imagenet|PATH] [--parity-images DIR]
+                         [--weights imagenet|PATH] [--parity-images DIR] [--int8-catalog PATH]
+    recipelens-model int8 MODEL_FOLDER --catalog PATH [--out DIR]
+
+``--int8-catalog`` / ``int8`` also make the calibrated int8 twin (:mod:`training.quantize`; settings
+``RECIPELENS_INT8_*``), refused when it agrees with fp32 less than those settings require.
 
 prints a summary and, as the last stdout line, the exported model folder.
 """
@@ -73,11 +77,30 @@ def cmd_raw(args: argparse.Namespace) -> Path:
         "weights": str(weights),
     }
     try:
-        return export_model(
+        folder = export_model(
             model, args.out, name=name, backbone=args.backbone, source=source, parity_images=parity_files
         )
     except ExportError as exc:
         raise UsageError(f"export failed: {exc}") from None
+    if args.int8_catalog is None:
+        return folder
+    _print_summary(folder)
+    return _int8(folder, args.int8_catalog, args.out)
+
+
+def _int8(folder: Path, catalog: Path, out: Path | None) -> Path:
+    from indexer.catalog import CatalogError
+    from training.quantize import QuantizationError, quantize_model
+
+    try:
+        return quantize_model(folder, catalog=catalog, out_dir=out)
+    except (QuantizationError, CatalogError) as exc:
+        raise UsageError(f"int8: {exc}") from None
+
+
+def cmd_int8(args: argparse.Namespace) -> Path:
+    """Make the calibrated int8 twin of an exported fp32 model folder."""
+    return _int8(args.model, args.catalog, args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"folder of photos for the Keras/ONNX parity check (up to {MAX_PARITY_IMAGES}, plus built-ins)",
     )
+    raw.add_argument(
+        "--int8-catalog", type=Path, help="also make the calibrated int8 twin from this catalogue's photos"
+    )
     raw.set_defaults(handler=cmd_raw)
+    int8 = sub.add_parser("int8", help="make the calibrated int8 twin of an exported model folder")
+    int8.add_argument("model", type=Path, help="the fp32 model folder")
+    int8.add_argument("--catalog", type=Path, required=True, help="catalogue whose photos calibrate it")
+    int8.add_argument("--out", type=Path, help="folder that receives the twin (default: beside the model)")
+    int8.set_defaults(handler=cmd_int8)
     return parser
 
 
@@ -108,6 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ImageDecodeError, OSError) as exc:
         print(f"recipelens-model: error: {exc}", file=sys.stderr)
         return 2
+    _print_summary(folder)
+    print(folder)
+    return 0
+
+
+def _print_summary(folder: Path) -> None:
     from embedder.manifest import read_manifest
 
     manifest = read_manifest(folder)
@@ -115,12 +152,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"version  {manifest.version}")
     print(f"backbone {manifest.backbone}")
     print(f"dim      {manifest.embedding_dim}")
-    print(
-        f"parity   max |onnx - keras| = {manifest.parity['max_abs_diff']:.2g} "
-        f"over {len(manifest.parity['images'])} photos (tolerance {manifest.parity['tolerance']:g})"
-    )
-    print(folder)
-    return 0
+    print(f"numerics {manifest.numerics}")
+    if manifest.parity:
+        print(
+            f"parity   max |onnx - keras| = {manifest.parity['max_abs_diff']:.2g} "
+            f"over {len(manifest.parity['images'])} photos (tolerance {manifest.parity['tolerance']:g})"
+        )
+    if manifest.quantization:
+        q, a = manifest.quantization, manifest.quantization["agreement"]
+        print(
+            f"int8     {q['method']} on {q['calibration']['photos']} photos; agreement to fp32 "
+            f"{manifest.source.get('fp32_version')}: cosine min {a['cosine_min']:.3f} / mean "
+            f"{a['cosine_mean']:.3f}, top-10 overlap {a['top10_overlap_mean']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--show-config", action="store_true", help="print the resolved configuration and exit"
     )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also make the calibrated int8 twin from the catalogue (settings RECIPELENS_INT8_*)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return parser
@@ -100,6 +105,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"run folder: {result.run_dir}")
     print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     print(result.model_dir)
+    return _int8_twin(result.model_dir, args.catalog, args.out) if args.int8 else 0
+
+
+def _int8_twin(model_dir: Path, catalog: Path, out: Path) -> int:
+    """Make the int8 twin; its folder is then the last stdout line (the fp32 one the line before)."""
+    from training.quantize import QuantizationError, quantize_model
+
+    try:
+        print(quantize_model(model_dir, catalog=catalog, out_dir=out))
+    except QuantizationError as exc:
+        print(f"recipelens-train: int8: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

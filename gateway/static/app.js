@@ -31,6 +31,9 @@ function renderCard(recipe) {
   card.querySelector(".card-title").textContent = String(recipe.title ?? "");
   card.querySelector(".card-rank").textContent = "#" + String(recipe.rank ?? "");
   card.querySelector(".card-score").textContent = Number(recipe.similarity ?? 0).toFixed(3);
+  if (typeof recipe.confidence === "number") {
+    card.querySelector(".card-confidence").textContent = " · confidence " + recipe.confidence.toFixed(2);
+  }
   const list = card.querySelector(".card-ingredients");
   for (const ingredient of recipe.ingredients ?? []) {
     const item = document.createElement("li");
@@ -84,8 +87,13 @@ async function search(file) {
     setStatus(String(data.errorMessage ?? "search failed"), true);
     return;
   }
+  const noMatch = data.match === "none";
+  results.classList.toggle("no-match", noMatch);  // the nearest recipes, greyed
   for (const recipe of data.recipes) results.appendChild(renderCard(recipe));
   let summary = data.totalResults + " recipes in " + Number(data.processingTime).toFixed(2) + " s";
+  if (noMatch) summary = "No close match — nothing in the catalogue looks like this photo; the nearest recipes: " + summary;
+  else if (data.match === "strong") summary = "Strong match (the same dish) — " + summary;
+  else if (data.match === "weak") summary = "Similar food — " + summary;
   const warnings = Array.isArray(data.warnings) ? data.warnings : [];
   if (warnings.length) summary += " — " + warnings.map(String).join("; ");
   setStatus(summary, false);

@@ -17,8 +17,14 @@ from typing import Any
 from indexer.store.base import RecipeStore, StoreSettings
 
 
-def open_store(settings: StoreSettings | None = None, **overrides: Any) -> RecipeStore:
-    """Qdrant server when ``qdrant_url`` is set, else Qdrant Edge at ``path``."""
+def open_store(
+    settings: StoreSettings | None = None, *, create: bool = True, **overrides: Any
+) -> RecipeStore:
+    """Qdrant server when ``qdrant_url`` is set, else Qdrant Edge at ``path``.
+
+    ``create=False`` is for readers: a missing Edge folder raises
+    :class:`~indexer.store.base.StoreNotFound` instead of being created.
+    """
     if settings is None:
         settings = StoreSettings(**overrides)
     elif overrides:
@@ -36,7 +42,7 @@ def open_store(settings: StoreSettings | None = None, **overrides: Any) -> Recip
         )
     from indexer.store.edge import EdgeStore
 
-    return EdgeStore(settings.path)
+    return EdgeStore(settings.path, create=create)
 
 
 __all__ = ["RecipeStore", "StoreSettings", "open_store"]

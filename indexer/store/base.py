@@ -3,7 +3,9 @@
 Two back ends implement :class:`RecipeStore`: :class:`~indexer.store.edge.EdgeStore` (Qdrant Edge,
 in-process, on disk: the embedded default) and :class:`~indexer.store.server.ServerStore` (a Qdrant
 server through qdrant-client). This module imports neither: :func:`indexer.store.open_store` picks
-one from :class:`StoreSettings`. What both share (checks, filters, grouping) is written here once.
+one from :class:`StoreSettings`. What both share (checks, guards, filters, grouping) is written here
+once as template methods over a few primitives per back end, which is why this module is longer than
+most: splitting the interface from its shared logic would only put the two halves side by side again.
 
 Every collection records the model version and dimension that filled it and a ``complete`` flag;
 nothing writes or searches vectors of one model in a collection of another
@@ -17,7 +19,7 @@ import logging
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +28,47 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, SecretStr
 
-from indexer.keywords import normal, query_keywords
+# The filters belong to this interface; they live in indexer.store.filters and are re-exported here.
+from indexer.store.filters import (
+    MAX_FILTER_BYTES,
+    MAX_FILTER_TERMS,
+    MAX_TERM_CHARS,
+    InvalidFilter,
+    ResolvedFilter,
+    SearchFilter,
+    Vocabulary,
+)
+
+__all__ = [
+    "DEFAULT_ALIAS",
+    "GROUP_FETCH_LIMIT",
+    "GROUP_FETCH_MIN",
+    "GROUP_OVERFETCH",
+    "KEYWORD_INDEXES",
+    "MAX_FILTER_BYTES",
+    "MAX_FILTER_TERMS",
+    "MAX_TERM_CHARS",
+    "CollectionBusy",
+    "CollectionInfo",
+    "CollectionNotFound",
+    "InvalidFilter",
+    "ModelVersionMismatch",
+    "RecipeMatch",
+    "RecipePoint",
+    "RecipeResults",
+    "RecipeStore",
+    "ResolvedFilter",
+    "SearchFilter",
+    "StoreError",
+    "StoreHit",
+    "StoreNotFound",
+    "StoreSettings",
+    "Vocabulary",
+    "check_vectors",
+    "collapse",
+    "now_stamp",
+    "point_id",
+]
 
 # Namespace of the deterministic point ids: uuid5(namespace, "<recipe_id>/<image name>").
 POINT_NAMESPACE = uuid.UUID("6f1c1c2e-9a55-5d0e-8a51-7265636970c5")
@@ -41,6 +83,10 @@ log = logging.getLogger("indexer.store")
 
 class StoreError(RuntimeError):
     """A store operation failed; the message names the collection and what to do."""
+
+
+class StoreNotFound(StoreError):
+    """No store where the settings point (a reader never creates one)."""
 
 
 class CollectionNotFound(StoreError):
@@ -83,137 +129,6 @@ class StoreHit:
     id: str
     score: float
     payload: dict[str, Any]
-
-
-# Caps of one filter: beyond them a request is refused (InvalidFilter), never slowly answered.
-MAX_FILTER_TERMS = 64  # categories + must_include + must_exclude together
-MAX_TERM_CHARS = 100
-MAX_FILTER_BYTES = 4096  # UTF-8 bytes of every term together
-
-
-class InvalidFilter(StoreError, ValueError):
-    """A filter over the caps or of the wrong shape: the caller's mistake (INVALID_ARGUMENT / 400)."""
-
-
-@dataclass(frozen=True)
-class SearchFilter:
-    """Category in ``categories`` (any), every ``must_include`` ingredient, none of ``must_exclude``.
-
-    Categories match case-insensitively. Ingredient terms are free text ("Chicken thighs"), reduced to
-    normal forms (:func:`indexer.keywords.query_keywords`) and matched against the collection's own
-    keywords, so "chilli" excludes "chillies". Constructing a filter over the caps
-    (:data:`MAX_FILTER_TERMS` terms, :data:`MAX_TERM_CHARS` characters each, :data:`MAX_FILTER_BYTES`
-    in all) raises :class:`InvalidFilter`.
-    """
-
-    categories: tuple[str, ...] = ()
-    must_include: tuple[str, ...] = ()
-    must_exclude: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        total_terms = total_bytes = 0
-        for field_name in ("categories", "must_include", "must_exclude"):
-            value = getattr(self, field_name)
-            if isinstance(value, str) or not isinstance(value, Iterable):
-                raise InvalidFilter(f"filter {field_name}: expected a list of strings")
-            terms = tuple(value)
-            for term in terms:
-                if not isinstance(term, str):
-                    raise InvalidFilter(f"filter {field_name}: {term!r} is not a string")
-                if len(term) > MAX_TERM_CHARS:
-                    raise InvalidFilter(
-                        f"filter {field_name}: a term of {len(term)} characters (at most {MAX_TERM_CHARS})"
-                    )
-                total_bytes += len(term.encode("utf-8"))
-            total_terms += len(terms)
-            object.__setattr__(self, field_name, tuple(t.strip() for t in terms if t.strip()))
-        if total_terms > MAX_FILTER_TERMS:
-            raise InvalidFilter(f"filter of {total_terms} terms (at most {MAX_FILTER_TERMS})")
-        if total_bytes > MAX_FILTER_BYTES:
-            raise InvalidFilter(f"filter of {total_bytes} bytes (at most {MAX_FILTER_BYTES})")
-
-    def is_empty(self) -> bool:
-        return not (self.categories or self.must_include or self.must_exclude)
-
-
-@dataclass(frozen=True)
-class Vocabulary:
-    """What a collection's filters can match: normal form → the spellings stored."""
-
-    categories: dict[str, tuple[str, ...]]  # casefolded category → stored categories
-    keywords: dict[str, tuple[str, ...]]  # normal(keyword) → stored ingredient keywords
-
-    @classmethod
-    def of(cls, categories: Iterable[str], keywords: Iterable[str]) -> Vocabulary:
-        cats: dict[str, set[str]] = {}
-        for c in categories:
-            if c:
-                cats.setdefault(c.strip().casefold(), set()).add(c)
-        kws: dict[str, set[str]] = {}
-        for k in keywords:
-            kws.setdefault(normal(k), set()).add(k)
-        return cls(
-            {k: tuple(sorted(v)) for k, v in cats.items()}, {k: tuple(sorted(v)) for k, v in kws.items()}
-        )
-
-
-@dataclass(frozen=True)
-class ResolvedFilter:
-    """A :class:`SearchFilter` in a collection's own spellings; ``impossible``: no point can match."""
-
-    categories: tuple[str, ...] | None = None  # None: any category
-    include: tuple[tuple[str, ...], ...] = ()  # each: any of these stored keywords
-    exclude: tuple[tuple[tuple[str, ...], ...], ...] = ()  # per term: every group (any of) present
-    impossible: bool = False
-    warnings: tuple[str, ...] = ()
-
-    @classmethod
-    def of(cls, search_filter: SearchFilter | None, vocabulary: Callable[[], Vocabulary]) -> ResolvedFilter:
-        if search_filter is None or search_filter.is_empty():
-            return cls()
-        vocab = vocabulary()
-        warnings: list[str] = []
-        impossible = False
-        categories: tuple[str, ...] | None = None
-        if search_filter.categories:
-            found: set[str] = set()
-            for c in search_filter.categories:
-                spelled = vocab.categories.get(c.casefold(), ())
-                if not spelled:
-                    warnings.append(f"category {c!r} matches no category in the collection")
-                found.update(spelled)
-            categories = tuple(sorted(found))
-            impossible = not categories
-        include: list[tuple[str, ...]] = []
-        for term in search_filter.must_include:
-            groups = _term_groups(term, vocab, warnings, "must_include")
-            if groups is None or not all(groups):
-                impossible = True
-            else:
-                include.extend(groups)
-        exclude: list[tuple[tuple[str, ...], ...]] = []
-        for term in search_filter.must_exclude:
-            groups = _term_groups(term, vocab, warnings, "must_exclude")
-            if groups is not None and all(groups):  # a term nothing holds excludes nothing
-                exclude.append(tuple(groups))
-        return cls(categories, tuple(include), tuple(exclude), impossible, tuple(warnings))
-
-    def is_empty(self) -> bool:
-        return self.categories is None and not self.include and not self.exclude
-
-
-def _term_groups(
-    term: str, vocab: Vocabulary, warnings: list[str], where: str
-) -> list[tuple[str, ...]] | None:
-    """One group of stored keywords per word of ``term`` (empty where none); None if no word at all."""
-    keys = query_keywords(term)
-    if not keys:
-        warnings.append(f"{where} term {term!r} has no ingredient word; ignored")
-        return None
-    groups = [vocab.keywords.get(k, ()) for k in keys]
-    if not all(groups):
-        warnings.append(f"ingredient {term!r} matches no ingredient in the collection")
-    return groups
 
 
 @dataclass(frozen=True)
@@ -375,10 +290,12 @@ class RecipeStore(ABC):
             return
         check_vectors(name, points, info.dimension)
         self._upsert(name, points)
+        self._forget_vocabulary(name)
 
     def delete_points(self, name: str, ids: Sequence[str]) -> None:
         if ids:
             self._delete(name, list(ids))
+            self._forget_vocabulary(name)
 
     def search(
         self,
@@ -393,8 +310,6 @@ class RecipeStore(ABC):
         """The nearest photos (points), best first; see :meth:`search_recipes` for one hit per recipe."""
         query = self.query_vector(name, vector, model_version)
         resolved = self.resolve_filter(name, filter)
-        if resolved.impossible:
-            return []
         return self._query(name, query, limit=int(limit), offset=int(offset), flt=self._native(resolved))
 
     def search_recipes(
@@ -411,14 +326,14 @@ class RecipeStore(ABC):
 
         ``limit`` and ``offset`` count recipes. The result carries the filter's warnings (terms that
         match nothing in the collection). This default over-fetches photos and collapses them by
-        ``recipe_id``, doubling the fetch until the page is full, the collection is exhausted or
+        ``recipe_id``, growing the fetch fourfold until the page is full, the collection is exhausted or
         :data:`GROUP_FETCH_LIMIT` photos were read (then the page may be short: recipes with that
         many photos each ahead of it are rare and the bound keeps the cost of one search fixed).
         """
         query = self.query_vector(name, vector, model_version)
         resolved = self.resolve_filter(name, filter)
         need = int(offset) + int(limit)
-        if resolved.impossible or limit <= 0:
+        if limit <= 0:
             return RecipeResults([], resolved.warnings)
         flt = self._native(resolved)
         fetch = min(GROUP_FETCH_LIMIT, max(GROUP_FETCH_MIN, need * GROUP_OVERFETCH))
@@ -444,10 +359,6 @@ class RecipeStore(ABC):
     def count(self, name: str) -> int: ...
 
     @abstractmethod
-    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
-        """The subset of ``ids`` already stored."""
-
-    @abstractmethod
     def ids_of_recipe(self, name: str, recipe_id: str) -> list[str]:
         """Point ids of every photo of one recipe."""
 
@@ -465,8 +376,14 @@ class RecipeStore(ABC):
                 return cached[1]
         vocab = Vocabulary.of(self._facet(name, "category"), self._facet(name, "ingredient_keywords"))
         with self._vocab_lock:
+            if len(self._vocab_cache) > 32:  # collections come and go: keep the cache small
+                self._vocab_cache.clear()
             self._vocab_cache[name] = (key, vocab)
         return vocab
+
+    def _forget_vocabulary(self, name: str) -> None:
+        with self._vocab_lock:
+            self._vocab_cache.pop(name, None)
 
     def resolve_filter(self, name: str, search_filter: SearchFilter | None) -> ResolvedFilter:
         """``search_filter`` in the spellings ``name`` holds, with a warning per term it lacks."""

@@ -55,6 +55,7 @@ from indexer.store.base import (
     RecipeStore,
     StoreError,
     StoreHit,
+    StoreNotFound,
     now_stamp,
 )
 
@@ -98,10 +99,18 @@ SEARCH_PARAMS = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore
 class EdgeStore(RecipeStore):
     """Collections as Qdrant Edge shards under ``root`` (see the module docstring for the design)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, create: bool = True) -> None:
+        """Open the store at ``root``; ``create=False`` (readers) refuses a folder that is not one."""
         self.root = Path(root)
         self.collections_dir = self.root / "collections"
         super().__init__(f"in {self.collections_dir}")
+        if not create and not self.collections_dir.is_dir():
+            what = (
+                "does not exist" if not self.root.exists() else "is not a Qdrant Edge store (no collections/)"
+            )
+            raise StoreNotFound(
+                f"the store {self.root} {what}: build an index there first (`recipelens-index build`)"
+            )
         try:
             self.collections_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -389,12 +398,6 @@ class EdgeStore(RecipeStore):
 
     def count(self, name: str) -> int:
         return int(self._reader(name).count(qe.CountRequest(exact=True)))
-
-    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
-        if not ids:
-            return set()
-        records = self._reader(name).retrieve(list(ids), with_payload=False, with_vector=False)
-        return {str(r.id) for r in records}
 
     def _scroll(
         self, name: str, flt: qe.Filter | None, payload: list[str] | None = None

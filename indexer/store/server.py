@@ -183,7 +183,7 @@ class ServerStore(RecipeStore):
             )
         query = self.query_vector(name, vector, model_version)
         resolved = self.resolve_filter(name, filter)
-        if resolved.impossible or limit <= 0:
+        if limit <= 0:
             return RecipeResults([], resolved.warnings)
         result = self.client.query_points_groups(
             name,
@@ -222,12 +222,6 @@ class ServerStore(RecipeStore):
 
     def count(self, name: str) -> int:
         return int(self.client.count(name, exact=True).count)
-
-    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
-        if not ids:
-            return set()
-        records = self.client.retrieve(name, ids=list(ids), with_payload=False, with_vectors=False)
-        return {str(uuid.UUID(str(r.id))) for r in records}
 
     def _scroll(
         self, name: str, flt: models.Filter | None, payload: list[str] | None = None

@@ -32,16 +32,39 @@ def test_machine_cpu_seconds_counts_work() -> None:
     assert machine_cpu_seconds() >= end
 
 
-def test_embed_bench_prints_the_paths_and_ratios(tiny_model_dir: Path) -> None:
+def test_embed_bench_prints_the_paths_and_ratios(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from embedder.manifest import read_manifest, write_manifest
+
+    twin = tmp_path / "tiny-int8"  # plumbing only: the tiny graph relabelled as an int8 twin
+    shutil.copytree(tiny_model_dir, twin)
+    fields = read_manifest(twin).model_dump(exclude={"version", "sha256", "format_version"})
+    write_manifest(twin, **{**fields, "numerics": "int8"})
     out = _run(
-        "bench/embed.py", "--model", str(tiny_model_dir), "--skip-keras", "--batch", "4",
+        "bench/embed.py", "--model", str(tiny_model_dir), "--int8", str(twin), "--skip-keras", "--batch", "4",
         "--latency-repeats", "3", "--throughput-repeats", "2",
     )  # fmt: skip
-    for path in ("bare onnxruntime", "onnxruntime, decoded tensors", "embedder service (gRPC)"):
-        assert re.search(
-            rf"^\| {re.escape(path)} \| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER} \|$", out, re.M
-        )
-    assert re.search(rf"^\| service / bare onnxruntime \| {NUMBER}× \| ≥ 0.9× \|$", out, re.M)
+    row = rf"\| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER} \|$"
+    for path in (
+        "onnxruntime CPU, fp32, decoded tensors",
+        "onnxruntime CPU, int8, decoded tensors",
+        "decoding alone (preprocess)",
+        "bare runtime, int8 (decode + run)",
+        "embedder service, fp32 (gRPC)",
+        "embedder service, int8 (gRPC)",
+    ):
+        assert re.search(rf"^\| {re.escape(path)} {row}", out, re.M), path
+    assert re.search(
+        rf"^\| int8 on onnxruntime CPU / fp32 on onnxruntime CPU, decoded \| {NUMBER}× \|", out, re.M
+    )
+    assert re.search(
+        rf"^\| embedder service int8 / fp32 \(decode included\) \| {NUMBER}× \| {NUMBER}× ", out, re.M
+    )
+    assert re.search(
+        rf"^\| decoding's share of a photo's work in the int8 service \| {NUMBER} % \|", out, re.M
+    )
+    assert re.search(rf"^\| service / bare runtime, fp32 \| {NUMBER}× \| 1× \| ≥ 0.95× \|$", out, re.M)
 
 
 def test_search_bench_prints_latency_concurrency_and_the_cpu_ceiling() -> None:

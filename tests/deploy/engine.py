@@ -9,13 +9,15 @@ on PATH may lack buildx), always with ``DOCKER_BUILDKIT=1``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +36,28 @@ def cache_dir() -> Path:
     if configured:
         return Path(configured)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "recipelens"
+
+
+@contextlib.contextmanager
+def exclusive_cache(timeout_s: float) -> Iterator[float]:
+    """One image test at a time per cache (so one never stops the engine another still uses); yields the
+    seconds it waited. Past ``timeout_s`` it raises TimeoutError."""
+    run = cache_dir() / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    with (run / "image-test.lock").open("w") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() - start > timeout_s:
+                    raise TimeoutError(f"{run / 'image-test.lock'} held too long by another test") from None
+                time.sleep(2)
+        try:
+            yield time.monotonic() - start
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def docker_client() -> str | None:

@@ -154,11 +154,15 @@ def test_embedded_profile_shares_images_command_and_an_edge_volume() -> None:
     assert gateway["stop_grace_period"] == services["gateway"]["stop_grace_period"]
 
 
-def test_gateway_gets_time_to_drain_http_then_grpc_before_sigkill() -> None:
+def test_services_get_time_to_drain_before_sigkill() -> None:
     grace = GatewaySettings().grace_period_s  # HTTP waits grace + 1 s, then gRPC grace (gateway/server.py)
+    services = load_compose()["services"]
     for name in ("gateway", "gateway-embedded"):
-        period = load_compose()["services"][name]["stop_grace_period"]
+        period = services[name]["stop_grace_period"]
         assert period.endswith("s") and float(period[:-1]) >= 2 * grace + 1, name
+    for name in ("embedder", "embedder-gpu"):  # its grace, then closing the model sessions
+        period = services[name]["stop_grace_period"]
+        assert float(period[:-1]) >= 2 * EmbedderSettings().grace_period_s, name
 
 
 def test_compose_file_is_readable_by_docker_compose_1_29() -> None:

@@ -30,7 +30,7 @@ def test_search_prints_a_table(world: World, capsys: pytest.CaptureFixture[str])
     )
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["rank", "score", "title", "category", "model"]
+    assert lines[0].split() == ["rank", "score", "confidence", "title", "category", "model"]
     assert lines[2].split()[0] == "1" and "Recipe 2" in lines[2] and world.version_a in lines[2]
     assert "3 recipe(s) from recipes-a" in lines[-1]
 

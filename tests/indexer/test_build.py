@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -168,3 +171,119 @@ def test_cli_messages_and_exit_codes(tiny_model_dir: Path, tmp_path: Path) -> No
     assert run(["drop", "nope", "--store-path", str(tmp_path / "q")]) == 1
     assert run(["rollback", "--store-path", str(tmp_path / "q")]) == 1
     assert run(["list", "--store-path", str(tmp_path / "q")]) == 0
+
+
+class Killed(Exception):
+    """Stands for a kill between two batches: what was flushed stays, nothing else happens."""
+
+
+class DyingEmbedder:
+    """The real in-process embedder, which dies after ``batches`` batches."""
+
+    def __init__(self, model_dir: Path, batches: int) -> None:
+        self.inner = open_embedder(model_dir, None)
+        self.version, self.dimension = self.inner.version, self.inner.dimension
+        self.image_size = self.inner.image_size
+        self.batches = batches
+
+    def embed_batches(self, batches):  # type: ignore[no-untyped-def]
+        for i, vectors in enumerate(self.inner.embed_batches(batches)):
+            if i == self.batches:
+                raise Killed
+            yield vectors
+
+
+def _edit_csv(csv_path: Path, edit: Callable[[list[dict[str, str]]], list[dict[str, str]]]) -> None:
+    with csv_path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = reader.fieldnames, list(reader)
+    rows = edit(rows)
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(fields or []))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_a_resume_re_embeds_what_changed_and_deletes_what_left(tiny_model_dir: Path, tmp_path: Path) -> None:
+    catalog = tmp_path / "cat"
+    write_kaggle_catalog(catalog, 24)
+    with EdgeStore(tmp_path / "q") as store:
+        with pytest.raises(Killed):
+            _build(catalog, tiny_model_dir, store, batch_size=8, embedder=DyingEmbedder(tiny_model_dir, 2))
+        (unfinished,) = store.list_collections()
+        assert store.count(unfinished.name) == 16 and store.resolve_alias("recipes") is None
+
+        def edit(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+            for row in rows:
+                if row["Id"] == "r1":
+                    row["Title"] = "Dish 1, renamed"
+            return [row for row in rows if row["Id"] != "r2"]
+
+        _edit_csv(catalog / "recipes.csv", edit)  # r1 retitled, r2 gone, r3 another photo
+        (catalog / "images" / "dish-003.jpg").write_bytes(encode(synthetic_photo(903, (160, 120))))
+        done = _build(catalog, tiny_model_dir, store, verify_sample=4)
+        assert done.resumed and done.collection == unfinished.name
+        assert (done.skipped, done.changed, done.removed, done.indexed, done.total) == (13, 2, 1, 10, 23)
+        assert "re-embedded 2 (changed), removed 1 (left the catalogue)" in done.line()
+        assert store.resolve_alias("recipes") == done.collection and store.count(done.collection) == 23
+        assert store.ids_of_recipe(done.collection, "r2") == []
+        (r1,) = store.retrieve(done.collection, store.ids_of_recipe(done.collection, "r1"))
+        assert r1.payload["title"] == "Dish 1, renamed"
+        model = EmbeddingModel(tiny_model_dir)
+        query = model.embed_images([encode(synthetic_photo(903, (160, 120)))])[0]
+        best = store.search_recipes(done.collection, query, limit=1, model_version=model.version).hits[0]
+        assert best.recipe_id == "r3" and best.score == pytest.approx(1.0, abs=1e-4)  # the new photo
+
+
+def test_an_unfinished_build_of_another_catalogue_is_not_resumed(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_kaggle_catalog(first, 24)
+    write_kaggle_catalog(second, 10, seed0=100)
+    with EdgeStore(tmp_path / "q") as store:
+        with pytest.raises(Killed):
+            _build(first, tiny_model_dir, store, batch_size=8, embedder=DyingEmbedder(tiny_model_dir, 2))
+        (unfinished,) = store.list_collections()
+        with caplog.at_level(logging.WARNING, logger="indexer.build"):
+            other = _build(second, tiny_model_dir, store, verify_sample=2)
+        assert not other.resumed and other.collection != unfinished.name
+        assert (other.indexed, store.count(other.collection)) == (10, 10)
+        assert f"unfinished collection {unfinished.name} was filled from another catalogue" in caplog.text
+        assert "starting a fresh collection" in caplog.text
+        assert store.count(unfinished.name) == 16  # left alone, for its own catalogue
+        again = _build(first, tiny_model_dir, store, verify_sample=2, force=True)  # vs another catalogue
+        assert again.resumed and again.collection == unfinished.name and again.skipped == 16
+        assert store.resolve_alias("recipes") == unfinished.name and store.count(unfinished.name) == 24
+
+
+def test_cli_swap_drop_and_a_missing_store(
+    catalog40: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from indexer.cli import run
+
+    missing = tmp_path / "does" / "not" / "exist"
+    for command in (["list"], ["rollback"], ["swap", "c"], ["drop", "c"], ["delete", "r1"]):
+        assert run([*command, "--store-path", str(missing)]) == 1
+        assert f"the store {missing} does not exist" in capsys.readouterr().err
+    assert not missing.parent.parent.exists()  # nothing created
+
+    root = tmp_path / "q"
+    with EdgeStore(root) as store:
+        first = _build(catalog40, tiny_model_dir, store, verify_sample=1).collection
+        second = _build(catalog40, tiny_model_dir, store, verify_sample=1).collection
+        store.create_collection("unfinished", dimension=64, model_version="m")
+    capsys.readouterr()
+    assert run(["drop", second, "--store-path", str(root)]) == 1
+    message = capsys.readouterr().err
+    assert "behind alias 'recipes'" in message and "`recipelens-index swap NAME --alias recipes`" in message
+    assert run(["swap", "unfinished", "--store-path", str(root)]) == 1
+    assert "incomplete; it cannot go behind alias" in capsys.readouterr().err
+    assert run(["swap", "nope", "--store-path", str(root)]) == 1
+    assert "no collection 'nope'" in capsys.readouterr().err
+    assert run(["swap", first, "--store-path", str(root)]) == 0  # what the drop message suggests
+    assert capsys.readouterr().out.strip() == f"alias 'recipes': {second} → {first}"
+    assert run(["drop", second, "--store-path", str(root)]) == 0
+    with EdgeStore(root) as store:
+        assert store.resolve_alias("recipes") == first
+        assert {c.name for c in store.list_collections()} == {first, "unfinished"}

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from indexer.keywords import ingredient_keywords, normal, query_keywords
 from indexer.store import open_store
 from indexer.store.base import (
+    MAX_FILTER_TERMS,
     CollectionBusy,
+    InvalidFilter,
     ModelVersionMismatch,
     RecipePoint,
     RecipeStore,
@@ -72,7 +75,7 @@ def _scenario(store: RecipeStore, name: str) -> dict[str, object]:
         "inc": sorted(h.payload["recipe_id"] for h in inc),
         "exc": sorted(h.payload["recipe_id"] for h in exc),
         "count": store.count(name),
-        "existing": sorted(store.existing_ids(name, [pts[0].id, pts[1].id, str(uuid.uuid4())])),
+        "existing": sorted(set(store.payload_hashes(name)) & {pts[0].id, pts[1].id, str(uuid.uuid4())}),
         "recipe": store.ids_of_recipe(name, "r5"),
     }
 
@@ -221,3 +224,183 @@ def test_int8_quantized_edge_collection_finds_each_point_first(tmp_path: Path) -
             hits = store.search("q8", vectors[i], limit=3, model_version="m")
             assert hits[0].payload["recipe_id"] == str(i)
             assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+# -- distinct recipes and honest filters ------------------------------------------------------------
+def _multi_photo_catalogue(seed: int = 7) -> tuple[list[RecipePoint], np.ndarray]:
+    """12 recipes of 1–4 photos each around their own centre, plus "big": 40 photos near recipe 0.
+
+    Returns the points and a query near recipe 0, so that "big" crowds the first 40 photos.
+    """
+    rng = np.random.default_rng(seed)
+    cats = ["Soups", "Salads", "Desserts"]
+    lines = [
+        ["2 red chillies", "1 onion"],
+        ["3 tomatoes", "basil"],
+        ["dark chocolate", "eggs"],
+        ["chilli flakes"],
+    ]
+    points: list[RecipePoint] = []
+    centres = rng.standard_normal((12, DIM)).astype(np.float32)
+    for r in range(12):
+        for k in range(1 + r % 4):
+            v = centres[r] + 0.3 * rng.standard_normal(DIM).astype(np.float32)
+            payload = {
+                "recipe_id": f"r{r}",
+                "title": f"Dish {r}",
+                "image": f"r{r}/{k}.jpg",
+                "category": cats[r % 3],
+                "ingredient_keywords": ingredient_keywords(lines[r % 4]),
+            }
+            points.append(RecipePoint(point_id(f"r{r}", f"{k}.jpg"), v / np.linalg.norm(v), payload))
+    for k in range(40):
+        v = centres[0] + 0.05 * rng.standard_normal(DIM).astype(np.float32)
+        payload = {"recipe_id": "big", "title": "Big", "image": f"big/{k}.jpg", "category": "Soups"}
+        points.append(RecipePoint(point_id("big", f"{k}.jpg"), v / np.linalg.norm(v), payload))
+    query = centres[0] + 0.02 * rng.standard_normal(DIM).astype(np.float32)
+    return points, query / np.linalg.norm(query)
+
+
+def _brute_force(points: list[RecipePoint], query: np.ndarray, keep: Callable[[dict], bool]) -> list[tuple]:
+    """Recipes ranked by their best photo, computed with numpy: (recipe_id, image)."""
+    best: dict[str, tuple[float, str]] = {}
+    for p in points:
+        if keep(p.payload):
+            score = float(p.vector @ query)
+            rid = p.payload["recipe_id"]
+            if rid not in best or score > best[rid][0]:
+                best[rid] = (score, p.payload["image"])
+    ranked = sorted(best.items(), key=lambda kv: -kv[1][0])
+    return [(rid, image) for rid, (_, image) in ranked]
+
+
+def _grouped_scenario(store: RecipeStore, name: str, points: list[RecipePoint], query: np.ndarray) -> dict:
+    store.create_collection(name, dimension=DIM, model_version="m1")
+    store.upsert(name, points, model_version="m1")
+
+    def page(limit: int, offset: int = 0, flt: SearchFilter | None = None) -> list[tuple]:
+        found = store.search_recipes(name, query, limit=limit, offset=offset, filter=flt, model_version="m1")
+        return [(h.recipe_id, h.matched_image, round(h.score, 4)) for h in found.hits]
+
+    no_chilli = store.search_recipes(
+        name, query, limit=20, filter=SearchFilter(must_exclude=("Chilli",)), model_version="m1"
+    )
+    unknown = store.search_recipes(
+        name,
+        query,
+        limit=20,
+        filter=SearchFilter(categories=("soups", "Stews"), must_exclude=("unobtainium",)),
+        model_version="m1",
+    )
+    impossible = store.search_recipes(
+        name, query, limit=5, filter=SearchFilter(must_include=("saffron",)), model_version="m1"
+    )
+    return {
+        "top5": page(5),
+        "pages": page(3) + page(3, 3) + page(3, 6) + page(3, 9) + page(3, 12),
+        "all": page(13),
+        "no_chilli": sorted(h.recipe_id for h in no_chilli.hits),
+        "no_chilli_warnings": no_chilli.warnings,
+        "unknown": sorted(h.recipe_id for h in unknown.hits),
+        "unknown_warnings": unknown.warnings,
+        "impossible": (impossible.hits, impossible.warnings),
+        "beyond": page(5, 13),
+    }
+
+
+def test_distinct_recipes_and_filters_agree_on_edge_and_server(
+    tmp_path: Path, server_stores: list[ServerStore]
+) -> None:
+    points, query = _multi_photo_catalogue()
+    name = f"groups-{uuid.uuid4().hex[:8]}"
+    with EdgeStore(tmp_path / "q") as edge:
+        expected = _grouped_scenario(edge, name, points, query)
+    truth = _brute_force(points, query, lambda p: True)
+    assert len(truth) == 13 and truth[0][0] == "big"
+    assert [(rid, image) for rid, image, _ in expected["all"]] == truth  # each once, at its best photo
+    assert expected["top5"] == expected["all"][:5] and expected["pages"] == expected["all"]
+    assert expected["beyond"] == []
+    chilli = {p.payload["recipe_id"] for p in points if "chilli" in p.payload.get("ingredient_keywords", [])}
+    assert chilli == {"r0", "r3", "r4", "r7", "r8", "r11"}  # "chillies" and "chilli" written both ways
+    assert expected["no_chilli"] == sorted({rid for rid, _ in truth} - chilli)
+    assert expected["no_chilli_warnings"] == ()
+    assert expected["unknown"] == ["big", "r0", "r3", "r6", "r9"]  # "soups" matched "Soups"
+    assert expected["unknown_warnings"] == (
+        "category 'Stews' matches no category in the collection",
+        "ingredient 'unobtainium' matches no ingredient in the collection",
+    )
+    assert expected["impossible"] == ([], ("ingredient 'saffron' matches no ingredient in the collection",))
+    for server in server_stores:
+        try:
+            got = _grouped_scenario(server, name, points, query)
+        finally:
+            if server.url != ":memory:":
+                server.client.delete_collection(name)
+        assert got == expected, server.url
+
+
+def test_grouping_is_bounded_and_says_so_by_a_short_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from indexer.store import base
+
+    points, query = _multi_photo_catalogue()
+    monkeypatch.setattr(base, "GROUP_FETCH_LIMIT", 40)  # only "big"'s photos fit in the bound
+    with EdgeStore(tmp_path / "q") as store:
+        store.create_collection("c", dimension=DIM, model_version="m1")
+        store.upsert("c", points, model_version="m1")
+        hits = store.search_recipes("c", query, limit=3, model_version="m1").hits
+    assert [h.recipe_id for h in hits] == ["big"]
+
+
+def test_filters_are_capped_with_a_clear_error() -> None:
+    SearchFilter(must_exclude=tuple(f"term{i}" for i in range(MAX_FILTER_TERMS)))
+    with pytest.raises(InvalidFilter, match=r"filter of 65 terms \(at most 64\)"):
+        SearchFilter(categories=("a",), must_exclude=tuple(f"term{i}" for i in range(MAX_FILTER_TERMS)))
+    with pytest.raises(InvalidFilter, match="at most 100"):
+        SearchFilter(must_exclude=("x" * 101,))
+    with pytest.raises(InvalidFilter, match=r"bytes \(at most 4096\)"):
+        SearchFilter(must_exclude=tuple("é" * 50 for _ in range(50)))
+    with pytest.raises(InvalidFilter, match="list of strings"):
+        SearchFilter(categories="Soups")  # type: ignore[arg-type]
+    assert isinstance(InvalidFilter("x"), ValueError)  # callers map it to INVALID_ARGUMENT / 400
+    assert SearchFilter(categories=[" Soups ", ""]).categories == ("Soups",)  # type: ignore[arg-type]
+
+
+def test_one_normal_form_for_index_and_query() -> None:
+    for spellings in (
+        ["chilli", "chillies", "Chilli", "chilly"],
+        ["berry", "berries"],
+        ["tomato", "tomatoes"],
+    ):
+        assert len({normal(s) for s in spellings}) == 1, spellings
+    assert normal("cookie") == normal("cookies") and normal("egg") == normal("eggs")
+    assert normal("hummus") == "hummus" and normal("glass") == normal("glasses")
+    assert query_keywords("Red CHILLIES") == ["red", "chilli"]
+    assert set(ingredient_keywords(["2 chillies"])) == {"chillies", "chilli"}
+
+
+def test_a_vocabulary_read_before_a_write_never_makes_a_filter_wrong(
+    tmp_path: Path, server_stores: list[ServerStore]
+) -> None:
+    pts = _points()
+    with EdgeStore(tmp_path / "q") as edge:
+        stores: list[RecipeStore] = [edge, *server_stores]
+        for store in stores:
+            name = f"fresh-{uuid.uuid4().hex[:8]}"
+            store.create_collection(name, dimension=DIM, model_version="m1")
+            store.upsert(name, pts[:6], model_version="m1")
+            flt = SearchFilter(must_exclude=("Leeks",), categories=("stews",))
+            assert store.search(name, pts[6].vector, limit=12, filter=flt, model_version="m1") == []
+            new = {
+                "recipe_id": "leek",
+                "category": "Stews",
+                "ingredient_keywords": ingredient_keywords(["leeks"]),
+            }
+            store.upsert(name, [RecipePoint(pts[6].id, pts[6].vector, new)], model_version="m1")
+            plain = {**new, "recipe_id": "plain", "ingredient_keywords": ["water"]}
+            store.upsert(name, [RecipePoint(pts[7].id, pts[7].vector, plain)], model_version="m1")
+            hits = store.search(name, pts[6].vector, limit=12, filter=flt, model_version="m1")
+            assert [h.payload["recipe_id"] for h in hits] == ["plain"], type(store).__name__
+            if isinstance(store, ServerStore) and store.url != ":memory:":
+                store.client.delete_collection(name)

@@ -24,25 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arecipelens/v1/search.proto\x12\rrecipelens.v1\"f\n\x0cSearchFilter\x12\x12\n\ncategories\x18\x01 \x03(\t\x12 \n\x18must_include_ingredients\x18\x02 \x03(\t\x12 \n\x18must_exclude_ingredients\x18\x03 \x03(\t\"q\n\x14SearchByImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05top_k\x18\x02 \x01(\r\x12+\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1b.recipelens.v1.SearchFilter\x12\x0e\n\x06offset\x18\x04 \x01(\r\"\xa0\x01\n\x06Recipe\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0bingredients\x18\x03 \x03(\t\x12\x14\n\x0cinstructions\x18\x04 \x01(\t\x12\x11\n\timage_url\x18\x05 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\x12\x1b\n\x13\x63leaned_ingredients\x18\x07 \x03(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\"j\n\tRecipeHit\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x02\x12%\n\x06recipe\x18\x03 \x01(\x0b\x32\x15.recipelens.v1.Recipe\x12\x19\n\x11matched_image_url\x18\x04 \x01(\t\"\x8d\x01\n\x15SearchByImageResponse\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.recipelens.v1.RecipeHit\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ncollection\x18\x03 \x01(\t\x12\x0f\n\x07took_ms\x18\x04 \x01(\x02\x12\x10\n\x08warnings\x18\x05 \x03(\t\"\x1e\n\x10GetRecipeRequest\x12\n\n\x02id\x18\x01 \x01(\t2\xaf\x01\n\x0cRecipeSearch\x12Z\n\rSearchByImage\x12#.recipelens.v1.SearchByImageRequest\x1a$.recipelens.v1.SearchByImageResponse\x12\x43\n\tGetRecipe\x12\x1f.recipelens.v1.GetRecipeRequest\x1a\x15.recipelens.v1.Recipeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arecipelens/v1/search.proto\x12\rrecipelens.v1\"f\n\x0cSearchFilter\x12\x12\n\ncategories\x18\x01 \x03(\t\x12 \n\x18must_include_ingredients\x18\x02 \x03(\t\x12 \n\x18must_exclude_ingredients\x18\x03 \x03(\t\"\x89\x01\n\x14SearchByImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05top_k\x18\x02 \x01(\r\x12+\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1b.recipelens.v1.SearchFilter\x12\x0e\n\x06offset\x18\x04 \x01(\r\x12\x16\n\x0emin_confidence\x18\x05 \x01(\x02\"\xa0\x01\n\x06Recipe\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0bingredients\x18\x03 \x03(\t\x12\x14\n\x0cinstructions\x18\x04 \x01(\t\x12\x11\n\timage_url\x18\x05 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\x12\x1b\n\x13\x63leaned_ingredients\x18\x07 \x03(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\"\x92\x01\n\tRecipeHit\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x02\x12%\n\x06recipe\x18\x03 \x01(\x0b\x32\x15.recipelens.v1.Recipe\x12\x19\n\x11matched_image_url\x18\x04 \x01(\t\x12\x17\n\nconfidence\x18\x05 \x01(\x02H\x00\x88\x01\x01\x42\r\n\x0b_confidence\"\xb2\x01\n\x15SearchByImageResponse\x12&\n\x04hits\x18\x01 \x03(\x0b\x32\x18.recipelens.v1.RecipeHit\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ncollection\x18\x03 \x01(\t\x12\x0f\n\x07took_ms\x18\x04 \x01(\x02\x12\x10\n\x08warnings\x18\x05 \x03(\t\x12#\n\x05match\x18\x06 \x01(\x0e\x32\x14.recipelens.v1.Match\"\x1e\n\x10GetRecipeRequest\x12\n\n\x02id\x18\x01 \x01(\t*P\n\x05Match\x12\x15\n\x11MATCH_UNSPECIFIED\x10\x00\x12\x0e\n\nMATCH_NONE\x10\x01\x12\x0e\n\nMATCH_WEAK\x10\x02\x12\x10\n\x0cMATCH_STRONG\x10\x03\x32\xaf\x01\n\x0cRecipeSearch\x12Z\n\rSearchByImage\x12#.recipelens.v1.SearchByImageRequest\x1a$.recipelens.v1.SearchByImageResponse\x12\x43\n\tGetRecipe\x12\x1f.recipelens.v1.GetRecipeRequest\x1a\x15.recipelens.v1.Recipeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recipelens.v1.search_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MATCH']._serialized_start=814
+  _globals['_MATCH']._serialized_end=894
   _globals['_SEARCHFILTER']._serialized_start=45
   _globals['_SEARCHFILTER']._serialized_end=147
-  _globals['_SEARCHBYIMAGEREQUEST']._serialized_start=149
-  _globals['_SEARCHBYIMAGEREQUEST']._serialized_end=262
-  _globals['_RECIPE']._serialized_start=265
-  _globals['_RECIPE']._serialized_end=425
-  _globals['_RECIPEHIT']._serialized_start=427
-  _globals['_RECIPEHIT']._serialized_end=533
-  _globals['_SEARCHBYIMAGERESPONSE']._serialized_start=536
-  _globals['_SEARCHBYIMAGERESPONSE']._serialized_end=677
-  _globals['_GETRECIPEREQUEST']._serialized_start=679
-  _globals['_GETRECIPEREQUEST']._serialized_end=709
-  _globals['_RECIPESEARCH']._serialized_start=712
-  _globals['_RECIPESEARCH']._serialized_end=887
+  _globals['_SEARCHBYIMAGEREQUEST']._serialized_start=150
+  _globals['_SEARCHBYIMAGEREQUEST']._serialized_end=287
+  _globals['_RECIPE']._serialized_start=290
+  _globals['_RECIPE']._serialized_end=450
+  _globals['_RECIPEHIT']._serialized_start=453
+  _globals['_RECIPEHIT']._serialized_end=599
+  _globals['_SEARCHBYIMAGERESPONSE']._serialized_start=602
+  _globals['_SEARCHBYIMAGERESPONSE']._serialized_end=780
+  _globals['_GETRECIPEREQUEST']._serialized_start=782
+  _globals['_GETRECIPEREQUEST']._serialized_end=812
+  _globals['_RECIPESEARCH']._serialized_start=897
+  _globals['_RECIPESEARCH']._serialized_end=1072
 # @@protoc_insertion_point(module_scope)

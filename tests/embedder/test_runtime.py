@@ -1,0 +1,106 @@
+"""Execution providers without the hardware: onnxruntime's provider list and session are faked, so the
+TensorRT / CUDA / OpenVINO choices (and their options by numerics) are checked on any machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from embedder import runtime
+from embedder.manifest import read_manifest, write_manifest
+from embedder.providers import CPU, CUDA, DEFAULT_PROVIDERS, OPENVINO, TENSORRT
+from embedder.runtime import EmbeddingModel, provider_options, select_providers
+from tests.support.tinymodel import write_tiny_model
+
+
+class FakeSession:
+    """Records what the session was asked for; runs on the first provider it was given."""
+
+    created: ClassVar[list[FakeSession]] = []
+
+    def __init__(self, path: str, sess_options: Any = None, providers: Any = None) -> None:
+        self.path = path
+        self.providers = list(providers)
+        FakeSession.created.append(self)
+
+    def get_inputs(self) -> list[Any]:
+        return [type("Input", (), {"name": "image"})()]
+
+    def get_providers(self) -> list[str]:
+        return [name for name, _ in self.providers]
+
+    def run(self, outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.ones((len(feeds["image"]), 64), np.float32)]
+
+
+@pytest.fixture
+def fake_ort(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> list[FakeSession]:
+    available = request.param
+    monkeypatch.setattr(runtime.ort, "get_available_providers", lambda: list(available))
+    monkeypatch.setattr(runtime.ort, "InferenceSession", FakeSession)
+    FakeSession.created = []
+    return FakeSession.created
+
+
+def _int8_twin(folder: Path) -> Path:
+    fields = read_manifest(folder).model_dump(exclude={"version", "sha256", "format_version"})
+    fields.update(numerics="int8", quantization={"method": "minmax"})
+    write_manifest(folder, **fields)
+    return folder
+
+
+@pytest.mark.parametrize("fake_ort", [[TENSORRT, CUDA, CPU]], indirect=True)
+def test_gpu_build_runs_tensorrt_first_fp16_for_fp32_int8_for_qdq(
+    fake_ort: list[FakeSession], tmp_path: Path
+) -> None:
+    write_tiny_model(tmp_path / "fp32")
+    fp32 = EmbeddingModel(tmp_path / "fp32")
+    assert fp32.provider == TENSORRT and fp32.runs_on == "fp32 on TensorrtExecutionProvider"
+    names = [name for name, _ in fake_ort[-1].providers]
+    assert names == [TENSORRT, CUDA, CPU]
+    trt = dict(fake_ort[-1].providers)[TENSORRT]
+    assert trt["trt_fp16_enable"] == "True" and trt["trt_int8_enable"] == "False"
+    write_tiny_model(tmp_path / "int8", seed=1)
+    int8 = EmbeddingModel(_int8_twin(tmp_path / "int8"))
+    assert int8.runs_on == "int8 on TensorrtExecutionProvider"
+    assert dict(fake_ort[-1].providers)[TENSORRT]["trt_int8_enable"] == "True"
+    assert int8.embed_arrays(np.zeros((2, 224, 224, 3), np.uint8)).shape == (2, 64)
+
+
+@pytest.mark.parametrize("fake_ort", [[CUDA, CPU]], indirect=True)
+def test_cuda_only_build_skips_tensorrt(fake_ort: list[FakeSession], tmp_path: Path) -> None:
+    write_tiny_model(tmp_path / "m")
+    model = EmbeddingModel(tmp_path / "m")
+    assert model.provider == CUDA
+    assert [name for name, _ in fake_ort[-1].providers] == [CUDA, CPU]
+
+
+@pytest.mark.parametrize("fake_ort", [[OPENVINO, CPU]], indirect=True)
+def test_openvino_build_runs_openvino_on_the_cpu_device(fake_ort: list[FakeSession], tmp_path: Path) -> None:
+    write_tiny_model(tmp_path / "m")
+    model = EmbeddingModel(tmp_path / "m", intra_op_threads=2)
+    assert model.provider == OPENVINO
+    options = dict(fake_ort[-1].providers)[OPENVINO]
+    assert options["device_type"] == "CPU" and options["num_of_threads"] == "2"
+
+
+def test_provider_list_order_and_cpu_always_last() -> None:
+    assert DEFAULT_PROVIDERS == (TENSORRT, CUDA, OPENVINO, CPU)
+    assert select_providers(DEFAULT_PROVIDERS, available=[CPU, OPENVINO]) == [OPENVINO, CPU]
+    assert select_providers([OPENVINO], available=[CPU]) == [CPU]
+    assert provider_options(CPU) == {}
+    assert provider_options(OPENVINO, numerics="int8")["device_type"] == "CPU"
+
+
+def test_the_real_build_reports_what_runs(tmp_path: Path) -> None:
+    """Whatever onnxruntime build is installed, a model loads on one of its providers and says so."""
+    import onnxruntime as ort
+
+    write_tiny_model(tmp_path / "m")
+    model = EmbeddingModel(tmp_path / "m")
+    assert model.provider in ort.get_available_providers()
+    vectors = model.embed_arrays(np.random.default_rng(0).integers(0, 255, (3, 224, 224, 3), dtype=np.uint8))
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)

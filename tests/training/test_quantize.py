@@ -1,0 +1,158 @@
+"""int8 twins: the BatchNorm fold, the catalogue sample, calibration, the agreement bound, the folder and CLI.
+
+The model is a small real conv net in the exported graph's shape (NHWC input, Conv → Mul → Add → Clip as
+tf2onnx leaves Lite's depthwise blocks, pooling, the L2 tail), so onnxruntime really quantizes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from embedder.manifest import MODEL_FILE, read_manifest, write_manifest
+from embedder.runtime import EmbeddingModel
+from tests.training.triplet_catalog import CATEGORIES, write_catalog
+from training import model_cli as cli
+from training.quantize import (
+    Int8Settings,
+    QuantizationRefusedError,
+    fold_conv_affine,
+    quantize_model,
+    sample_photos,
+)
+
+SMALL = {"calibration_photos": 8, "evaluation_photos": 16}
+
+
+def conv_graph(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    c = 16
+    consts = {
+        "w": rng.standard_normal((c, 3, 8, 8)).astype(np.float32) / 400,
+        "b": rng.standard_normal(c).astype(np.float32) * 0.1,
+        "bn_scale": np.exp(rng.uniform(-2.5, 2.5, (1, c, 1, 1))).astype(np.float32),  # channels 100× apart
+        "bn_shift": rng.standard_normal((1, c, 1, 1)).astype(np.float32),
+        "w2": rng.standard_normal((32, c, 1, 1)).astype(np.float32) / 4,
+        "lo": np.array(0, np.float32),
+        "hi": np.array(6, np.float32),
+        "axes": np.array([1], np.int64),
+        "eps": np.array(1e-12, np.float32),
+    }
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w", "b"], ["c1"], strides=[8, 8]),
+        helper.make_node("Mul", ["c1", "bn_scale"], ["m1"]),
+        helper.make_node("Add", ["m1", "bn_shift"], ["a1"]),
+        helper.make_node("Clip", ["a1", "lo", "hi"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+        helper.make_node("GlobalAveragePool", ["c2"], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Mul", ["flat", "flat"], ["sq"]),
+        helper.make_node("ReduceSum", ["sq", "axes"], ["ss"], keepdims=1),
+        helper.make_node("Max", ["ss", "eps"], ["ssm"]),
+        helper.make_node("Sqrt", ["ssm"], ["norm"]),
+        helper.make_node("Reciprocal", ["norm"], ["inv"]),
+        helper.make_node("Mul", ["flat", "inv"], ["embedding"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 224, 224, 3])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 32])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("models") / "conv-raw"
+    folder.mkdir()
+    onnx.save(conv_graph(), str(folder / MODEL_FILE))
+    write_manifest(folder, name="conv-raw", backbone="test-conv", embedding_dim=32)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_catalog(tmp_path_factory.mktemp("catalog"), recipes=40)
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"image": x})[0])
+
+
+def test_fold_moves_the_batchnorm_into_the_conv_and_keeps_the_outputs() -> None:
+    model = conv_graph()
+    x = np.random.default_rng(1).uniform(0, 255, (2, 224, 224, 3)).astype(np.float32)
+    before = _run(model, x)
+    assert fold_conv_affine(model) == 2
+    assert [n.op_type for n in model.graph.node][:4] == ["Transpose", "Conv", "Clip", "Conv"]
+    np.testing.assert_allclose(_run(model, x), before, atol=1e-5)
+
+
+def test_sample_goes_round_the_categories_and_keeps_evaluation_apart(catalog: Path) -> None:
+    sample = sample_photos(catalog, 8, 16)
+    assert sample.categories == len(CATEGORIES)
+    assert len(sample.calibration) == 8 and len(sample.evaluation) == 16
+    assert not set(sample.calibration) & set(sample.evaluation)
+    ids = [int(p.stem.split("-")[1]) for p in sample.calibration[: len(CATEGORIES)]]
+    assert {i % len(CATEGORIES) for i in ids} == set(range(len(CATEGORIES)))  # one of each category first
+    assert sample_photos(catalog, 8, 16) == sample  # stable
+
+
+def test_int8_twin_is_its_own_version_with_numerics_and_agreement(fp32_model: Path, catalog: Path) -> None:
+    out = fp32_model.parent
+    folder = quantize_model(fp32_model, catalog=catalog, settings=Int8Settings(**SMALL))
+    manifest, fp32 = read_manifest(folder), read_manifest(fp32_model)
+    assert folder.parent == out and folder.name == f"conv-raw-int8-{manifest.version}"
+    assert manifest.numerics == "int8" and fp32.numerics == "fp32"
+    assert manifest.version != fp32.version and manifest.source["fp32_version"] == fp32.version
+    q = manifest.quantization
+    assert q["format"] == "QDQ" and q["method"] == "minmax" and q["folded_into_conv"] == 2
+    assert q["calibration"] == {"catalog": str(catalog), "photos": 8, "categories": 4, "seed": 0}
+    agreement = q["agreement"]
+    assert agreement["queries"] == 16 and agreement["gallery"] == 16
+    assert 0.98 <= agreement["cosine_mean"] <= 1 and agreement["cosine_min"] <= agreement["cosine_mean"]
+    assert 0 <= agreement["top10_overlap_min"] <= agreement["top10_overlap_mean"] <= 1
+    ops = {n.op_type for n in onnx.load(str(folder / MODEL_FILE)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8, ref = EmbeddingModel(folder, providers=["CPUExecutionProvider"]), EmbeddingModel(fp32_model)
+    assert int8.runs_on == "int8 on CPUExecutionProvider"
+    x = np.random.default_rng(2).integers(0, 255, (4, 224, 224, 3), dtype=np.uint8)
+    assert (np.sum(int8.embed_arrays(x) * ref.embed_arrays(x), axis=1) > 0.95).all()
+    assert quantize_model(fp32_model, catalog=catalog, settings=Int8Settings(**SMALL)) == folder  # same bytes
+
+
+def test_a_twin_below_the_bound_is_refused_and_leaves_nothing(
+    fp32_model: Path, catalog: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(QuantizationRefusedError, match=r"cosine min .* < 1"):
+        quantize_model(
+            fp32_model, catalog=catalog, out_dir=tmp_path, settings=Int8Settings(**SMALL, min_cosine=1)
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_makes_the_twin_and_names_a_refusal(
+    fp32_model: Path,
+    catalog: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RECIPELENS_INT8_CALIBRATION_PHOTOS", "8")
+    monkeypatch.setenv("RECIPELENS_INT8_EVALUATION_PHOTOS", "16")
+    assert cli.main(["int8", str(fp32_model), "--catalog", str(catalog), "--out", str(tmp_path / "a")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "numerics int8" in lines and Path(lines[-1]).parent == tmp_path / "a"
+    monkeypatch.setenv("RECIPELENS_INT8_MIN_TOP10_OVERLAP", "1.0")
+    monkeypatch.setenv("RECIPELENS_INT8_MIN_COSINE", "1.0")
+    assert cli.main(["int8", str(fp32_model), "--catalog", str(catalog), "--out", str(tmp_path / "b")]) == 2
+    assert "refused" in capsys.readouterr().err

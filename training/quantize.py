@@ -1,0 +1,460 @@
+"""Calibrated int8 twins of exported fp32 model folders (ONNX QDQ, per-channel int8 weights).
+
+    folder = quantize_model(fp32_folder, catalog="data/demo/recipes.csv", out_dir="models")
+
+1. **Photos** — from the catalogue, sampled round-robin across its categories (a stable shuffle within
+   each): the first ``calibration_photos`` calibrate, the next ``evaluation_photos`` (never seen by the
+   calibration) measure the agreement.
+2. **Quantize** — ``onnxruntime.quantization.quantize_static`` on the fp32 ``model.onnx`` in QDQ format:
+   int8 weights per output channel, uint8 activations with ranges from the calibration photos
+   (``minmax``, ``percentile`` or ``entropy``); node types in ``keep_fp32`` (by default the final
+   L2 normalisation) stay in float.
+3. **Agreement** — the evaluation photos' clean views are the gallery, one strongly distorted view of
+   each (:func:`training.evaluate.distort`) the queries. Both models embed both; recorded are the
+   cosine between the twins' query vectors (min / mean) and the overlap of each query's top-10 gallery
+   photos when each model searches its own gallery (mean / min). Below a bound of
+   :class:`Int8Settings` the model is refused (:class:`QuantizationRefusedError`) and no folder is left.
+4. **Folder** — ``<out>/<name>-int8-<version>`` with its own version (the content hash, so its vectors
+   never mix with the fp32 twin's) and a manifest whose ``numerics`` is ``int8`` and whose
+   ``quantization`` records the method, the calibration sample and the agreement.
+
+No TensorFlow here: onnx, onnxruntime, numpy and Pillow only.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from embedder.manifest import MODEL_FILE, ModelManifest, read_manifest, write_manifest
+from embedder.preprocess import ImageDecodeError, preprocess_file
+
+log = logging.getLogger(__name__)
+
+TOP_K = 10
+CALIBRATION_BATCH = 16
+Method = Literal["minmax", "percentile", "entropy"]
+
+
+class QuantizationError(RuntimeError):
+    """The int8 model could not be made (no usable photos, a quantizer failure)."""
+
+
+class QuantizationRefusedError(QuantizationError):
+    """The int8 model agrees with its fp32 twin less than the settings require."""
+
+
+class Int8Settings(BaseSettings):
+    """How int8 twins are calibrated and how closely they must agree; ``RECIPELENS_INT8_*`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="RECIPELENS_INT8_")
+
+    calibration_photos: int = Field(
+        default=96, ge=1, description="catalogue photos that calibrate the ranges"
+    )
+    evaluation_photos: int = Field(
+        default=256, ge=TOP_K + 1, description="other catalogue photos: the agreement's gallery and queries"
+    )
+    method: Method = Field(default="minmax", description="activation range calibration")
+    percentile: float = Field(default=99.999, gt=90, le=100, description="for method=percentile")
+    float_tail: bool = Field(
+        default=True,
+        description="leave the nodes after the last Conv/MatMul/pooling (the L2 normalisation) in float",
+    )
+    seed: int = 0
+    min_cosine: float = Field(default=0.90, ge=-1, le=1, description="refuse below this worst-query cosine")
+    min_mean_cosine: float = Field(default=0.98, ge=-1, le=1, description="refuse below this mean cosine")
+    min_top10_overlap: float = Field(
+        default=0.75, ge=0, le=1, description="refuse below this mean top-10 overlap"
+    )
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How an int8 model's vectors compare with its fp32 twin's on the same evaluation photos."""
+
+    cosine_min: float
+    cosine_mean: float
+    top10_overlap_mean: float
+    top10_overlap_min: float
+    queries: int
+    gallery: int
+
+    def failures(self, settings: Int8Settings) -> list[str]:
+        """The bounds this agreement misses (empty when it passes)."""
+        checks = (
+            ("cosine min", self.cosine_min, settings.min_cosine),
+            ("cosine mean", self.cosine_mean, settings.min_mean_cosine),
+            ("top-10 overlap mean", self.top10_overlap_mean, settings.min_top10_overlap),
+        )
+        return [f"{name} {value:.4f} < {bound:g}" for name, value, bound in checks if value < bound]
+
+    def summary(self) -> str:
+        return (
+            f"cosine min {self.cosine_min:.4f} / mean {self.cosine_mean:.4f}, top-10 overlap mean "
+            f"{self.top10_overlap_mean:.3f} / min {self.top10_overlap_min:.1f} "
+            f"({self.queries} queries, {self.gallery} gallery photos)"
+        )
+
+
+@dataclass(frozen=True)
+class CatalogSample:
+    """Catalogue photos chosen across categories: calibration first, evaluation after (disjoint)."""
+
+    calibration: list[Path]
+    evaluation: list[Path]
+    categories: int
+
+
+def sample_photos(catalog: str | Path, calibration: int, evaluation: int, *, seed: int = 0) -> CatalogSample:
+    """Round-robin over the catalogue's categories (stable shuffle within each); local files only."""
+    from indexer.catalog import read_catalog
+
+    cat = read_catalog(catalog)
+    rng = np.random.default_rng(seed)
+    by_category: dict[str, list[Path]] = {}
+    for recipe, image in cat.photos():
+        if isinstance(image, Path):
+            by_category.setdefault(recipe.category or "", []).append(image)
+    pools = []
+    for name in sorted(by_category):
+        files = by_category[name]
+        pools.append([files[i] for i in rng.permutation(len(files))])
+    ordered: list[Path] = []
+    for depth in range(max((len(p) for p in pools), default=0)):
+        ordered += [pool[depth] for pool in pools if depth < len(pool)]
+    if len(ordered) < 2:
+        raise QuantizationError(f"{catalog}: fewer than 2 local photos to calibrate and evaluate with")
+    n_cal = min(calibration, len(ordered) // 2)
+    return CatalogSample(ordered[:n_cal], ordered[n_cal : n_cal + evaluation], len(pools))
+
+
+def _decode_all(files: Sequence[Path], size: int) -> np.ndarray:
+    arrays = []
+    for path in files:
+        try:
+            arrays.append(preprocess_file(path, size=size))
+        except ImageDecodeError as exc:
+            log.warning("skipping %s", exc)
+    if not arrays:
+        raise QuantizationError("none of the sampled photos could be decoded")
+    return np.stack(arrays)
+
+
+def _query_views(files: Sequence[Path], size: int, seed: int) -> np.ndarray:
+    from embedder.preprocess import preprocess
+    from training.evaluate import distort
+
+    rng = np.random.default_rng(seed)
+    return np.stack([preprocess(distort(Path(f).read_bytes(), rng, "strong"), size=size) for f in files])
+
+
+class _Batches:
+    """``onnxruntime.quantization.CalibrationDataReader``: the calibration photos in batches."""
+
+    def __init__(self, input_name: str, images: np.ndarray) -> None:
+        self.input_name = input_name
+        self._iter: Iterator[np.ndarray] = iter(
+            [
+                images[i : i + CALIBRATION_BATCH].astype(np.float32)
+                for i in range(0, len(images), CALIBRATION_BATCH)
+            ]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._iter, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _embed(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    out = [
+        session.run(None, {name: images[i : i + 32].astype(np.float32)})[0] for i in range(0, len(images), 32)
+    ]
+    vectors = np.concatenate(out).astype(np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def measure_agreement(
+    reference: np.ndarray, candidate: np.ndarray, reference_gallery: np.ndarray, candidate_gallery: np.ndarray
+) -> Agreement:
+    """Cosine of paired query vectors, and top-10 overlap when each model searches its own gallery."""
+    cosine = np.sum(reference * candidate, axis=1)
+    k = min(TOP_K, len(reference_gallery))
+    top_ref = np.argsort(-(reference @ reference_gallery.T), axis=1, kind="stable")[:, :k]
+    top_cand = np.argsort(-(candidate @ candidate_gallery.T), axis=1, kind="stable")[:, :k]
+    overlap = np.array(
+        [len(set(a.tolist()) & set(b.tolist())) / k for a, b in zip(top_ref, top_cand, strict=True)]
+    )
+    return Agreement(
+        cosine_min=float(cosine.min()),
+        cosine_mean=float(cosine.mean()),
+        top10_overlap_mean=float(overlap.mean()),
+        top10_overlap_min=float(overlap.min()),
+        queries=len(reference),
+        gallery=len(reference_gallery),
+    )
+
+
+def fold_conv_affine(model: Any) -> int:
+    """Fold per-channel ``Mul`` / ``Add`` constants that follow a Conv into its weights and bias, in place.
+
+    tf2onnx leaves the BatchNorm after Lite's depthwise convolutions as Mul + Add, and onnxruntime's own
+    fusions skip them. Quantized unfolded, the Conv's output is one uint8 range shared by channels that
+    the BatchNorm scale then sets 100× apart — cosine to fp32 falls to 0.8. Returns the folds made.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+    folds = 0
+    removed: set[int] = set()
+    for conv in list(graph.node):
+        if conv.op_type != "Conv" or len(conv.input) < 2 or conv.input[1] not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float32)
+        channels = weight.shape[0]
+        bias = (
+            numpy_helper.to_array(inits[conv.input[2]]).astype(np.float32)
+            if len(conv.input) > 2 and conv.input[2] in inits
+            else np.zeros(channels, np.float32)
+        )
+        changed = False
+        while True:
+            out = conv.output[0]
+            users = consumers.get(out, [])
+            if len(users) != 1 or out in graph_outputs or users[0].op_type not in ("Mul", "Add"):
+                break
+            nxt = users[0]
+            others = [name for name in nxt.input if name != out]
+            if len(others) != 1 or others[0] not in inits:
+                break
+            const = numpy_helper.to_array(inits[others[0]]).astype(np.float32)
+            if const.size not in (1, channels) or (
+                const.size == channels
+                and const.ndim > 1
+                and const.shape[-3:] != (channels, 1, 1)[-const.ndim :]
+            ):
+                break
+            values = np.broadcast_to(const.reshape(-1), (channels,))
+            if nxt.op_type == "Mul":
+                weight = weight * values.reshape(-1, *([1] * (weight.ndim - 1)))
+                bias = bias * values
+            else:
+                bias = bias + values
+            conv.output[0] = nxt.output[0]
+            consumers[nxt.output[0]] = consumers.get(nxt.output[0], [])
+            removed.add(id(nxt))
+            folds += 1
+            changed = True
+        if changed:
+            w_name, b_name = f"{conv.name}_folded_w", f"{conv.name}_folded_b"
+            graph.initializer.extend(
+                [
+                    numpy_helper.from_array(weight, w_name),
+                    numpy_helper.from_array(bias.astype(np.float32), b_name),
+                ]
+            )
+            del conv.input[1:]
+            conv.input.extend([w_name, b_name])
+    if removed:
+        kept = [node for node in graph.node if id(node) not in removed]
+        del graph.node[:]
+        graph.node.extend(kept)
+        used = {name for node in graph.node for name in node.input}
+        unused = [init for init in graph.initializer if init.name not in used]
+        for init in unused:
+            graph.initializer.remove(init)
+    return folds
+
+
+TAIL_START_OPS = frozenset({"Conv", "MatMul", "Gemm", "GlobalAveragePool"})
+
+
+def float_tail_nodes(model_path: Path) -> list[str]:
+    """Names of the nodes after the last Conv / MatMul / Gemm / pooling: the output normalisation.
+
+    Quantized, its squares and reciprocal lose most of their precision for nothing: it is a handful of
+    operations on one vector per photo.
+    """
+    import onnx
+
+    nodes = list(onnx.load(str(model_path), load_external_data=False).graph.node)
+    last = max((i for i, node in enumerate(nodes) if node.op_type in TAIL_START_OPS), default=len(nodes))
+    return [node.name for node in nodes[last + 1 :]]
+
+
+def quantize_onnx(
+    fp32_path: Path, int8_path: Path, calibration: np.ndarray, settings: Int8Settings
+) -> dict[str, Any]:
+    """Write the QDQ int8 graph of ``fp32_path`` to ``int8_path``; return what was done (for the manifest)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    input_name = _session(fp32_path).get_inputs()[0].name
+    # onnxruntime's own graph optimisations first (BatchNorm-style Mul/Add folded into the Conv before it),
+    # so every remaining tensor is quantized once, as it will run.
+    prepared = int8_path.with_name("prepared.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        import onnx
+
+        proto = onnx.load(str(prepared))
+        folds = fold_conv_affine(proto)
+        for index, node in enumerate(proto.graph.node):  # nodes are excluded by name: every one needs one
+            node.name = node.name or f"{node.op_type}_{index}"
+        onnx.save(proto, str(prepared))
+    except Exception as exc:
+        raise QuantizationError(f"onnxruntime could not prepare {fp32_path} for quantization: {exc}") from exc
+    excluded = float_tail_nodes(prepared) if settings.float_tail else []
+    extra: dict[str, Any] = {"CalibMovingAverage": False}
+    if settings.method == "percentile":
+        extra["CalibPercentile"] = settings.percentile
+    try:
+        quantize_static(
+            str(prepared),
+            str(int8_path),
+            _Batches(input_name, calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            calibrate_method=methods[settings.method],
+            extra_options=extra,
+        )
+    except Exception as exc:
+        raise QuantizationError(f"onnxruntime could not quantize {fp32_path}: {exc}") from exc
+    finally:
+        prepared.unlink(missing_ok=True)
+    return {
+        "format": "QDQ",
+        "weights": "int8, symmetric, per output channel",
+        "activations": "uint8, per tensor",
+        "method": settings.method,
+        **({"percentile": settings.percentile} if settings.method == "percentile" else {}),
+        "folded_into_conv": folds,
+        "float_nodes": excluded,
+        "prepared": "onnxruntime.quantization.quant_pre_process (graph optimisations, shape inference)",
+        "tool": f"onnxruntime.quantization {ort.__version__}",
+    }
+
+
+def quantize_model(
+    fp32_folder: str | Path,
+    *,
+    catalog: str | Path,
+    out_dir: str | Path | None = None,
+    settings: Int8Settings | None = None,
+) -> Path:
+    """Make, check and publish the int8 twin of ``fp32_folder``; return its folder (see module docstring)."""
+    settings = settings or Int8Settings()
+    fp32_folder = Path(fp32_folder)
+    out = Path(out_dir) if out_dir is not None else fp32_folder.parent
+    fp32: ModelManifest = read_manifest(fp32_folder)
+    if fp32.numerics != "fp32":
+        raise QuantizationError(f"{fp32_folder}: already {fp32.numerics}; quantize the fp32 model")
+    size = fp32.input.image_size
+    started = time.perf_counter()
+    sample = sample_photos(
+        catalog, settings.calibration_photos, settings.evaluation_photos, seed=settings.seed
+    )
+    calibration = _decode_all(sample.calibration, size)
+    gallery_images = _decode_all(sample.evaluation, size)
+    queries = _query_views(sample.evaluation, size, settings.seed)
+    log.info(
+        "int8: calibrating %s on %d photos from %d categories (%s), agreement on %d others",
+        fp32.version,
+        len(calibration),
+        sample.categories,
+        settings.method,
+        len(gallery_images),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{fp32.name}-int8-", dir=out))
+    try:
+        numerics = quantize_onnx(fp32_folder / MODEL_FILE, staging / MODEL_FILE, calibration, settings)
+        ref, cand = _session(fp32_folder / MODEL_FILE), _session(staging / MODEL_FILE)
+        agreement = measure_agreement(
+            _embed(ref, queries),
+            _embed(cand, queries),
+            _embed(ref, gallery_images),
+            _embed(cand, gallery_images),
+        )
+        failures = agreement.failures(settings)
+        if failures:
+            raise QuantizationRefusedError(
+                f"int8 twin of {fp32.version} refused: {'; '.join(failures)} ({agreement.summary()}); "
+                "try RECIPELENS_INT8_METHOD=percentile or more calibration photos"
+            )
+        manifest = write_manifest(
+            staging,
+            name=f"{fp32.name}-int8",
+            backbone=fp32.backbone,
+            input=fp32.input,
+            output_name=fp32.output_name,
+            embedding_dim=fp32.embedding_dim,
+            numerics="int8",
+            source={**fp32.source, "fp32_version": fp32.version, "fp32_name": fp32.name},
+            quantization={
+                **numerics,
+                "calibration": {
+                    "catalog": str(catalog),
+                    "photos": len(calibration),
+                    "categories": sample.categories,
+                    "seed": settings.seed,
+                },
+                "agreement": {
+                    **agreement.__dict__,
+                    "queries_kind": "one strong distortion per evaluation photo (training.evaluate.distort)",
+                },
+                "bounds": {
+                    "min_cosine": settings.min_cosine,
+                    "min_mean_cosine": settings.min_mean_cosine,
+                    "min_top10_overlap": settings.min_top10_overlap,
+                },
+            },
+        )
+        final = out / f"{manifest.name}-{manifest.version}"
+        if final.exists():
+            log.info("int8 model %s already at %s; keeping it", manifest.version, final)
+            return final
+        staging.rename(final)
+        log.info(
+            "int8 twin %s of %s: %s; %.0f s → %s",
+            manifest.version,
+            fp32.version,
+            agreement.summary(),
+            time.perf_counter() - started,
+            final,
+        )
+        return final
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
