@@ -150,7 +150,7 @@ class EdgeStore(RecipeStore):
     def _read_meta(self, name: str) -> dict[str, Any]:
         path = self._dir(name) / META_FILE
         try:
-            meta: dict[str, Any] = self._read_json(path)
+            meta: dict[str, Any] = dict(self._read_json(path))  # callers set top-level keys
         except FileNotFoundError:
             raise CollectionNotFound(f"no collection {name!r} in {self.collections_dir}") from None
         except (OSError, ValueError) as exc:
@@ -397,10 +397,11 @@ class EdgeStore(RecipeStore):
     def _all_of(self, must: list[Any], must_not: list[Any]) -> Any:
         return qe.Filter(must=must or None, must_not=must_not or None)
 
-    def retrieve(self, name: str, ids: Sequence[str]) -> list[StoreHit]:
+    def retrieve(self, name: str, ids: Sequence[str], *, payload: list[str] | None = None) -> list[StoreHit]:
         if not ids:
             return []
-        records = self._reader(name).retrieve(list(ids), with_payload=True, with_vector=False)
+        selector = qe.PayloadSelector.Include(payload) if payload else True
+        records = self._reader(name).retrieve(list(ids), with_payload=selector, with_vector=False)
         return [StoreHit(str(r.id), 0.0, dict(r.payload or {})) for r in records]
 
     def count(self, name: str) -> int:
