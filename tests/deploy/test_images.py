@@ -9,7 +9,8 @@ see tests/deploy/engine.py); skipped with the reason otherwise, or with RECIPELE
 2. ``make wheelhouse`` (while the base is made) then ``make images`` with ``--network none``: the build
    cannot reach any index;
 3. the compose profile ``embedded`` of docker-compose.yml as it is (docker-compose, when installed; the
-   gateway published on free loopback ports), else plain ``docker run --network host`` on loopback ports:
+   gateway published on free loopback ports), else (or with RECIPELENS_IMAGES_RUNNER=docker) plain
+   ``docker run --network host`` on loopback ports:
    the indexer job indexes a generated catalogue into a Qdrant Edge volume, then the embedder and gateway
    run as uid 10001 with the model mounted read-only (the store read-write: qdrant-edge-py 0.9 cannot
    search a read-only mount);
