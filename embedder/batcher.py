@@ -85,15 +85,28 @@ class MicroBatcher(Generic[T, R]):
             self._full.set()
         return list(await asyncio.gather(*futures))
 
-    async def close(self) -> None:
-        """Stop taking items, finish the queued ones, stop the worker."""
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Stop taking items, finish the queued ones (for ``timeout_s`` at most), stop the worker.
+
+        Whatever is still queued after that fails with :class:`BatcherClosedError`: a stop is never held
+        up for good by a batch that does not end.
+        """
         self._closed = True
         if self._worker is None:
             return
-        await self._queue.join()
+        if not self._worker.done():
+            try:
+                await asyncio.wait_for(self._queue.join(), timeout_s)
+            except TimeoutError:
+                log.warning("%s: queued items did not finish within %.1f s of close", self.name, timeout_s)
         self._worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._worker
+        while not self._queue.empty():
+            _, future, _ = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(BatcherClosedError(f"{self.name} closed before this item ran"))
+            self._queue.task_done()
 
     async def _work(self) -> None:
         while True:
@@ -106,6 +119,11 @@ class MicroBatcher(Generic[T, R]):
                 batch.append(self._queue.get_nowait())
             try:
                 await self._run(batch)
+            except Exception:  # the worker outlives any one batch: its callers got the error already
+                log.exception("%s: batch bookkeeping failed", self.name)
+                for _, future, _ in batch:
+                    if not future.done():
+                        future.set_exception(RuntimeError(f"{self.name}: the batch failed"))
             finally:
                 for _ in batch:
                     self._queue.task_done()

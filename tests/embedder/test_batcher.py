@@ -56,3 +56,24 @@ async def test_a_failing_batch_fails_its_callers_and_the_batcher_goes_on() -> No
     await batcher.close()
     with pytest.raises(BatcherClosedError):
         await batcher.submit([3])
+
+
+async def test_close_is_bounded_when_a_batch_does_not_end_and_fails_what_was_left() -> None:
+    release = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def stuck(items: list[int]) -> list[int]:
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)  # a run that hangs until told
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(stuck, max_batch_size=1, max_delay_s=0.0)
+    first = asyncio.ensure_future(batcher.submit([1]))
+    queued = asyncio.ensure_future(batcher.submit([2]))  # waits behind the stuck batch
+    await asyncio.sleep(0.05)
+    began = time.perf_counter()
+    await batcher.close(timeout_s=0.2)
+    assert time.perf_counter() - began < 2.0
+    with pytest.raises(BatcherClosedError):
+        await queued
+    release.set()
+    first.cancel()
