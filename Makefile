@@ -12,7 +12,8 @@ EXTRAS ?= cpu,train,dev
 DOCKER       ?= docker
 IMAGE_TAG    ?= latest
 PYTHON_IMAGE ?= python:3.11-slim-bookworm
-VARIANTS     ?= cpu
+IMAGE_VARIANT ?= cpu
+VARIANTS     ?= $(IMAGE_VARIANT)
 BUILD_FLAGS  ?=
 WHEELHOUSE   := deploy/wheelhouse
 
@@ -74,10 +75,11 @@ $(WHEELHOUSE_STAMP): pyproject.toml
 clean-wheelhouse:
 	rm -f $(WHEELHOUSE)/*.whl build/wheelhouse-*.stamp
 
-# The three CPU images, from the wheelhouse (tags as docker-compose.yml names them).
+# The three images, from the wheelhouse (tags as docker-compose.yml names them); IMAGE_VARIANT picks the
+# runtime extra they install (cpu by default; any other runtime extra of pyproject.toml, e.g. openvino).
 images: wheelhouse
 	for target in embedder gateway indexer; do \
-	  DOCKER_BUILDKIT=1 $(DOCKER) build -f deploy/Dockerfile --target $$target --build-arg VARIANT=cpu $(BUILD_FLAGS) \
+	  DOCKER_BUILDKIT=1 $(DOCKER) build -f deploy/Dockerfile --target $$target --build-arg VARIANT=$(IMAGE_VARIANT) $(BUILD_FLAGS) \
 	    --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t recipelens/$$target:$(IMAGE_TAG) . || exit 1; \
 	done
 

@@ -119,13 +119,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run(preset_config(args.preset).overridden(args.assignments), args.catalog, args.models)
     trained_s = time.perf_counter() - started
     print(f"    {result.model_dir} in {trained_s:.0f} s")
+    from training.quantize import QuantizationError, quantize_model
+
+    model_dir = result.model_dir
+    try:  # the int8 twin where it agrees with fp32 within RECIPELENS_INT8_* (the demo's rule too)
+        model_dir = quantize_model(result.model_dir, catalog=args.catalog, out_dir=args.models)
+        print(f"    int8 twin {model_dir}")
+    except QuantizationError as exc:
+        print(f"    int8 twin refused, indexing with fp32: {exc}")
 
     print("==> 2/3 re-indexing with the new model while a client keeps searching through the gateway")
     worker = threading.Thread(target=load.run, daemon=True)
     worker.start()
     command = [
         sys.executable, "-m", "indexer.cli", "build", "--catalog", str(args.catalog),
-        "--model", str(result.model_dir), "--embedder", args.embedder,
+        "--model", str(model_dir), "--embedder", args.embedder,
         "--store-path", str(args.store_path), "--no-progress", *(["--force"] if args.force else []),
     ]  # fmt: skip
     index = subprocess.run(command, capture_output=True, text=True, check=False)

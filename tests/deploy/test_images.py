@@ -9,7 +9,8 @@ see tests/deploy/engine.py); skipped with the reason otherwise, or with RECIPELE
 2. ``make wheelhouse`` (while the base is made) then ``make images`` with ``--network none``: the build
    cannot reach any index;
 3. the compose profile ``embedded`` of docker-compose.yml as it is (docker-compose, when installed; the
-   gateway published on free loopback ports), else plain ``docker run --network host`` on loopback ports:
+   gateway published on free loopback ports), else (or with RECIPELENS_IMAGES_RUNNER=docker) plain
+   ``docker run --network host`` on loopback ports:
    the indexer job indexes a generated catalogue into a Qdrant Edge volume, then the embedder and gateway
    run as uid 10001 with the model mounted read-only (the store read-write: qdrant-edge-py 0.9 cannot
    search a read-only mount);
@@ -48,6 +49,7 @@ SIZE_GOAL_MB = 600
 PHOTOS = 12
 QUERY = 3  # the catalogue photo searched for (re-encoded): its recipe must come first
 USER = "10001:10001"
+CACHE_KEEP = "1500MB"  # BuildKit cache kept between runs, as BuildKit counts it (vfs: ~11 GB on disk)
 COMPOSE_SERVICE = {"embedder": "embedder", "gateway": "gateway-embedded"}
 
 
@@ -190,6 +192,9 @@ def images(engine: DockerEngine, wheelhouse: Wheelhouse, python_image: str) -> I
         yield Built(tag, sizes, wheelhouse_s, build_s)
     finally:
         engine.run(["rmi", "-f", *(f"recipelens/{t}:{tag}" for t in TARGETS)], check=False)
+        # keep the cache bounded: vfs stores every layer whole, and each run adds a project layer
+        engine.run(["image", "prune", "-f"], check=False)
+        engine.run(["builder", "prune", "-f", "--keep-storage", CACHE_KEEP], check=False, timeout=300)
 
 
 def test_images_build_offline_within_the_size_goal(engine: DockerEngine, images: Built) -> None:
@@ -242,6 +247,7 @@ class Stack:
     embedder_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)  # the embedder's, read from inside its container
     runner: str = ""
     containers: dict[str, str] = field(default_factory=dict)  # embedder / indexer / gateway → container id
     started_s: float = 0.0
@@ -304,7 +310,11 @@ def gateway_env(stack: Stack) -> dict[str, str]:
 
 
 def embedder_env(stack: Stack) -> dict[str, str]:
-    return {"RECIPELENS_EMBEDDER_HOST": "127.0.0.1", "RECIPELENS_EMBEDDER_PORT": str(stack.embedder_port)}
+    return {
+        "RECIPELENS_EMBEDDER_HOST": "127.0.0.1",
+        "RECIPELENS_EMBEDDER_PORT": str(stack.embedder_port),
+        "RECIPELENS_EMBEDDER_METRICS_PORT": str(stack.metrics_port),
+    }
 
 
 def _compose_stack(stack: Stack, compose: str) -> Iterator[Stack]:
@@ -325,6 +335,8 @@ def _compose_stack(stack: Stack, compose: str) -> Iterator[Stack]:
         "GATEWAY_PUBLISH_ADDRESS": "127.0.0.1",
         "GATEWAY_GRPC_PUBLISH_PORT": str(stack.grpc_port),
         "GATEWAY_HTTP_PUBLISH_PORT": str(stack.http_port),
+        # reaches the containers through env_file, as an operator's .env would
+        "RECIPELENS_EMBEDDER_METRICS_PORT": str(stack.metrics_port),
     }
     (project / ".env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     base = [compose, "--profile", "embedded"]
@@ -446,6 +458,13 @@ def test_a_photo_is_found_over_grpc_and_http(stack: Stack) -> None:
     body = response.json()
     assert body["success"] is True and len(body["recipes"]) == 3
     assert body["recipes"][0]["title"] == reply.hits[0].recipe.title == f"dish {QUERY:02d}"
+    # both searches went through the embedder container, and both services count them in /metrics
+    fetch = f"import urllib.request as u; print(u.urlopen('http://127.0.0.1:{stack.metrics_port}/metrics').read().decode())"
+    embedder = stack.engine.run(["exec", stack.containers["embedder"], "python", "-c", fetch]).stdout
+    images = [line for line in embedder.splitlines() if line.startswith("recipelens_embedder_images_total{")]
+    assert images and sum(float(line.rsplit(" ", 1)[1]) for line in images) >= 2, embedder[-2000:]
+    gateway = httpx.get(f"http://127.0.0.1:{stack.http_port}/metrics", timeout=10).text
+    assert 'recipelens_gateway_requests_total{api="grpc"' in gateway and 'api="http"' in gateway
 
 
 def test_sigterm_stops_gateway_and_embedder_cleanly_within_the_grace_period(stack: Stack) -> None:

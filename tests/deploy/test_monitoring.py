@@ -178,3 +178,6 @@ def test_embedder_and_gateway_pods_are_scraped_on_a_port_they_declare() -> None:
         )
         ports = {p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
         assert int(annotations["prometheus.io/port"]) in ports, name
+        if name == "embedder":  # the port the embedder serves its metrics on is the one scraped
+            config = next(d for d in _documents(K8S_DIR / "config.yaml") if d["kind"] == "ConfigMap")["data"]
+            assert config["RECIPELENS_EMBEDDER_METRICS_PORT"] == annotations["prometheus.io/port"]
