@@ -139,13 +139,13 @@ def reference_features(
 ) -> Reference | None:
     """``evaluation.reference_backbone`` raw on the same photos and query bytes, at its own input size.
 
-    None when it is the run's own backbone (its raw row is there already).
+    None when it is the run's own backbone with average pooling (its raw row is that already).
     """
     from embedder.preprocess import preprocess_file
     from training.models import build_raw_model
 
     backbone = config.evaluation.reference_backbone
-    if not backbone or backbone == config.backbone:
+    if not backbone or (backbone == config.backbone and config.pooling == "avg"):
         return None
     model = build_raw_model(backbone, "imagenet")
     size = int(model.input_shape[1])

@@ -84,7 +84,8 @@ class EvalConfig(_Section):
     )
     reference_backbone: str | None = Field(
         default="efficientnet_lite0",
-        description="also score this raw backbone, on the same queries, when the run's backbone differs",
+        description="also score this raw backbone (average pooling) on the same queries, when the run's "
+        "backbone or pooling differs",
     )
 
 
