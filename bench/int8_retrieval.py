@@ -40,9 +40,9 @@ def main() -> None:
     from embedder.logs import configure_logging
     from embedder.providers import DEFAULT_PROVIDERS
     from embedder.runtime import EmbeddingModel
+    from training.dataset import prepare_data
     from training.evaluate import make_queries, paired_delta, recipe_ranks, score
     from training.presets import preset_config
-    from training.train import prepare_data
 
     configure_logging("WARNING")
     config = preset_config(args.preset)
@@ -103,16 +103,16 @@ def main() -> None:
     print()
     print("| int8 − fp32 | measured, points | 95 % interval | goal |")
     print("|---|---:|---:|---:|")
-    for level, per_model, d in deltas:
+    for level, _, d in deltas:
         print(
             f"| R@1, {level} queries | {d.delta * 100:+.1f} | [{d.low * 100:+.1f}, {d.high * 100:+.1f}] "
             f"| ≥ −{GOALS_POINTS['recall@1']} |"
         )
-        if "category_p@5" in per_model["fp32"][0]:
-            diff = per_model["int8"][0]["category_p@5"] - per_model["fp32"][0]["category_p@5"]
-            goal = GOALS_POINTS["category_p@5"]
-            print(f"| cat P@5 (clean held-out photos) | {diff * 100:+.1f} | | ≥ −{goal} |")
-            break  # the category figure does not depend on the query level
+    fp32_flat, int8_flat = deltas[0][1]["fp32"][0], deltas[0][1]["int8"][0]
+    if "category_p@5" in fp32_flat:  # from the clean held-out photos: the same for every query level
+        diff = int8_flat["category_p@5"] - fp32_flat["category_p@5"]
+        goal = GOALS_POINTS["category_p@5"]
+        print(f"| cat P@5 (clean held-out photos) | {diff * 100:+.1f} | | ≥ −{goal} |")
 
 
 if __name__ == "__main__":

@@ -136,6 +136,24 @@ def side_by_side(
     return {name: float(np.median(times)) for name, times in per_step.items()}
 
 
+def embedding_rates(folders: list[Path], *, batch: int = 32, rounds: int = 5) -> dict[str, float]:
+    """onnxruntime images/s at ``batch`` on decoded tensors per model folder, interleaved rounds, median."""
+    import numpy as np
+
+    from embedder.runtime import EmbeddingModel
+
+    models = [EmbeddingModel(folder) for folder in folders]
+    rng = np.random.default_rng(0)
+    rates: dict[str, list[float]] = {}
+    for _ in range(rounds + 1):
+        for folder, model in zip(folders, models, strict=True):
+            x = rng.integers(0, 256, (batch, model.image_size, model.image_size, 3), dtype=np.uint8)
+            t = time.perf_counter()
+            model.embed_arrays(x)
+            rates.setdefault(str(folder), []).append(batch / (time.perf_counter() - t))
+    return {name: float(np.median(r[1:])) for name, r in rates.items()}  # the first round warms up
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalog", type=Path, default=Path("data/demo"))
@@ -147,7 +165,18 @@ def main() -> int:
     parser.add_argument("--target-recipes", type=int, default=13_500, help="catalogue size to extrapolate to")
     parser.add_argument("--skip-run", action="store_true", help="only the side-by-side phase-2 steps")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
+    parser.add_argument(
+        "--embed-rate", type=Path, nargs="+", metavar="MODEL_DIR", help="only: onnxruntime img/s per model"
+    )
     args = parser.parse_args()
+    if args.embed_rate:
+        rates = embedding_rates(args.embed_rate)
+        first = next(iter(rates.values()))
+        for name, rate in rates.items():
+            print(
+                f"{rate:8.1f} img/s  {rate / first:5.2f}×  {name}  (onnxruntime CPU, batch 32, median of 5)"
+            )
+        return 0
     if not args.catalog.exists():
         sys.exit(f"{args.catalog}: no catalogue (make one with: recipelens-demo-catalog --out data/demo)")
     configure_logging("INFO")

@@ -82,6 +82,15 @@ class Embedder(ABC):
     ) -> np.ndarray:
         """``(N, D)`` float32 unit vectors of that model version, one per prepared photo."""
 
+    def stream(
+        self, batches: Iterable[Sequence[Any]], model_version: str, max_in_flight: int
+    ) -> Iterator[np.ndarray] | None:
+        """A synchronous stream of prepared batches → vectors, where one beats concurrent calls; else None.
+
+        The remote embedder streams over one ``EmbedStream`` call; ``batches`` is read lazily.
+        """
+        return None
+
     @abstractmethod
     async def status(self, timeout_s: float = 10.0) -> EmbedderStatus:
         """The models held now (raises :class:`EmbedderError` UNAVAILABLE when unreachable)."""
@@ -114,7 +123,8 @@ def _shut(loop: BackgroundLoop, embedder: Embedder) -> None:
 class SyncEmbedder:
     """An :class:`Embedder` pinned to one model version, driven from synchronous code (CLIs, the build).
 
-    Its loop and the embedder are closed by :meth:`close`, or when it is garbage-collected.
+    Its loop and the embedder are closed by :meth:`close`, or when it is garbage-collected. ``timeout_s``
+    bounds each batch (``None``: no bound, as for onnxruntime in this process).
     """
 
     def __init__(
@@ -123,7 +133,7 @@ class SyncEmbedder:
         model_version: str | None = None,
         *,
         max_in_flight: int = 4,
-        timeout_s: float = 60.0,
+        timeout_s: float | None = 60.0,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
@@ -133,7 +143,7 @@ class SyncEmbedder:
         self._loop = BackgroundLoop("embedder-client")
         self._finalizer = weakref.finalize(self, _shut, self._loop, embedder)
         try:
-            status = self._call(embedder.status(timeout_s))
+            status = self._call(embedder.status(timeout_s or 60.0))
             model = status.model(model_version)
             if model is None:
                 listed = ", ".join(status.versions) or "none"
@@ -158,10 +168,14 @@ class SyncEmbedder:
 
     def embed_batches(self, batches: Iterable[Sequence[DecodedPhoto]]) -> Iterator[np.ndarray]:
         """One ``(N, D)`` array per batch, in order, with up to ``max_in_flight`` batches being embedded."""
+        prepared = ([self.embedder.prepared(photo) for photo in batch] for batch in batches)
+        streamed = self.embedder.stream(prepared, self.version, self.max_in_flight)
+        if streamed is not None:
+            yield from streamed
+            return
         running: deque[Future[np.ndarray]] = deque()
         try:
-            for batch in batches:
-                items = [self.embedder.prepared(photo) for photo in batch]
+            for items in prepared:
                 coro = self.embedder.embed_prepared(items, self.version, self.timeout_s)
                 running.append(asyncio.run_coroutine_threadsafe(coro, self._loop.loop))
                 if len(running) >= self.max_in_flight:

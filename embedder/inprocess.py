@@ -199,7 +199,10 @@ class InProcessEmbedder(Embedder):
             for s in self._served.values()
         ]
         where = self.repository.model_dir if self.repository is not None else "(no model directory yet)"
-        return EmbedderStatus(models, self._default, f"in-process onnxruntime from {where}")
+        runs = ", ".join(f"{s.model.version} {s.model.runs_on}" for s in self._served.values())
+        return EmbedderStatus(
+            models, self._default, f"in-process onnxruntime from {where} ({runs or 'no model'})"
+        )
 
     async def wait_ready(self, timeout_s: float) -> None:
         """In-process models are loaded before the embedder is used: ready unless none is held."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 
 import grpc
@@ -58,13 +58,27 @@ class RemoteEmbedder(Embedder):
             )
         return np.asarray(result.vectors, dtype=np.float32)
 
+    def stream(
+        self, batches: Iterable[Sequence[bytes]], model_version: str, max_in_flight: int
+    ) -> Iterator[np.ndarray]:
+        """Bulk embedding (the indexer) over one EmbedStream with ``max_in_flight`` batches ahead."""
+        for result in self.client.embed_stream(batches, model_version, max_in_flight=max_in_flight):
+            if result.model_version != model_version:
+                raise EmbedderError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"embedder answered with model {result.model_version}, the caller needs {model_version}",
+                )
+            yield result.vectors
+
     async def status(self, timeout_s: float = 10.0) -> EmbedderStatus:
         try:
             info = await asyncio.wait_for(asyncio.to_thread(self.client.model_info), timeout_s)
         except TimeoutError:
             raise self._late(timeout_s) from None
         models = [ModelSummary(m.version, m.dimension, m.image_size) for m in info.models]
-        return EmbedderStatus(models, info.default_version or None, f"embedder service at {self.address}")
+        runs = ", ".join(f"{m.version} {m.name} on {m.provider}" for m in info.models)
+        description = f"embedder service at {self.address} ({runs or 'no model'})"
+        return EmbedderStatus(models, info.default_version or None, description)
 
     async def wait_ready(self, timeout_s: float) -> None:
         await asyncio.to_thread(self.client.wait_ready, timeout_s)

@@ -30,6 +30,7 @@ from recipelens.v1 import embedder_pb2_grpc
 from embedder.background import RunningService, stop_on_signals
 from embedder.inprocess import InProcessEmbedder
 from embedder.logs import configure_logging
+from embedder.memory import configure_decoding, tune_allocator
 from embedder.metrics import EmbedderMetrics, MetricsEndpoint
 from embedder.repository import ModelRepository, ModelRepositoryError, RefreshReport
 from embedder.servicer import EmbedderServicer
@@ -77,6 +78,8 @@ class EmbedderServer:
         """Bind and start answering (health NOT_SERVING until :meth:`load_models`); return the port."""
         s = self.settings
         log.info("embedder settings: %s", s.summary())
+        tune_allocator()
+        configure_decoding(s.decode_budget_mb << 20, s.decode_wait_s)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),

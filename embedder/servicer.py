@@ -21,6 +21,7 @@ from recipelens.v1 import embedder_pb2, embedder_pb2_grpc
 from embedder.batcher import BatchStats
 from embedder.errors import EmbedderError
 from embedder.inprocess import InProcessEmbedder, ServedModel
+from embedder.memory import DecodeBudgetBusy
 from embedder.preprocess import ImageDecodeError
 from embedder.runtime import select_providers
 from embedder.settings import EmbedderSettings
@@ -69,6 +70,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         for index, result in enumerate(await self.embedder.prepare_many(images, version, self._pool)):
             if isinstance(result, ImageDecodeError):
                 raise EmbedderError(grpc.StatusCode.INVALID_ARGUMENT, f"image {index}: {result}")
+            if isinstance(result, DecodeBudgetBusy):
+                raise EmbedderError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"image {index}: {result}")
             if isinstance(result, BaseException):
                 raise result
             arrays.append(result)

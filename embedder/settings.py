@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from embedder.batcher import DEFAULT_MAX_QUEUE_DELAY_S
+from embedder.memory import DEFAULT_BUDGET_BYTES, DEFAULT_WAIT_S
 from embedder.preprocess import DEFAULT_MAX_PIXELS
 from embedder.providers import DEFAULT_PROVIDERS
 
@@ -57,6 +58,14 @@ class EmbedderSettings(BaseSettings):
     max_message_bytes: int = Field(16 * MiB, ge=1024, description="gRPC send and receive limit")
     max_images_per_request: int = Field(64, ge=1)
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb limit per image")
+    decode_budget_mb: int = Field(
+        DEFAULT_BUDGET_BYTES >> 20,
+        ge=1,
+        description="decoded pixels in flight across all requests (MiB); an image needing more is refused",
+    )
+    decode_wait_s: float = Field(
+        DEFAULT_WAIT_S, ge=0, description="how long a decode waits for the budget before RESOURCE_EXHAUSTED"
+    )
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per session; 0 = its default")
     spinning: bool = Field(
         False,

@@ -1,1 +1,7 @@
-"""Gateway: a photo → embed → ANN search → recipes, for mobile backends (gRPC) and people (HTTP)."""
+"""Gateway: a photo → embed → ANN search → recipes, for mobile backends (gRPC) and people (HTTP).
+
+The one search path is :class:`gateway.pipeline.SearchGateway` (used by :mod:`gateway.grpc_service`,
+:mod:`gateway.http_app` and the ``recipelens-search`` CLI in :mod:`gateway.cli`); what it answers is in
+:mod:`gateway.search`, its one error type in :mod:`gateway.errors`, the images it serves in
+:mod:`gateway.images`; :mod:`gateway.server` runs both front ends (``recipelens-gateway``).
+"""

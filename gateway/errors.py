@@ -12,7 +12,8 @@ from enum import Enum
 import grpc
 
 from embedder.errors import EmbedderError
-from embedder.preprocess import ImageDecodeError
+from embedder.memory import DecodeBudgetBusy
+from embedder.preprocess import ImageDecodeError, ImageTooLargeError
 from indexer.store.base import InvalidFilter, ModelVersionMismatch
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class ErrorKind(Enum):
     NOT_FOUND = (grpc.StatusCode.NOT_FOUND, 404)
     FAILED_PRECONDITION = (grpc.StatusCode.FAILED_PRECONDITION, 409)
     RESOURCE_EXHAUSTED = (grpc.StatusCode.RESOURCE_EXHAUSTED, 413)
+    OVERLOADED = (grpc.StatusCode.RESOURCE_EXHAUSTED, 503)  # busy right now: retry (HTTP Retry-After)
     UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, 503)
     INTERNAL = (grpc.StatusCode.INTERNAL, 500)
 
@@ -61,16 +63,26 @@ _EMBEDDER_KINDS = {
     grpc.StatusCode.CANCELLED: ErrorKind.UNAVAILABLE,
 }
 
+# Decoding failures of the in-process embedder, most specific first.
+_DECODE_KINDS: tuple[tuple[type[Exception], ErrorKind], ...] = (
+    (ImageTooLargeError, ErrorKind.RESOURCE_EXHAUSTED),  # over the pixel limit or the whole decoding budget
+    (ImageDecodeError, ErrorKind.INVALID_ARGUMENT),
+    (DecodeBudgetBusy, ErrorKind.OVERLOADED),  # the budget is full right now: retry
+)
+
 
 def embedder_failure(exc: Exception, model_version: str = "") -> GatewayError:
     """What the embedder raised (in-process or remote), as the gateway's error."""
     if isinstance(exc, GatewayError):
         return exc
-    if isinstance(exc, ImageDecodeError):
-        return GatewayError(ErrorKind.INVALID_ARGUMENT, f"image: {exc}")
+    for decode_error, decode_kind in _DECODE_KINDS:  # in-process decoding
+        if isinstance(exc, decode_error):
+            return GatewayError(decode_kind, f"image: {exc}")
     if not isinstance(exc, EmbedderError):
         return GatewayError(ErrorKind.INTERNAL, f"embedder: {type(exc).__name__}: {exc}")
     kind = _EMBEDDER_KINDS.get(exc.code, ErrorKind.INTERNAL)
+    if kind is ErrorKind.RESOURCE_EXHAUSTED and "busy" in exc.details:
+        kind = ErrorKind.OVERLOADED  # the embedder's decoding budget is full: retry
     if exc.code == grpc.StatusCode.NOT_FOUND and model_version:
         return GatewayError(
             kind, f"model version {model_version} (which filled the collection) is not served: {exc.details}"

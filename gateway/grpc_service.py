@@ -20,7 +20,8 @@ from grpc_reflection.v1alpha import reflection
 from recipelens.v1 import search_pb2, search_pb2_grpc
 
 from gateway.errors import ErrorKind, GatewayError
-from gateway.pipeline import SearchGateway, public_image_url, search_filter
+from gateway.images import public_image_url
+from gateway.pipeline import SearchGateway, search_filter
 from gateway.search import RecipeHit
 from protos.services import RECIPE_SEARCH_SERVICE
 
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # Room for the rest of the request beside the image (filters, field tags).
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
+# gRPC itself refuses messages over this many times the upload limit (uncounted, in its own words); those
+# in between reach the servicer, which refuses them with the configured limit and counts them in /metrics.
+MESSAGE_CEILING_FACTOR = 4
 MATCHES = {"none": search_pb2.MATCH_NONE, "weak": search_pb2.MATCH_WEAK, "strong": search_pb2.MATCH_STRONG}
 
 
@@ -201,7 +205,7 @@ async def start_grpc_server(
     health_period_s: float = 1.0,
 ) -> tuple[grpc.aio.Server, int, HealthReporter]:
     """Build, bind and start the server; returns it, the bound port and the health reporter."""
-    limit = gateway.max_upload_bytes + MESSAGE_OVERHEAD_BYTES
+    limit = gateway.max_upload_bytes * MESSAGE_CEILING_FACTOR + MESSAGE_OVERHEAD_BYTES
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 16 << 20)]
     )

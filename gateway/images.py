@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from urllib.parse import quote
 
 import numpy as np
 
@@ -21,6 +22,25 @@ from indexer.store.base import RecipeStore
 log = logging.getLogger(__name__)
 
 SAMPLE = 200  # photos of the live collection checked at start
+
+
+def public_image_url(image: str, images_root: Path | None) -> str:
+    """Where a client fetches a catalogue image: URLs as they are, files under ``/images/``.
+
+    Stored names are relative to ``images_root`` (see the module docstring); without it, or for an
+    absolute path outside it, there is no URL (``""``).
+    """
+    if not image or image.startswith(("http://", "https://")):
+        return image
+    if images_root is None:
+        return ""
+    path = PurePosixPath(image.replace("\\", "/"))
+    if path.is_absolute():
+        try:
+            path = PurePosixPath(Path(image).resolve().relative_to(images_root.resolve()).as_posix())
+        except ValueError:
+            return ""  # outside the served folder: never expose it
+    return "/images/" + quote(path.as_posix().lstrip("/"))
 
 
 def check_images_root(images_root: Path | None) -> Path | None:

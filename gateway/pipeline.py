@@ -18,15 +18,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
 from typing import TypeVar
-from urllib.parse import quote
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydantic import SecretStr
 
 from embedder.embedding import Embedder
+from embedder.preprocess import IMAGE_SIZE, over_budget
 from gateway.errors import ErrorKind, GatewayError, embedder_failure, store_failure
 from gateway.metrics import GatewayMetrics
 from gateway.search import RecipeHit, SearchResult, check_paging, judge_hits
@@ -82,6 +81,9 @@ def sniff_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[str, i
     try:
         with Image.open(io.BytesIO(data)) as img:
             fmt, (width, height) = img.format or "", img.size
+            if fmt == "JPEG":
+                img.draft("RGB", (IMAGE_SIZE, IMAGE_SIZE))
+            too_costly = over_budget(img, (width, height)) if width * height <= max_pixels else None
     except UnidentifiedImageError:
         raise GatewayError(ErrorKind.INVALID_ARGUMENT, "image: not a picture format we can read") from None
     except Exception as exc:  # malformed headers raise many exception types
@@ -96,6 +98,8 @@ def sniff_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[str, i
             ErrorKind.RESOURCE_EXHAUSTED,
             f"image is {width}x{height} = {width * height} pixels, the limit is {max_pixels}",
         )
+    if too_costly:
+        raise GatewayError(ErrorKind.RESOURCE_EXHAUSTED, too_costly)
     return fmt, width, height
 
 
@@ -323,7 +327,14 @@ class SearchGateway:
         try:
             found = await self._bounded(self._blocking(lookup), deadline, "store lookup")
         except Exception as exc:
-            raise store_failure(exc, "recipe lookup") from None
+            moved = await self._moved(collection, exc, deadline)  # as in search: swapped away meanwhile
+            if moved is None:
+                raise store_failure(exc, "recipe lookup") from None
+            collection = moved[0]
+            try:
+                found = await self._bounded(self._blocking(lookup), deadline, "store lookup")
+            except Exception as again:
+                raise store_failure(again, "recipe lookup") from None
         if not found:
             raise GatewayError(ErrorKind.NOT_FOUND, f"no recipe {recipe_id!r} in collection {collection}")
         return RecipeHit.from_store(1, found[0])
@@ -372,22 +383,3 @@ class SearchGateway:
     async def aclose(self) -> None:
         await self.embedder.aclose()
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-def public_image_url(image: str, images_root: Path | None) -> str:
-    """Where a client fetches a catalogue image: URLs as they are, files under ``/images/``.
-
-    Stored names are relative to ``images_root`` (see :mod:`gateway.images`); without it, or for an
-    absolute path outside it, there is no URL (``""``).
-    """
-    if not image or image.startswith(("http://", "https://")):
-        return image
-    if images_root is None:
-        return ""
-    path = PurePosixPath(image.replace("\\", "/"))
-    if path.is_absolute():
-        try:
-            path = PurePosixPath(Path(image).resolve().relative_to(images_root.resolve()).as_posix())
-        except ValueError:
-            return ""  # outside the served folder: never expose it
-    return "/images/" + quote(path.as_posix().lstrip("/"))

@@ -15,9 +15,11 @@ import socket
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import uvicorn
+from prometheus_client import start_http_server
 from pydantic import ValidationError
 
 from embedder.background import RunningService, stop_on_signals
@@ -25,8 +27,9 @@ from embedder.embedding import Embedder
 from embedder.factory import open_embedder
 from embedder.logs import configure_logging
 from embedder.manifest import ModelIntegrityError
+from embedder.memory import configure_decoding, tune_allocator
 from gateway.grpc_service import HealthReporter, start_grpc_server
-from gateway.http_app import create_app
+from gateway.http_app import TimedH11Protocol, create_app
 from gateway.images import check_images_root, images_report
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import SearchGateway
@@ -88,10 +91,14 @@ class GatewayServer:
         self._http_socket: socket.socket | None = None
         self.grpc_port: int | None = None
         self.http_port: int | None = None
+        self.metrics_port: int | None = None
+        self._metrics_server: WSGIServer | None = None
 
     async def start(self, health_period_s: float = 1.0) -> None:
         s = self.settings
         log.info("starting gateway: %s", s.summary())
+        tune_allocator()
+        configure_decoding(s.decode_budget_mb << 20, s.decode_wait_s)
         images_root = check_images_root(s.images_root)
         self.gateway = build_gateway(s, store=self._given_store)
         try:
@@ -113,9 +120,22 @@ class GatewayServer:
         sock.bind((s.http_host, s.http_port))
         self.http_port = sock.getsockname()[1]
         self._http_socket = sock
-        app = create_app(self.gateway, images_root=s.images_root)
+        app = create_app(self.gateway, images_root=s.images_root, metrics_route=s.metrics_port is None)
+        if s.metrics_port is not None:
+            self._metrics_server, _ = start_http_server(
+                s.metrics_port, addr=s.metrics_host, registry=self.gateway.metrics.registry
+            )
+            self.metrics_port = self._metrics_server.server_port
+            log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics_port)
+        tls = {"ssl_certfile": s.tls_cert, "ssl_keyfile": s.tls_key} if s.tls_cert else {}
         config = uvicorn.Config(
-            app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=5
+            app,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            http=TimedH11Protocol.with_timeouts(s.http_header_timeout_s, s.http_body_timeout_s),
+            **tls,  # type: ignore[arg-type]
         )
         self.http_server = _EmbeddedUvicorn(config)
         self._http_task = asyncio.create_task(self.http_server.serve(sockets=[sock]), name="gateway-http")
@@ -125,7 +145,8 @@ class GatewayServer:
                 raise RuntimeError("HTTP server stopped during start")
             await asyncio.sleep(0.01)
         log.info(
-            "gateway ready: page http://%s:%d/ · gRPC %s:%d · alias %r",
+            "gateway ready: page %s://%s:%d/ · gRPC %s:%d · alias %r",
+            "https" if s.tls_cert else "http",
             s.http_host,
             self.http_port,
             s.grpc_host,
@@ -144,6 +165,9 @@ class GatewayServer:
                 await asyncio.wait_for(self._http_task, grace + 1)
         if self._http_socket is not None:
             self._http_socket.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
         if self.gateway is not None:
@@ -182,7 +206,8 @@ class RunningGateway(RunningService[GatewayServer]):
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.server.settings.http_host}:{self.server.http_port}"
+        scheme = "https" if self.server.settings.tls_cert else "http"
+        return f"{scheme}://{self.server.settings.http_host}:{self.server.http_port}"
 
     def stop(self, grace: float | None = 1.0) -> None:
         super().stop(grace)
@@ -225,7 +250,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = GatewaySettings(**overrides)
     except ValidationError as exc:
-        print(f"recipelens-gateway: invalid settings:\n{exc}", file=sys.stderr)
+        # Each problem without the input values: those would include the API keys.
+        problems = "\n".join(
+            f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        print(f"recipelens-gateway: invalid settings:\n{problems}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log_level)
     try:

@@ -6,6 +6,7 @@ key) are ``SecretStr``: they print as ``**********`` and are only unwrapped wher
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,11 +14,22 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from embedder.batcher import DEFAULT_MAX_QUEUE_DELAY_S
+from embedder.memory import DEFAULT_BUDGET_BYTES, DEFAULT_WAIT_S
 from embedder.preprocess import DEFAULT_MAX_PIXELS
 from embedder.settings import split_list
 from indexer.store.base import StoreSettings
 
 MiB = 1 << 20
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class GatewaySettings(BaseSettings):
@@ -70,11 +82,40 @@ class GatewaySettings(BaseSettings):
         default=DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb limit per photo"
     )
     default_top_k: int = Field(default=5, ge=1, le=100)
+    decode_budget_mb: int = Field(
+        default=DEFAULT_BUDGET_BYTES >> 20,
+        ge=1,
+        description="in-process embedder: decoded pixels in flight across all requests (MiB); "
+        "a photo needing more is refused",
+    )
+    decode_wait_s: float = Field(
+        default=DEFAULT_WAIT_S, ge=0, description="how long a decode waits for the budget before 503"
+    )
 
     tls_cert: Path | None = Field(
-        default=None, description="PEM certificate chain for gRPC TLS (with tls_key)"
+        default=None, description="PEM certificate chain for gRPC and HTTPS (with tls_key)"
     )
-    tls_key: Path | None = Field(default=None, description="PEM private key for gRPC TLS (with tls_cert)")
+    tls_key: Path | None = Field(
+        default=None, description="PEM private key for gRPC and HTTPS (with tls_cert)"
+    )
+    behind_tls_proxy: bool = Field(
+        default=False,
+        description="a proxy in front terminates TLS for the HTTP port: plaintext HTTP with API keys on, "
+        "bound beyond loopback, is then allowed",
+    )
+    http_header_timeout_s: float = Field(
+        default=10.0, gt=0, description="a request's headers must arrive within this; slower ones are closed"
+    )
+    http_body_timeout_s: float = Field(
+        default=60.0, gt=0, description="a request's body must arrive within this after its headers"
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="serve /metrics on this port of its own (metrics_host, no key) instead of the HTTP port",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="where the metrics port listens")
     images_root: Path | None = Field(
         default=None,
         description="the catalogue folder the index was built from; its photos are served under /images/",
@@ -104,6 +145,21 @@ class GatewaySettings(BaseSettings):
     def _tls_pair(self) -> GatewaySettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("set both tls_cert and tls_key (or neither)")
+        return self
+
+    @model_validator(mode="after")
+    def _no_keys_in_clear(self) -> GatewaySettings:
+        if (
+            self.api_keys
+            and self.tls_cert is None
+            and not self.behind_tls_proxy
+            and not is_loopback(self.http_host)
+        ):
+            raise ValueError(
+                f"API keys are on and HTTP on {self.http_host} is plaintext: keys would cross the network in "
+                "clear. Set tls_cert and tls_key (HTTPS), bind http_host to loopback, or set "
+                "RECIPELENS_GATEWAY_BEHIND_TLS_PROXY=true when a proxy in front terminates TLS"
+            )
         return self
 
     def summary(self) -> str:

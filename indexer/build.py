@@ -17,6 +17,10 @@ batches decode while one batch embeds and the previous one is written.
   with a log line saying why. Nothing stale goes live.
 * Bad photos go to a report (id, file, reason); the build fails when their share passes
   ``max_bad_fraction``.
+
+This module is one pipeline whose stages share a build's state (about 500 lines); what stands on its
+own lives elsewhere: collection names, pruning and rollback in :mod:`indexer.collections`, the
+embedders in :mod:`embedder.factory`, the match verdict and quality gate in :mod:`indexer.quality`.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +55,13 @@ from indexer.catalog import (
     recipe_payload,
     write_bad_report,
 )
+from indexer.collections import new_collection_name, prune
 from indexer.quality import QUALITY_KEY, CollectionQuality, assess_collection, gate_failures, quality_of
 from indexer.settings import IndexerSettings
 from indexer.store.base import (
-    DEFAULT_ALIAS,
     CollectionInfo,
     RecipePoint,
     RecipeStore,
-    StoreError,
     point_id,
 )
 
@@ -82,9 +84,6 @@ class Photo:
     array: np.ndarray
 
 
-# The build's embedder: the one embedder interface (in-process or the gRPC service), driven synchronously.
-PhotoEmbedder = SyncEmbedder
-
 # In-process, one onnxruntime run may take several of the build's batches at once.
 IN_PROCESS_MAX_BATCH = 256
 
@@ -102,7 +101,8 @@ def open_embedder(
         embedder = open_any_embedder(
             embedder_address, folder, timeout_s=60.0, max_batch_size=IN_PROCESS_MAX_BATCH
         )
-        return SyncEmbedder(embedder, manifest.version, max_in_flight=max_in_flight)
+        timeout_s = 60.0 if embedder_address else None  # in-process runs have nothing to wait out
+        return SyncEmbedder(embedder, manifest.version, max_in_flight=max_in_flight, timeout_s=timeout_s)
     except ModelIntegrityError as exc:
         raise BuildError(str(exc)) from None
 
@@ -126,33 +126,21 @@ class BuildSummary:
     bad_report: Path | None = None
     quality: CollectionQuality | None = None
     forced: bool = False
+    quality_seconds: float = 0.0  # of ``seconds``: calibrating the verdict and the quality gate
 
     @property
     def images_per_s(self) -> float:
-        return self.indexed / self.seconds if self.seconds > 0 else 0.0
+        """Photos indexed per second, the fixed cost of the quality check left out."""
+        seconds = self.seconds - self.quality_seconds
+        return self.indexed / seconds if seconds > 0 else 0.0
 
     def line(self) -> str:
         return (
             f"indexed {self.indexed}, skipped {self.skipped} (already stored), re-embedded {self.changed} "
             f"(changed), removed {self.removed} (left the catalogue), bad {self.bad} "
-            f"of {self.total} photos in {self.seconds:.1f}s ({self.images_per_s:.1f} images/s) "
-            f"→ {self.collection} behind alias {self.alias!r}"
+            f"of {self.total} photos in {self.seconds:.1f}s ({self.images_per_s:.1f} images/s, quality check "
+            f"{self.quality_seconds:.1f}s) → {self.collection} behind alias {self.alias!r}"
         )
-
-
-def collection_name(alias: str, model_version: str, now: datetime | None = None) -> str:
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    return f"{alias}-{model_version}-{stamp}"
-
-
-def new_collection_name(store: RecipeStore, alias: str, model_version: str) -> str:
-    existing = {c.name for c in store.list_collections()}
-    name = collection_name(alias, model_version)
-    suffix = 1
-    while name in existing:
-        suffix += 1
-        name = f"{collection_name(alias, model_version)}-{suffix}"
-    return name
 
 
 def catalog_fingerprint(catalog_path: str | Path, fmt: str) -> str:
@@ -256,7 +244,7 @@ def build_index(
     store: RecipeStore,
     *,
     settings: IndexerSettings | None = None,
-    embedder: PhotoEmbedder | None = None,
+    embedder: SyncEmbedder | None = None,
     force: bool = False,
     progress: bool = True,
     **overrides: Any,
@@ -422,6 +410,7 @@ def build_index(
     _verify_sample(
         store, name, embedder=embedder, good=good, sample=opts.verify_sample, image_size=image_size
     )
+    checked = time.perf_counter()
     summary.quality = _assess_and_gate(
         store,
         name,
@@ -433,6 +422,7 @@ def build_index(
         force=force,
     )
     summary.forced = force
+    summary.quality_seconds = time.perf_counter() - checked
 
     store.mark_complete(name)
     store.swap_alias(alias, name)
@@ -453,7 +443,7 @@ def _verify_sample(
     store: RecipeStore,
     name: str,
     *,
-    embedder: PhotoEmbedder,
+    embedder: SyncEmbedder,
     good: Sequence[tuple[Recipe, Path | str, str]],
     sample: int,
     image_size: int,
@@ -489,13 +479,16 @@ def _assess_and_gate(
     name: str,
     live: str | None,
     *,
-    embedder: PhotoEmbedder,
+    embedder: SyncEmbedder,
     good: Sequence[tuple[Recipe, Path | str, str]],
     sample: int,
     tolerance_points: float,
     force: bool,
-) -> CollectionQuality:
+) -> CollectionQuality | None:
     """Calibrate the match verdict, record the figures, refuse (unless ``force``) when worse than live."""
+    if not good:
+        log.warning("collection %s holds no photos to measure: no match calibration, no quality gate", name)
+        return None
     calibration, quality = assess_collection(
         store,
         name,
@@ -526,41 +519,3 @@ def _assess_and_gate(
         f"{message}. The alias was not moved; {name} is kept incomplete with its figures: rerun with "
         "--force to put it live anyway (the rerun resumes it), or roll back the model"
     )
-
-
-def prune(store: RecipeStore, alias: str, keep_previous: int, *, previous: str | None = None) -> list[str]:
-    """Drop complete collections of ``alias`` beyond the live one and ``keep_previous`` older ones."""
-    live = set(store.aliases().values())
-    prefix = f"{alias}-"
-    old = [
-        c for c in store.list_collections() if c.complete and c.name.startswith(prefix) and c.name not in live
-    ]
-    old.sort(key=lambda c: (c.name == previous, c.created_at, c.name), reverse=True)
-    dropped = []
-    for info in old[keep_previous:]:
-        try:
-            store.drop_collection(info.name)
-            dropped.append(info.name)
-        except StoreError as exc:
-            log.warning("could not drop old collection %s: %s", info.name, exc)
-    return dropped
-
-
-def rollback(store: RecipeStore, alias: str = DEFAULT_ALIAS) -> tuple[str, str]:
-    """Put the newest complete collection older than the live one behind ``alias``; (from, to)."""
-    current = store.resolve_alias(alias)
-    if current is None:
-        raise BuildError(f"alias {alias!r} points nowhere: nothing to roll back")
-    prefix = f"{alias}-"
-    collections = [c for c in store.list_collections() if c.name.startswith(prefix) or c.name == current]
-    live = next((c for c in collections if c.name == current), None)
-    older = [
-        c
-        for c in collections
-        if c.complete and c.name != current and (live is None or c.created_at <= live.created_at)
-    ]
-    if not older:
-        raise BuildError(f"no older complete collection to roll alias {alias!r} back to (live: {current})")
-    target = max(older, key=lambda c: (c.created_at, c.name)).name
-    store.swap_alias(alias, target)
-    return current, target

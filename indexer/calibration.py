@@ -79,8 +79,13 @@ class MatchCalibration:
         return 1.0 / (1.0 + math.exp(-x))
 
     def to_metadata(self) -> dict[str, Any]:
-        """JSON-safe form for the collection's metadata (the bank as base64 float16)."""
-        refs = np.ascontiguousarray(self.references, dtype="<f2")
+        """JSON-safe form for the collection's metadata (the bank as base64 int8 rows with float32 scales).
+
+        int8 keeps every verdict of the demo figures and halves the metadata every store read carries.
+        """
+        refs = np.asarray(self.references, np.float32)
+        scale = np.maximum(np.abs(refs).max(axis=1), 1e-12) / 127.0 if len(refs) else np.zeros(0, np.float32)
+        quantised = np.clip(np.round(refs / scale[:, None]), -127, 127).astype(np.int8) if len(refs) else refs
         return {
             "format": CALIBRATION_FORMAT,
             "model_version": self.model_version,
@@ -89,7 +94,12 @@ class MatchCalibration:
             "reference_weight": float(self.reference_weight),
             "samples": int(self.samples),
             "references_shape": list(refs.shape),
-            "references_f16": base64.b64encode(refs.tobytes()).decode("ascii"),
+            "references_i8": base64.b64encode(np.ascontiguousarray(quantised, np.int8).tobytes()).decode(
+                "ascii"
+            ),
+            "references_scale": base64.b64encode(np.ascontiguousarray(scale, "<f4").tobytes()).decode(
+                "ascii"
+            ),
         }
 
     @classmethod
@@ -98,10 +108,19 @@ class MatchCalibration:
         if int(data.get("format", 0)) != CALIBRATION_FORMAT:
             raise ValueError(f"unknown match calibration format {data.get('format')!r}")
         rows, dim = (int(v) for v in data["references_shape"])
-        raw = base64.b64decode(str(data["references_f16"]), validate=True)
-        refs = np.frombuffer(raw, dtype="<f2").astype(np.float32)
-        if refs.size != rows * dim:
-            raise ValueError("match calibration: reference bank does not fit its shape")
+        if "references_i8" in data:
+            raw = np.frombuffer(base64.b64decode(str(data["references_i8"]), validate=True), np.int8)
+            scale = np.frombuffer(base64.b64decode(str(data["references_scale"]), validate=True), "<f4")
+            if raw.size != rows * dim or scale.size != rows:
+                raise ValueError("match calibration: reference bank does not fit its shape")
+            refs = raw.reshape(rows, dim).astype(np.float32) * scale[:, None]
+            refs = (refs / np.maximum(np.linalg.norm(refs, axis=1, keepdims=True), 1e-12)).reshape(-1)
+        else:  # the first builds stored float16
+            refs = np.frombuffer(base64.b64decode(str(data["references_f16"]), validate=True), "<f2").astype(
+                np.float32
+            )
+            if refs.size != rows * dim:
+                raise ValueError("match calibration: reference bank does not fit its shape")
         return cls(
             model_version=str(data["model_version"]),
             none_below=float(data["none_below"]),

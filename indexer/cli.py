@@ -23,8 +23,9 @@ from pydantic import ValidationError
 from embedder.client import EmbedderError
 from embedder.logs import configure_logging
 from embedder.manifest import ModelIntegrityError
-from indexer.build import BuildError, build_index, open_embedder, rollback
+from indexer.build import BuildError, build_index, open_embedder
 from indexer.catalog import CatalogError
+from indexer.collections import rollback
 from indexer.edit import delete_recipe, read_recipe_arg, upsert_recipe
 from indexer.quality import quality_of
 from indexer.settings import IndexerSettings

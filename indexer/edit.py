@@ -13,9 +13,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedder.embedding import SyncEmbedder
 from embedder.preprocess import ImageDecodeError
-from indexer.build import BuildError, Photo, PhotoEmbedder, new_collection_name, prune
+from indexer.build import BuildError, Photo
 from indexer.catalog import Recipe, image_name, load_photo, recipe_from_mapping, recipe_payload
+from indexer.collections import new_collection_name, prune
 from indexer.store.base import DEFAULT_ALIAS, ModelVersionMismatch, RecipePoint, RecipeStore, point_id
 
 log = logging.getLogger(__name__)
@@ -104,7 +106,7 @@ def _finish(
 def upsert_recipe(
     store: RecipeStore,
     recipe: Recipe,
-    embedder: PhotoEmbedder,
+    embedder: SyncEmbedder,
     *,
     catalog_root: Path | None = None,
     alias: str = DEFAULT_ALIAS,

@@ -3,11 +3,11 @@
 1. fine-tune on the demo catalogue (``tl-hard``, or ``ft`` with ``--preset ft``) and export the model
    into the embedder's model folder, which serves it beside the old one as soon as it sees it;
 2. re-index the catalogue with the new model into a new collection (``recipelens-index build``, which
-   moves the alias only when the collection is complete — and, where the quality gate is present,
-   only when it is not worse than the live one) while a client keeps searching through the gateway;
+   moves the alias only when the collection is complete and its quality gate finds it no worse than
+   the live one — ``--force`` overrides the gate) while a client keeps searching through the gateway;
 3. print the before/after table (the run's held-out evaluation: raw vs the new model), how many
    searches the gateway answered during the re-index and how many failed (zero downtime: none), the
-   model version that answered before and after, and the indexer's verdict.
+   model version that answered before and after, and the quality gate's verdict.
 
     python -m training.demo_retrain [--preset tl-hard|ft] [--catalog data/demo] [--models models]
                                     [--store-path var/qdrant] [--embedder 127.0.0.1:50051]
@@ -93,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--embedder", default="127.0.0.1:50051")
     parser.add_argument("--http", default="127.0.0.1:8080", help="the gateway's HTTP address")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--force", action="store_true", help="move the alias even if the quality gate refuses"
+    )
     args = parser.parse_args(argv)
     configure_logging("INFO")
     url = f"http://{args.http}"
@@ -116,14 +119,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run(preset_config(args.preset).overridden(args.assignments), args.catalog, args.models)
     trained_s = time.perf_counter() - started
     print(f"    {result.model_dir} in {trained_s:.0f} s")
+    from training.quantize import QuantizationError, quantize_model
+
+    model_dir = result.model_dir
+    try:  # the int8 twin where it agrees with fp32 within RECIPELENS_INT8_* (the demo's rule too)
+        model_dir = quantize_model(result.model_dir, catalog=args.catalog, out_dir=args.models)
+        print(f"    int8 twin {model_dir}")
+    except QuantizationError as exc:
+        print(f"    int8 twin refused, indexing with fp32: {exc}")
 
     print("==> 2/3 re-indexing with the new model while a client keeps searching through the gateway")
     worker = threading.Thread(target=load.run, daemon=True)
     worker.start()
     command = [
         sys.executable, "-m", "indexer.cli", "build", "--catalog", str(args.catalog),
-        "--model", str(result.model_dir), "--embedder", args.embedder,
-        "--store-path", str(args.store_path), "--no-progress",
+        "--model", str(model_dir), "--embedder", args.embedder,
+        "--store-path", str(args.store_path), "--no-progress", *(["--force"] if args.force else []),
     ]  # fmt: skip
     index = subprocess.run(command, capture_output=True, text=True, check=False)
     time.sleep(1.0)  # a few searches after the swap
@@ -134,8 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("==> 3/3 before / after")
     print((result.run_dir / "evaluation.md").read_text())
     print(index.stdout.strip())
+    gate = [line for line in index.stderr.splitlines() if "quality gate" in line]
+    print(
+        "quality gate: "
+        + (gate[-1].split("quality gate", 1)[1].lstrip(": ") if gate else "(no verdict logged)")
+    )
     if index.returncode != 0:
-        print(index.stderr.strip(), file=sys.stderr)
+        print(index.stderr.strip().splitlines()[-1] if index.stderr.strip() else "", file=sys.stderr)
     print(f"searches answered during the re-index: {load.ok}, failed: {load.failed}")
     for error in load.errors[:3]:
         print(f"  e.g. {error}")

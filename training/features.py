@@ -125,13 +125,28 @@ def pretrained_features(
     return PretrainedFeatures(clean, query_sets, query_features, held_out)
 
 
-def reference_embeddings(
-    config: TrainConfig, backbone: str, photos: PhotoSet, held_out: np.ndarray, *, progress: bool
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Another raw backbone on the same photos and query bytes, each preprocessed at its own size."""
+@dataclass
+class Reference:
+    """Another raw backbone scored on the same queries (the figure compares with raw Lite0)."""
+
+    row: str
+    gallery: np.ndarray
+    queries: dict[str, np.ndarray]
+
+
+def reference_features(
+    config: TrainConfig, photos: PhotoSet, held_out: np.ndarray, *, progress: bool
+) -> Reference | None:
+    """``evaluation.reference_backbone`` raw on the same photos and query bytes, at its own input size.
+
+    None when it is the run's own backbone (its raw row is there already).
+    """
     from embedder.preprocess import preprocess_file
     from training.models import build_raw_model
 
+    backbone = config.evaluation.reference_backbone
+    if not backbone or backbone == config.backbone:
+        return None
     model = build_raw_model(backbone, "imagenet")
     size = int(model.input_shape[1])
     fn = inference_fn(model)
@@ -147,7 +162,7 @@ def reference_embeddings(
             size=size,
         )
         queries[level] = embed_batches(fn, chunks(q), len(q), f"{backbone}: {level} queries", progress)
-    return gallery, queries
+    return Reference(f"raw {backbone}", gallery, queries)
 
 
 def augmented_view_index(photo_index: np.ndarray, views: int) -> tuple[np.ndarray, np.ndarray]:

@@ -140,16 +140,18 @@ def sample_photos(catalog: str | Path, calibration: int, evaluation: int, *, see
     return CatalogSample(ordered[:n_cal], ordered[n_cal : n_cal + evaluation], len(pools))
 
 
-def _decode_all(files: Sequence[Path], size: int) -> np.ndarray:
-    arrays = []
+def _decode_all(files: Sequence[Path], size: int) -> tuple[np.ndarray, list[Path]]:
+    """The photos that decode, and their files (a bad one is logged, named, and left out)."""
+    arrays, kept = [], []
     for path in files:
         try:
             arrays.append(preprocess_file(path, size=size))
+            kept.append(Path(path))
         except ImageDecodeError as exc:
             log.warning("skipping %s", exc)
     if not arrays:
         raise QuantizationError("none of the sampled photos could be decoded")
-    return np.stack(arrays)
+    return np.stack(arrays), kept
 
 
 def _query_views(files: Sequence[Path], size: int, seed: int) -> np.ndarray:
@@ -385,9 +387,9 @@ def quantize_model(
     sample = sample_photos(
         catalog, settings.calibration_photos, settings.evaluation_photos, seed=settings.seed
     )
-    calibration = _decode_all(sample.calibration, size)
-    gallery_images = _decode_all(sample.evaluation, size)
-    queries = _query_views(sample.evaluation, size, settings.seed)
+    calibration, _ = _decode_all(sample.calibration, size)
+    gallery_images, evaluation_files = _decode_all(sample.evaluation, size)
+    queries = _query_views(evaluation_files, size, settings.seed)
     log.info(
         "int8: calibrating %s on %d photos from %d categories (%s), agreement on %d others",
         fp32.version,

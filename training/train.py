@@ -54,12 +54,13 @@ from training.dataset import PreparedData, prepare_data
 from training.evaluate import PairedDelta, RetrievalScores, score
 from training.features import (
     PretrainedFeatures,
+    Reference,
     chunks,
     embed_batches,
     inference_fn,
     pooled_feature_cache,
     pretrained_features,
-    reference_embeddings,
+    reference_features,
     unit,
 )
 from training.fitting import (
@@ -127,15 +128,6 @@ class Run:
     nets: Networks
     timer: StageTimer
     progress: bool
-
-
-@dataclass
-class Reference:
-    """Another raw backbone scored on the same queries (the figure compares with raw Lite0)."""
-
-    row: str
-    gallery: np.ndarray
-    queries: dict[str, np.ndarray]
 
 
 @dataclass
@@ -260,17 +252,6 @@ def fine_tune(run: Run, split: BoundarySplit, cache: ActivationCache | None, out
         1, len(outcome.history["phase2"])
     )
     outcome.backbone_trained = True
-
-
-def reference_row(run: Run, held_out: np.ndarray) -> Reference | None:
-    """``evaluation.reference_backbone`` raw, when it is not the run's own backbone."""
-    backbone = run.config.evaluation.reference_backbone
-    if not backbone or backbone == run.config.backbone:
-        return None
-    gallery, queries = reference_embeddings(
-        run.config, backbone, run.data.photos, held_out, progress=run.progress
-    )
-    return Reference(f"raw {backbone}", gallery, queries)
 
 
 def _embeddings(
@@ -454,7 +435,9 @@ def run(
         (run_dir / "history.json").write_text(json.dumps(outcome.history, indent=1))
         plot_curves(outcome.history, run_dir / "training_curves.png")
     with timer("evaluate_s"):
-        evaluation = evaluate_run(ctx, raw, outcome, reference_row(ctx, held_out))
+        evaluation = evaluate_run(
+            ctx, raw, outcome, reference_features(config, data.photos, held_out, progress=progress)
+        )
     with timer("export_s"):
         model_dir = export_run(ctx, evaluation, outcome, parity_count=parity_count)
     timer.timings["total_s"] = time.perf_counter() - started

@@ -161,7 +161,7 @@ class ServerStore(RecipeStore):
             limit=limit,
             offset=offset or None,
             query_filter=flt,
-            with_payload=payload if payload is not None else True,
+            with_payload=(payload or False) if payload is not None else True,
         )
         return [StoreHit(str(p.id), float(p.score), dict(p.payload or {})) for p in result.points]
 
@@ -214,10 +214,10 @@ class ServerStore(RecipeStore):
     def _all_of(self, must: list[Any], must_not: list[Any]) -> Any:
         return models.Filter(must=must or None, must_not=must_not or None)
 
-    def retrieve(self, name: str, ids: Sequence[str]) -> list[StoreHit]:
+    def retrieve(self, name: str, ids: Sequence[str], *, payload: list[str] | None = None) -> list[StoreHit]:
         if not ids:
             return []
-        records = self.client.retrieve(name, ids=list(ids), with_payload=True, with_vectors=False)
+        records = self.client.retrieve(name, ids=list(ids), with_payload=payload or True, with_vectors=False)
         return [StoreHit(str(r.id), 0.0, dict(r.payload or {})) for r in records]
 
     def count(self, name: str) -> int:

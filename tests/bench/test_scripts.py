@@ -32,15 +32,21 @@ def test_machine_cpu_seconds_counts_work() -> None:
     assert machine_cpu_seconds() >= end
 
 
-def test_embed_bench_prints_the_paths_and_ratios(tiny_model_dir: Path, tmp_path: Path) -> None:
+def _int8_label(model: Path, tmp_path: Path) -> Path:
+    """Plumbing only: the tiny graph copied and labelled as an int8 twin."""
     import shutil
 
     from embedder.manifest import read_manifest, write_manifest
 
-    twin = tmp_path / "tiny-int8"  # plumbing only: the tiny graph relabelled as an int8 twin
-    shutil.copytree(tiny_model_dir, twin)
+    twin = tmp_path / "tiny-int8"
+    shutil.copytree(model, twin)
     fields = read_manifest(twin).model_dump(exclude={"version", "sha256", "format_version"})
-    write_manifest(twin, **{**fields, "numerics": "int8"})
+    write_manifest(twin, **{**fields, "numerics": "int8", "name": "tiny-int8"})
+    return twin
+
+
+def test_embed_bench_prints_the_paths_and_ratios(tiny_model_dir: Path, tmp_path: Path) -> None:
+    twin = _int8_label(tiny_model_dir, tmp_path)
     out = _run(
         "bench/embed.py", "--model", str(tiny_model_dir), "--int8", str(twin), "--skip-keras", "--batch", "4",
         "--latency-repeats", "3", "--throughput-repeats", "2",
@@ -67,13 +73,46 @@ def test_embed_bench_prints_the_paths_and_ratios(tiny_model_dir: Path, tmp_path:
     assert re.search(rf"^\| service / bare runtime, fp32 \| {NUMBER}× \| 1× \| ≥ 0.95× \|$", out, re.M)
 
 
-def test_search_bench_prints_latency_concurrency_and_the_cpu_ceiling() -> None:
-    out = _run("bench/search.py", "--n", "8", "--repeats", "10", "--clients", "2", "--rounds", "1")
-    assert re.search(rf"^\| gateway p50 overhead vs bare \| -?{NUMBER} % \| ≤ 25 % \|$", out, re.M)
-    assert re.search(rf"^\| concurrent / sequential \| {NUMBER}× \| ≥ 1.8× \|$", out, re.M)
+def test_search_bench_prints_latency_breakdown_concurrency_and_ceilings(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    twin = _int8_label(tiny_model_dir, tmp_path)
+    out = _run(
+        "bench/search.py", "--model", str(tiny_model_dir), "--int8", str(twin),
+        "--n", "8", "--repeats", "10", "--clients", "2", "--rounds", "1",
+    )  # fmt: skip
+    ms = rf"-?{NUMBER} ms"
+    assert re.search(rf"^\| gateway p50 overhead vs bare \| {ms} \| {ms} \| 0 ms \| ≤ 3 ms \|$", out, re.M)
+    for part in ("empty gRPC round trip", "alias lookup", "ANN \\+ payload", "rest: thread hops"):
+        assert re.search(rf"^\| … {part}.* \| {ms} \| {ms} \|", out, re.M), part
+    assert re.search(
+        rf"^\| concurrent / sequential, int8 \(of the CPU ceiling\) \| +\| {NUMBER}× \({NUMBER}\) \|",
+        out,
+        re.M,
+    )
     cpu = re.search(
         rf"^\| machine CPU per search, sequential / concurrent \| ({NUMBER}) / ({NUMBER}) ms", out, re.M
     )
     assert cpu and float(cpu[1]) > 0 and float(cpu[2]) > 0
-    assert re.search(rf"^\| ceiling at the concurrent CPU cost: .* \| {NUMBER}× \| \|$", out, re.M)
-    assert re.search(rf"^\| cold start to SERVING \(median of 3\) \| {NUMBER} s \| ≤ 5 s \|$", out, re.M)
+    assert re.search(
+        rf"^\| int8 / fp32 searches/s, 2 clients \| {NUMBER}× \| \| {NUMBER}× .* \| ≥ 1.6× \|$", out, re.M
+    )
+    assert re.search(rf"^\| cold start to SERVING \(median of 3\) \| {NUMBER} s \|", out, re.M)
+
+
+def test_int8_retrieval_bench_prints_both_models_and_the_differences(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from tests.training.triplet_catalog import write_catalog
+
+    catalog = write_catalog(tmp_path / "catalog", recipes=24, broken=False)
+    twin = _int8_label(tiny_model_dir, tmp_path)
+    out = _run(
+        "bench/int8_retrieval.py", "--catalog", str(catalog), "--fp32", str(tiny_model_dir),
+        "--int8", str(twin), "--provider", "CPUExecutionProvider",
+    )  # fmt: skip
+    for level in ("moderate", "strong"):
+        for numerics in ("fp32", "int8"):
+            assert re.search(rf"^\| {level} \(\d+\) \| {numerics} \| {NUMBER} \| {NUMBER} \|", out, re.M)
+        assert re.search(rf"^\| R@1, {level} queries \| [+-]{NUMBER} \| \[.*\] \| ≥ −0.5 \|$", out, re.M)
+    assert re.search(rf"^\| cat P@5 \(clean held-out photos\) \| [+-]{NUMBER} \| \| ≥ −1.0 \|$", out, re.M)

@@ -104,3 +104,15 @@ def test_the_real_build_reports_what_runs(tmp_path: Path) -> None:
     assert model.provider in ort.get_available_providers()
     vectors = model.embed_arrays(np.random.default_rng(0).integers(0, 255, (3, 224, 224, 3), dtype=np.uint8))
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+async def test_status_says_what_runs_for_readyz(tmp_path: Path) -> None:
+    """The gateway's /readyz shows this description: each model's numerics and provider."""
+    from embedder.inprocess import InProcessEmbedder
+    from embedder.repository import ModelRepository
+
+    version = write_tiny_model(tmp_path / "m")
+    embedder = InProcessEmbedder(ModelRepository(tmp_path, providers=[CPU]))
+    status = await embedder.status()
+    assert f"{version} fp32 on CPUExecutionProvider" in status.description
+    await embedder.aclose()

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.images import public_image_url
 from gateway.server import start_gateway
 from gateway.settings import GatewaySettings
 from indexer.build import build_index, open_embedder
@@ -121,3 +122,12 @@ def test_folder_layout_and_upserted_recipes_are_served(
         away = _search(running.http_url, 950)["recipes"][0]  # type: ignore[index]
         assert away["id"] == "outside" and away["imagePath"] == ""  # outside images_root: never exposed
     assert f"images_root {root} serves 13 of 14 sampled photo files" in caplog.text
+
+
+def test_public_image_url(tmp_path: Path) -> None:
+    assert public_image_url("https://cdn.example/x.jpg", None) == "https://cdn.example/x.jpg"
+    assert public_image_url("dir/a b.jpg", tmp_path) == "/images/dir/a%20b.jpg"
+    assert public_image_url("dir/a b.jpg", None) == ""  # nothing is served without images_root
+    assert public_image_url(str(tmp_path / "x.jpg"), None) == ""
+    assert public_image_url(str(tmp_path / "sub" / "x.jpg"), tmp_path) == "/images/sub/x.jpg"
+    assert public_image_url("/elsewhere/x.jpg", tmp_path) == ""  # outside the served folder

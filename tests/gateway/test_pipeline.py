@@ -10,7 +10,7 @@ from pydantic import SecretStr
 
 from embedder.factory import open_embedder
 from gateway.errors import ErrorKind, GatewayError
-from gateway.pipeline import SearchGateway, bearer_token, key_matches, public_image_url, sniff_image
+from gateway.pipeline import SearchGateway, bearer_token, key_matches, sniff_image
 from gateway.settings import GatewaySettings
 from indexer.store.edge import EdgeStore
 from tests.gateway.conftest import World, gateway_settings
@@ -133,12 +133,3 @@ def test_sniff_image_checks_size_format_and_pixels() -> None:
     with pytest.raises(GatewayError, match="bytes") as info:
         sniff_image(photo, max_bytes=100, max_pixels=20_000)
     assert _kind(info) is ErrorKind.RESOURCE_EXHAUSTED
-
-
-def test_public_image_url(tmp_path: Path) -> None:
-    assert public_image_url("https://cdn.example/x.jpg", None) == "https://cdn.example/x.jpg"
-    assert public_image_url("dir/a b.jpg", tmp_path) == "/images/dir/a%20b.jpg"
-    assert public_image_url("dir/a b.jpg", None) == ""  # nothing is served without images_root
-    assert public_image_url(str(tmp_path / "x.jpg"), None) == ""
-    assert public_image_url(str(tmp_path / "sub" / "x.jpg"), tmp_path) == "/images/sub/x.jpg"
-    assert public_image_url("/elsewhere/x.jpg", tmp_path) == ""  # outside the served folder

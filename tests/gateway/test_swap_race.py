@@ -1,5 +1,6 @@
-"""A search whose collection disappears under it (alias swapped, old collection dropped) looks the alias up
-once more and is answered from where it points now — re-embedding when that collection's model differs."""
+"""A search (or recipe lookup) whose collection disappears under it (alias swapped, old collection dropped)
+looks the alias up once more and is answered from where it points now — re-embedding when that
+collection's model differs."""
 
 from __future__ import annotations
 
@@ -32,12 +33,19 @@ class SwappedUnderSearch(EdgeStore):
         self.indexer = indexer
         self.plan: list[tuple[str, str]] = []  # (new collection, old collection) per coming search
 
-    def search_recipes(self, name: str, vector: np.ndarray, **options: Any) -> RecipeResults:
+    def _swap_now(self) -> None:
         if self.plan:
             new, old = self.plan.pop(0)
             self.indexer.swap_alias("recipes", new)
             self.indexer.drop_collection(old)
+
+    def search_recipes(self, name: str, vector: np.ndarray, **options: Any) -> RecipeResults:
+        self._swap_now()
         return super().search_recipes(name, vector, **options)
+
+    def ids_of_recipe(self, name: str, recipe_id: str) -> list[str]:
+        self._swap_now()
+        return super().ids_of_recipe(name, recipe_id)
 
 
 def _store(world: World, root: Path) -> None:
@@ -67,6 +75,10 @@ async def test_collection_dropped_under_a_search_is_answered_from_the_new_one(
         assert second.collection == "c3" and second.model_version == world.version_b
         assert second.hits[0].recipe_id == "r004"
         assert {c.name for c in indexer.list_collections()} == {"c3"}
+        fill_collection(indexer, "c4", EmbeddingModel(world.models / "tiny-b"), world.images)
+        store.plan = [("c4", "c3")]  # a recipe lookup too
+        assert (await gateway.get_recipe("r005")).title == "Recipe 5"
+        assert indexer.resolve_alias("recipes") == "c4"
     finally:
         await gateway.aclose()
         store.close()

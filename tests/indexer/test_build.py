@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from embedder.runtime import EmbeddingModel
-from indexer.build import BuildError, build_index, open_embedder, rollback
+from indexer.build import BuildError, build_index, open_embedder
 from indexer.catalog import Recipe
+from indexer.collections import rollback
 from indexer.edit import upsert_recipe
 from indexer.store.base import ModelVersionMismatch, SearchFilter
 from indexer.store.edge import EdgeStore

@@ -16,7 +16,7 @@ from indexer.calibration import (
     match_verdict,
 )
 from indexer.cli import run
-from indexer.quality import QUALITY_KEY, CollectionQuality, gate_failures, quality_of
+from indexer.quality import QUALITY_KEY, CollectionQuality, gate_failures, quality_of, verdict_rates
 from indexer.store.edge import EdgeStore
 from tests.support.tinymodel import write_tiny_model
 
@@ -45,15 +45,32 @@ def test_verdict_from_calibration() -> None:
     # The same top score next to a non-food reference picture (noise, text, …) is no match.
     assert match_verdict(cal, bank[3], [0.9]).match == "none"
 
-    again = MatchCalibration.from_metadata(cal.to_metadata())  # float16 bank, JSON-safe
+    again = MatchCalibration.from_metadata(cal.to_metadata())  # int8 bank, JSON-safe
     assert again.model_version == "m1" and again.none_below == pytest.approx(cal.none_below, abs=1e-6)
-    assert np.allclose(again.references, cal.references, atol=1e-3)
+    assert np.allclose(again.references, cal.references, atol=0.01)
+    assert match_verdict(again, bank[3], [0.9]).match == "none"
     with pytest.raises(ValueError):
         MatchCalibration.from_metadata({**cal.to_metadata(), "format": 99})
     extra = {CALIBRATION_KEY: cal.to_metadata()}
     assert calibration_of(extra, "m1") is not None
     assert calibration_of(extra, "m2") is None  # another model's thresholds never apply
     assert calibration_of({}, "m1") is None and calibration_of({CALIBRATION_KEY: {"format": 1}}, "m1") is None
+
+
+def test_verdict_rates_on_embeddings_alone() -> None:
+    rng = np.random.default_rng(1)
+    gallery = _unit(rng.standard_normal((40, 32)))
+    origin = np.repeat(np.arange(40), 2)
+    queries = _unit(gallery[origin] + 0.25 * rng.standard_normal((80, 32)) / np.sqrt(32))
+    centre = _unit(rng.standard_normal(32))
+    bank = _unit(centre + 0.3 * rng.standard_normal((16, 32)) / np.sqrt(32))
+    nonfood = _unit(np.vstack([centre + 0.3 * rng.standard_normal((20, 32)) / np.sqrt(32),
+                               rng.standard_normal((20, 32))]))  # fmt: skip
+    recipes = [f"r{i}" for i in range(40)]
+    food, rejected = verdict_rates(
+        gallery, recipes, queries, [recipes[i] for i in origin], bank=bank, nonfood=nonfood
+    )
+    assert food >= 0.95 and rejected >= 0.9
 
 
 def test_gate_compares_the_gated_figures() -> None:

@@ -156,3 +156,19 @@ def test_cli_makes_the_twin_and_names_a_refusal(
     monkeypatch.setenv("RECIPELENS_INT8_MIN_COSINE", "1.0")
     assert cli.main(["int8", str(fp32_model), "--catalog", str(catalog), "--out", str(tmp_path / "b")]) == 2
     assert "refused" in capsys.readouterr().err
+
+
+def test_a_broken_catalogue_photo_is_left_out_of_calibration_and_agreement(
+    fp32_model: Path, catalog: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sample = sample_photos(catalog, 8, 100)
+    assert any(p.name == "broken.jpg" for p in sample.evaluation)  # the generated catalogue has one
+    folder = quantize_model(
+        fp32_model,
+        catalog=catalog,
+        out_dir=tmp_path,
+        settings=Int8Settings(calibration_photos=8, evaluation_photos=100),
+    )
+    agreement = read_manifest(folder).quantization["agreement"]
+    assert agreement["queries"] == agreement["gallery"] == len(sample.evaluation) - 1
+    assert "broken.jpg" in caplog.text
