@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -282,8 +283,18 @@ def compose_client() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def stack(engine: DockerEngine, images: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("images")
+def stack(engine: DockerEngine, images: Built) -> Iterator[Stack]:
+    # Not pytest's tmp_path: on a machine shared by several pytest sessions, each one deletes all but the
+    # last three base folders, and this one's bind-mount sources and compose project must outlive them.
+    (cache_dir() / "run").mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="image-test-", dir=cache_dir() / "run"))
+    try:
+        yield from _stack(engine, images, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _stack(engine: DockerEngine, images: Built, root: Path) -> Iterator[Stack]:
     models = root / "models"
     write_tiny_model(models / "tiny")
     catalog = root / "catalog"
@@ -371,6 +382,21 @@ def _compose_stack(stack: Stack, compose: str) -> Iterator[Stack]:
     finally:
         down = [*base, "down", "-v", "--remove-orphans", "-t", "20"]
         subprocess.run(down, cwd=project, env=stack.engine.env, capture_output=True, timeout=300, check=False)
+        remove_project(stack.engine, env["COMPOSE_PROJECT_NAME"])
+
+
+def remove_project(engine: DockerEngine, project: str) -> None:
+    """Whatever of a compose project is left after ``down`` (it may fail): containers, volumes, networks."""
+    label = f"label=com.docker.compose.project={project}"
+    for kind, remove in (
+        ("container", ["rm", "-f"]),
+        ("volume", ["volume", "rm", "-f"]),
+        ("network", ["network", "rm"]),
+    ):
+        listing = ["ps", "-aq"] if kind == "container" else [kind, "ls", "-q"]
+        left = engine.run([*listing, "--filter", label], check=False).stdout.split()
+        if left:
+            engine.run([*remove, *left], check=False, timeout=120)
 
 
 def _docker_run_stack(stack: Stack) -> Iterator[Stack]:
