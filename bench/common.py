@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,3 +49,14 @@ def machine_cpu_seconds() -> float:
         return float("nan")
     user, nice, system, _idle, _iowait, irq, softirq = fields
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_process(proc: subprocess.Popen[bytes], what: str, timeout_s: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout_s``: a bench never leaves a server behind (or hangs on one)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        print(f"warning: {what} did not stop within {timeout_s:.0f} s of SIGTERM; killed", file=sys.stderr)
+        proc.kill()
+        proc.wait(timeout=timeout_s)

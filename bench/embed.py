@@ -32,7 +32,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import free_port, load_photos, percentiles
+from bench.common import free_port, load_photos, percentiles, stop_process
 
 CPU = "CPUExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
@@ -139,9 +139,8 @@ def main() -> None:
     finally:
         for client in clients.values():
             client.close()
-        for proc, _ in services.values():
-            proc.terminate()
-            proc.wait(timeout=30)
+        for name, (proc, _) in services.items():
+            stop_process(proc, f"the embedder ({name})")
     rows = {
         name: (*percentiles(latency[name]), statistics.median(rates[name]), max(rates[name]))
         for name in paths

@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, load_photos, machine_cpu_seconds, percentiles  # noqa: E402
+from bench.common import free_port, load_photos, machine_cpu_seconds, percentiles, stop_process  # noqa: E402
 
 ALIAS = "recipes"
 
@@ -90,8 +90,7 @@ def _cold_start(env: dict[str, str]) -> float:
     try:
         return _wait_serving(f"127.0.0.1:{env['RECIPELENS_GATEWAY_GRPC_PORT']}", start)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process(proc, "the gateway (cold start)")
 
 
 def _wait_serving(address: str, start: float) -> float:
@@ -269,8 +268,7 @@ def main() -> None:
     finally:
         for s in setups:
             if s.process is not None:
-                s.process.terminate()
-                s.process.wait(timeout=30)
+                stop_process(s.process, f"the {s.numerics} gateway")
         for running in embedders:
             running.stop()
 

@@ -13,8 +13,9 @@ import contextlib
 import logging
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -158,7 +159,7 @@ class GatewayServer:
         grace = self.settings.grace_period_s if grace is None else grace
         log.info("stopping gateway (grace %.1f s)", grace)
         if self.health is not None:
-            await self.health.stop()
+            await self._bounded_stage(self.health.stop(), grace + 2, "health reporter")
         if self.http_server is not None and self._http_task is not None:
             self.http_server.should_exit = True
             with contextlib.suppress(Exception):
@@ -169,12 +170,20 @@ class GatewayServer:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
         if self.grpc_server is not None:
-            await self.grpc_server.stop(grace)
+            await self._bounded_stage(self.grpc_server.stop(grace), grace + 5, "gRPC server")
         if self.gateway is not None:
-            await self.gateway.aclose()
+            await self._bounded_stage(self.gateway.aclose(), grace + 15, "search path (embedder, executor)")
             if self._given_store is None:
                 self.gateway.store.close()
         log.info("gateway stopped")
+
+    @staticmethod
+    async def _bounded_stage(work: Coroutine[Any, Any, Any], timeout_s: float, what: str) -> None:
+        """One step of a stop, never waited on for good: past ``timeout_s`` the stop goes on without it."""
+        try:
+            await asyncio.wait_for(work, timeout_s)
+        except TimeoutError:
+            log.error("stopping the %s took over %.0f s; going on without it", what, timeout_s)
 
 
 async def serve(settings: GatewaySettings) -> None:
