@@ -448,7 +448,12 @@ class EdgeStore(RecipeStore):
         except FileNotFoundError:
             if not self.collections_dir.is_dir():  # the folder itself went away (unmounted, moved)
                 raise StoreError(f"the Qdrant Edge folder {self.root} is not there any more") from None
-            return {}
+            try:  # the folder may have come back between the two looks: read it again before saying "none"
+                data = self._read_json(path)
+            except FileNotFoundError:
+                return {}
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"{path}: unreadable alias file: {exc}") from None
         except (OSError, ValueError) as exc:
             raise StoreError(f"{path}: unreadable alias file: {exc}") from None
         return {str(k): str(v) for k, v in dict(data).items()}
