@@ -443,19 +443,19 @@ class EdgeStore(RecipeStore):
 
     def aliases(self) -> dict[str, str]:
         path = self.root / ALIASES_FILE
-        try:
-            data = self._read_json(path)
-        except FileNotFoundError:
-            if not self.collections_dir.is_dir():  # the folder itself went away (unmounted, moved)
-                raise StoreError(f"the Qdrant Edge folder {self.root} is not there any more") from None
-            try:  # the folder may have come back between the two looks: read it again before saying "none"
+        # Two looks: a folder that comes back (remounted) between a failed read and the folder check is read
+        # again before its alias counts as unset.
+        for look in (1, 2):
+            try:
                 data = self._read_json(path)
+                break
             except FileNotFoundError:
-                return {}
+                if not self.collections_dir.is_dir():  # the folder itself went away (unmounted, moved)
+                    raise StoreError(f"the Qdrant Edge folder {self.root} is not there any more") from None
+                if look == 2:
+                    return {}
             except (OSError, ValueError) as exc:
                 raise StoreError(f"{path}: unreadable alias file: {exc}") from None
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{path}: unreadable alias file: {exc}") from None
         return {str(k): str(v) for k, v in dict(data).items()}
 
     def _set_alias(self, alias: str, collection: str) -> str | None:
