@@ -6,6 +6,11 @@ caller its own results. While a batch runs, new items queue up, so under load ba
 that is why the default is :data:`DEFAULT_MAX_QUEUE_DELAY_S` = 0 (greedy batching — a lone request never
 waits, and concurrent ones still share runs); a positive delay trades latency for fuller batches on a fast
 accelerator.
+
+A caller already in a worker thread can also try :meth:`MicroBatcher.run_here` first (caller-runs): when
+no batch is running and nothing is queued, its items run right there, sparing a lone request the hops
+to the worker and back; otherwise it gets ``None`` and submits as usual, so under load items still meet
+in batches.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +30,20 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 DEFAULT_MAX_QUEUE_DELAY_S = 0.0  # the one default, for the embedder service and every in-process embedder
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How a :class:`MicroBatcher` forms batches."""
+
+    max_batch_size: int = 32
+    """The most items one run takes (at least 1)."""
+    max_delay_s: float = DEFAULT_MAX_QUEUE_DELAY_S
+    """How long the first queued item waits for the batch to fill (0: greedy, never waits)."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
 
 
 class BatcherClosedError(RuntimeError):
@@ -55,11 +75,8 @@ class MicroBatcher(Generic[T, R]):
         name: str = "batcher",
         observer: Callable[[Sequence[float], float], None] | None = None,
     ) -> None:
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
+        self.policy = BatchPolicy(max_batch_size, max_delay_s)
         self.run_batch = run_batch
-        self.max_batch_size = max_batch_size
-        self.max_delay_s = max_delay_s
         self.name = name
         self.observer = observer  # after each run: each item's queue wait and the run's seconds
         self.stats = BatchStats()
@@ -67,6 +84,7 @@ class MicroBatcher(Generic[T, R]):
         self._full = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
+        self._running = threading.Lock()  # held by whichever thread runs a batch (worker's or caller's)
 
     async def submit(self, items: Sequence[T]) -> list[R]:
         """Queue the items and wait for their results, in the same order."""
@@ -81,7 +99,7 @@ class MicroBatcher(Generic[T, R]):
             future: asyncio.Future[R] = loop.create_future()
             self._queue.put_nowait((item, future, queued))
             futures.append(future)
-        if self._queue.qsize() >= self.max_batch_size - 1:
+        if self._queue.qsize() >= self.policy.max_batch_size - 1:
             self._full.set()
         return list(await asyncio.gather(*futures))
 
@@ -111,11 +129,11 @@ class MicroBatcher(Generic[T, R]):
     async def _work(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            if self.max_delay_s > 0 and self._queue.qsize() < self.max_batch_size - 1:
+            if self.policy.max_delay_s > 0 and self._queue.qsize() < self.policy.max_batch_size - 1:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.max_delay_s)
-            while len(batch) < self.max_batch_size and not self._queue.empty():
+                    await asyncio.wait_for(self._full.wait(), self.policy.max_delay_s)
+            while len(batch) < self.policy.max_batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
                 await self._run(batch)
@@ -128,27 +146,53 @@ class MicroBatcher(Generic[T, R]):
                 for _ in batch:
                     self._queue.task_done()
 
+    def run_here(self, items: Sequence[T]) -> list[R] | None:
+        """Run ``items`` in the calling thread when the batcher is idle (caller-runs), else ``None``.
+
+        Idle: open, nothing queued and no batch running. For callers already off the event loop (a
+        worker thread): a lone request skips the hops to the batcher's worker and back. ``None`` means
+        others are waiting or running: :meth:`submit` instead, so that concurrent items share runs.
+        Errors of the run are raised here.
+        """
+        if self._closed or not self._queue.empty() or not self._running.acquire(blocking=False):
+            return None
+        try:
+            if not self._queue.empty():  # queued while we took the lock: they go first, in a batch
+                return None
+            return self._execute(list(items), [0.0] * len(items), time.perf_counter())
+        finally:
+            self._running.release()
+
+    def _run_locked(self, items: list[T], waits: list[float], start: float) -> list[R]:
+        with self._running:
+            return self._execute(items, waits, start)
+
+    def _execute(self, items: list[T], waits: list[float], start: float) -> list[R]:
+        """One run, with ``_running`` held: counters, the model, the observer."""
+        self.stats.batches += 1
+        self.stats.items += len(items)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(items))
+        results = list(self.run_batch(items))
+        if len(results) != len(items):
+            raise RuntimeError(f"{self.name}: a batch of {len(items)} gave {len(results)} results")
+        if self.observer is not None:
+            self.observer(waits, time.perf_counter() - start)
+        return results
+
     async def _run(self, batch: list[tuple[T, asyncio.Future[R], float]]) -> None:
         start = time.perf_counter()
         waits = [start - queued for _, future, queued in batch if not future.done()]
         live = [(item, future) for item, future, _ in batch if not future.done()]  # skip cancelled callers
         if not live:
             return
-        self.stats.batches += 1
-        self.stats.items += len(live)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(live))
         try:
-            results = list(await asyncio.to_thread(self.run_batch, [item for item, _ in live]))
-            if len(results) != len(live):
-                raise RuntimeError(f"{self.name}: a batch of {len(live)} gave {len(results)} results")
+            results = await asyncio.to_thread(self._run_locked, [item for item, _ in live], waits, start)
         except Exception as exc:
             log.exception("%s: batch of %d failed", self.name, len(live))
             for _, future in live:
                 if not future.done():
                     future.set_exception(exc)
             return
-        if self.observer is not None:
-            self.observer(waits, time.perf_counter() - start)
         for (_, future), result in zip(live, results, strict=True):
             if not future.done():
                 future.set_result(result)

@@ -4,8 +4,10 @@ Implementations: :class:`embedder.inprocess.InProcessEmbedder` (onnxruntime in t
 micro-batcher per model version) and :class:`embedder.remote.RemoteEmbedder` (the gRPC embedder service);
 :func:`embedder.factory.open_embedder` picks one. The work is split in the two stages a service measures:
 :meth:`Embedder.prepare` (decode; in-process only — the remote embedder decodes on its side) and
-:meth:`Embedder.embed_prepared`. Failures raise :class:`embedder.errors.EmbedderError` (or
-:class:`embedder.preprocess.ImageDecodeError` for a photo that cannot be decoded).
+:meth:`Embedder.embed_prepared`; a caller already in a worker thread tries :meth:`Embedder.prepare_here` and
+:meth:`Embedder.embed_here` first, which do both right there when they can. Failures raise
+:class:`embedder.errors.EmbedderError` (or :class:`embedder.preprocess.ImageDecodeError` for a photo that
+cannot be decoded).
 
 :class:`SyncEmbedder` drives one on a background event loop for command-line tools (the indexer's build).
 """
@@ -81,6 +83,16 @@ class Embedder(ABC):
         self, prepared: Sequence[Any], model_version: str, timeout_s: float | None = None
     ) -> np.ndarray:
         """``(N, D)`` float32 unit vectors of that model version, one per prepared photo."""
+
+    def prepare_here(self, image: bytes, model_version: str) -> Any | None:
+        """:meth:`prepare` in the calling thread (a caller's worker), or ``None`` where it cannot (then
+        :meth:`prepare`): the in-process embedder decodes here for a model it holds."""
+        return None
+
+    def embed_here(self, prepared: Any, model_version: str) -> np.ndarray | None:
+        """One prepared photo's ``(D,)`` vector, computed in the calling thread when the model is idle
+        (caller-runs); ``None`` when it is busy or not in this process (then :meth:`embed_prepared`)."""
+        return None
 
     def stream(
         self, batches: Iterable[Sequence[Any]], model_version: str, max_in_flight: int

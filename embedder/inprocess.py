@@ -167,6 +167,21 @@ class InProcessEmbedder(Embedder):
         )
         return list(results)
 
+    def _held(self, version: str) -> ServedModel | None:
+        """The served model of that version if it is held now (no rescan: the async path does that)."""
+        return self._served.get(version or self._default or "") if self._synced else None
+
+    def prepare_here(self, image: bytes, model_version: str) -> np.ndarray | None:
+        served = self._held(model_version)
+        if served is None:
+            return None
+        return preprocess(image, size=served.model.image_size, max_pixels=self.max_pixels)
+
+    def embed_here(self, prepared: np.ndarray, model_version: str) -> np.ndarray | None:
+        served = self._held(model_version)
+        vectors = None if served is None else served.batcher.run_here([prepared])
+        return None if vectors is None else vectors[0]
+
     def prepared(self, photo: DecodedPhoto) -> np.ndarray:
         return photo.array
 

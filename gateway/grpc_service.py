@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,6 +33,7 @@ MESSAGE_OVERHEAD_BYTES = 64 * 1024
 # gRPC itself refuses messages over this many times the upload limit (uncounted, in its own words); those
 # in between reach the servicer, which refuses them with the configured limit and counts them in /metrics.
 MESSAGE_CEILING_FACTOR = 4
+Reply = TypeVar("Reply")
 MATCHES = {"none": search_pb2.MATCH_NONE, "weak": search_pb2.MATCH_WEAK, "strong": search_pb2.MATCH_STRONG}
 
 
@@ -81,64 +83,70 @@ class RecipeSearchServicer(search_pb2_grpc.RecipeSearchServicer):
         remaining = context.time_remaining()
         return None if remaining is None else max(remaining - 0.05, 0.001)
 
-    async def SearchByImage(
-        self, request: search_pb2.SearchByImageRequest, context: grpc.aio.ServicerContext
-    ) -> search_pb2.SearchByImageResponse:
+    async def _answer(
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        work: Callable[[float | None], Awaitable[Reply]],
+    ) -> Reply:
+        """One call: the API key, then ``work(timeout_s)``; every failure leaves as a status, every
+        outcome is counted."""
         start = time.perf_counter()
         try:
             self.gateway.authorize(_metadata(context, "authorization"))
+            reply = await work(self._timeout(context))
+        except GatewayError as exc:
+            await self._fail(context, method, exc, start)
+        except Exception as exc:
+            log.exception("%s failed", method)
+            internal = GatewayError(ErrorKind.INTERNAL, f"internal error: {exc}")
+            await self._fail(context, method, internal, start)
+        self.gateway.metrics.observe_request("grpc", method, "OK", time.perf_counter() - start, None)
+        return reply
+
+    async def SearchByImage(
+        self, request: search_pb2.SearchByImageRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.SearchByImageResponse:
+        async def work(timeout_s: float | None) -> search_pb2.SearchByImageResponse:
             f = request.filter
-            flt = search_filter(f.categories, f.must_include_ingredients, f.must_exclude_ingredients)
             result = await self.gateway.search(
                 request.image,
                 top_k=request.top_k or None,
                 offset=request.offset,
-                search_filter=flt,
-                timeout_s=self._timeout(context),
+                search_filter=search_filter(
+                    f.categories, f.must_include_ingredients, f.must_exclude_ingredients
+                ),
+                timeout_s=timeout_s,
                 min_confidence=request.min_confidence,
             )
-        except GatewayError as exc:
-            await self._fail(context, "SearchByImage", exc, start)
-        except Exception as exc:
-            log.exception("SearchByImage failed")
-            await self._fail(
-                context, "SearchByImage", GatewayError(ErrorKind.INTERNAL, f"internal error: {exc}"), start
+            return search_pb2.SearchByImageResponse(
+                hits=[
+                    search_pb2.RecipeHit(
+                        rank=h.rank,
+                        score=h.score,
+                        recipe=recipe_message(h, self.images_root),
+                        matched_image_url=public_image_url(h.matched_image, self.images_root),
+                        confidence=h.confidence,
+                    )
+                    for h in result.hits
+                ],
+                model_version=result.model_version,
+                collection=result.collection,
+                took_ms=result.took_ms,
+                warnings=result.warnings,
+                match=MATCHES.get(result.match or "", search_pb2.MATCH_UNSPECIFIED),
             )
-        self.gateway.metrics.observe_request("grpc", "SearchByImage", "OK", time.perf_counter() - start, None)
-        return search_pb2.SearchByImageResponse(
-            hits=[
-                search_pb2.RecipeHit(
-                    rank=h.rank,
-                    score=h.score,
-                    recipe=recipe_message(h, self.images_root),
-                    matched_image_url=public_image_url(h.matched_image, self.images_root),
-                    confidence=h.confidence,
-                )
-                for h in result.hits
-            ],
-            model_version=result.model_version,
-            collection=result.collection,
-            took_ms=result.took_ms,
-            warnings=result.warnings,
-            match=MATCHES.get(result.match or "", search_pb2.MATCH_UNSPECIFIED),
-        )
+
+        return await self._answer(context, "SearchByImage", work)
 
     async def GetRecipe(
         self, request: search_pb2.GetRecipeRequest, context: grpc.aio.ServicerContext
     ) -> search_pb2.Recipe:
-        start = time.perf_counter()
-        try:
-            self.gateway.authorize(_metadata(context, "authorization"))
-            hit = await self.gateway.get_recipe(request.id, timeout_s=self._timeout(context))
-        except GatewayError as exc:
-            await self._fail(context, "GetRecipe", exc, start)
-        except Exception as exc:
-            log.exception("GetRecipe failed")
-            await self._fail(
-                context, "GetRecipe", GatewayError(ErrorKind.INTERNAL, f"internal error: {exc}"), start
-            )
-        self.gateway.metrics.observe_request("grpc", "GetRecipe", "OK", time.perf_counter() - start, None)
-        return recipe_message(hit, self.images_root)
+        async def work(timeout_s: float | None) -> search_pb2.Recipe:
+            hit = await self.gateway.get_recipe(request.id, timeout_s=timeout_s)
+            return recipe_message(hit, self.images_root)
+
+        return await self._answer(context, "GetRecipe", work)
 
 
 class HealthReporter:
@@ -205,7 +213,7 @@ async def start_grpc_server(
     health_period_s: float = 1.0,
 ) -> tuple[grpc.aio.Server, int, HealthReporter]:
     """Build, bind and start the server; returns it, the bound port and the health reporter."""
-    limit = gateway.max_upload_bytes * MESSAGE_CEILING_FACTOR + MESSAGE_OVERHEAD_BYTES
+    limit = gateway.settings.max_upload_bytes * MESSAGE_CEILING_FACTOR + MESSAGE_OVERHEAD_BYTES
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 16 << 20)]
     )

@@ -299,7 +299,7 @@ def create_app(
         request: Request,
         *,
         image: Annotated[UploadFile, File(description="a photo (JPEG, PNG, WebP, GIF, BMP, TIFF)")],
-        top_k: Annotated[int, Form(description="how many recipes, 1..100")] = gateway.default_top_k,
+        top_k: Annotated[int, Form(description="how many recipes, 1..100")] = gateway.settings.default_top_k,
         offset: Annotated[int, Form(description="skip this many recipes (paging)")] = 0,
         categories: Annotated[list[str] | None, Form(description=FILTER_HELP["categories"])] = None,
         must_include_ingredients: Annotated[
@@ -320,7 +320,7 @@ def create_app(
                 form_terms(must_include_ingredients),
                 form_terms(must_exclude_ingredients),
             )
-            data = await image.read(gateway.max_upload_bytes + 1)
+            data = await image.read(gateway.settings.max_upload_bytes + 1)
             result = await gateway.search(
                 data, top_k=top_k, offset=offset, search_filter=flt, min_confidence=min_confidence
             )
@@ -398,7 +398,7 @@ def create_app(
         )
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(UploadLimit, limit_bytes=gateway.max_upload_bytes, metrics=metrics)
+    app.add_middleware(UploadLimit, limit_bytes=gateway.settings.max_upload_bytes, metrics=metrics)
     app.add_middleware(KeyRequired, gateway=gateway, prefixes=(*DOCS_PATHS, "/metrics"))
     app.add_middleware(SecurityHeaders)
     return app

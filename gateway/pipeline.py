@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -127,6 +127,41 @@ class Readiness:
         )
 
 
+def _named(what: str | Callable[[], str]) -> str:
+    return what if isinstance(what, str) else what()
+
+
+@dataclass(frozen=True)
+class _Page:
+    """Which recipes a search asks for."""
+
+    top_k: int
+    offset: int
+    filter: SearchFilter | None
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A page of recipes and the best score of any recipe under the same filter (``None``: no recipe)."""
+
+    results: RecipeResults
+    best_score: float | None
+
+
+@dataclass
+class _Leg:
+    """How far a search got in its worker thread (the stage it is in, for a deadline's message) and what
+    it found there; ``failure`` is what the store search raised, retried on the event loop."""
+
+    stage: str = "image check"
+    collection: str = ""
+    model_version: str = ""
+    prepared: Any = None
+    vector: np.ndarray | None = None
+    found: _Found | None = None
+    failure: Exception | None = None
+
+
 class SearchGateway:
     """The one search path (photo → embed → search → hits), shared by the gRPC service, HTTP and the CLI."""
 
@@ -149,22 +184,6 @@ class SearchGateway:
         self._calibrations: dict[str, MatchCalibration | None] = {}
 
     @property
-    def max_upload_bytes(self) -> int:
-        return self.settings.max_upload_bytes
-
-    @property
-    def max_pixels(self) -> int:
-        return self.settings.max_pixels
-
-    @property
-    def default_top_k(self) -> int:
-        return self.settings.default_top_k
-
-    @property
-    def embed_timeout_s(self) -> float:
-        return self.settings.embed_timeout_s
-
-    @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys)
 
@@ -181,14 +200,17 @@ class SearchGateway:
     async def _blocking(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn)
 
-    async def _bounded(self, work: Awaitable[T], deadline: float, what: str) -> T:
+    async def _bounded(self, work: Awaitable[T], deadline: float, what: str | Callable[[], str]) -> T:
+        """``work`` within the deadline; past it UNAVAILABLE naming ``what`` (or the stage it reports)."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise GatewayError(ErrorKind.UNAVAILABLE, f"deadline passed before {what}")
+            raise GatewayError(ErrorKind.UNAVAILABLE, f"deadline passed before {_named(what)}")
         try:
             return await asyncio.wait_for(work, remaining)
         except TimeoutError:
-            raise GatewayError(ErrorKind.UNAVAILABLE, f"{what} did not finish within the deadline") from None
+            raise GatewayError(
+                ErrorKind.UNAVAILABLE, f"{_named(what)} did not finish within the deadline"
+            ) from None
 
     def _live_collection(self) -> tuple[str, str]:
         for attempt in (1, 2):
@@ -205,6 +227,12 @@ class SearchGateway:
                     raise  # dropped between the alias lookup and the read, twice: a store in trouble
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _looked_up(self) -> tuple[str, str]:
+        try:
+            return self._live_collection()
+        except Exception as exc:
+            raise store_failure(exc, "alias lookup") from None
+
     async def _moved(self, collection: str, exc: Exception, deadline: float) -> tuple[str, str] | None:
         """Where the alias points now, when a store failure came from ``collection`` being replaced."""
         if isinstance(exc, GatewayError | InvalidFilter | ModelVersionMismatch):
@@ -217,15 +245,70 @@ class SearchGateway:
 
     async def live_collection(self, deadline: float) -> tuple[str, str]:
         """The collection behind the alias and the model version that filled it."""
-        try:
-            return await self._bounded(self._blocking(self._live_collection), deadline, "alias lookup")
-        except Exception as exc:
-            raise store_failure(exc, "alias lookup") from None
+        return await self._bounded(self._blocking(self._looked_up), deadline, "alias lookup")
 
-    async def _embed(self, image: bytes, model_version: str, deadline: float) -> np.ndarray:
+    def _timed(self, stage: str, fn: Callable[[], T | None]) -> T | None:
+        """``fn()``, its time observed as ``stage`` when it did the work (returned something)."""
+        began = time.perf_counter()
+        result = fn()
+        if result is not None:
+            self.metrics.stage.labels(stage).observe(time.perf_counter() - began)
+        return result
+
+    def _search_here(self, leg: _Leg, image: bytes, page: _Page) -> None:
+        """As much of one search as one worker thread can do, in order: the image's header, the alias,
+        decoding, the model when it is idle (caller-runs) and the store. What is left (a busy model, a
+        remote embedder, a store failure to retry) the event loop finishes (:meth:`search`)."""
+        with self.metrics.time_stage("decode"):
+            sniff_image(image, max_bytes=self.settings.max_upload_bytes, max_pixels=self.settings.max_pixels)
+        leg.stage = "alias lookup"
+        leg.collection, leg.model_version = self._looked_up()
+        leg.stage = "decoding"
         try:
-            with self.metrics.time_stage("decode"):
-                prepared = await self.embedder.prepare(image, model_version, self.executor)
+            leg.prepared = self._timed("decode", lambda: self.embedder.prepare_here(image, leg.model_version))
+            if leg.prepared is None:
+                return
+            leg.stage = "embedding"
+            leg.vector = self._timed(
+                "embed", lambda: self.embedder.embed_here(leg.prepared, leg.model_version)
+            )
+        except Exception as exc:
+            raise embedder_failure(exc, leg.model_version) from None
+        if leg.vector is None:
+            return
+        leg.stage = "store search"
+        try:
+            leg.found = self._find(leg.collection, leg.model_version, leg.vector, page)
+        except Exception as exc:
+            leg.failure = exc
+
+    def _find(self, collection: str, model_version: str, vector: np.ndarray, page: _Page) -> _Found:
+        """The page of recipes, and the best score of all under the filter (rank 1's, whatever the page:
+        the verdict's evidence)."""
+        with self.metrics.time_stage("search"):
+            found = self.store.search_recipes(
+                collection,
+                vector,
+                limit=page.top_k,
+                offset=page.offset,
+                filter=page.filter,
+                model_version=model_version,
+            )
+            if page.offset == 0:
+                return _Found(found, found.hits[0].score if found.hits else None)
+            top = self.store.search(
+                collection, vector, limit=1, filter=page.filter, model_version=model_version
+            )
+            return _Found(found, top[0].score if top else None)
+
+    async def _embed(
+        self, image: bytes, model_version: str, deadline: float, prepared: Any = None
+    ) -> np.ndarray:
+        """The async path: decode (unless ``prepared``), then the batcher or the remote embedder."""
+        try:
+            if prepared is None:
+                with self.metrics.time_stage("decode"):
+                    prepared = await self.embedder.prepare(image, model_version, self.executor)
             with self.metrics.time_stage("embed"):
                 remaining = max(deadline - time.monotonic(), 0.001)
                 vectors = await self._bounded(
@@ -248,37 +331,40 @@ class SearchGateway:
         """Photo → ranked recipes from the collection behind the alias, embedded with its model version.
 
         ``top_k`` ``None`` means the configured default (gRPC's unset 0 is passed as ``None``). The result
-        carries the match verdict; hits below ``min_confidence`` are dropped (:func:`judge_hits`).
+        carries the match verdict, judged from the best recipe under the filter whatever the page, each
+        hit its own confidence; hits below ``min_confidence`` are dropped (:func:`judge_hits`). A lone
+        request runs in one worker thread from header check to store search; under load requests meet
+        in the model's batcher.
         """
         start = time.perf_counter()
-        top_k = self.default_top_k if top_k is None else top_k
+        top_k = self.settings.default_top_k if top_k is None else top_k
         check_paging(top_k, offset)
-        budget = self.embed_timeout_s if timeout_s is None else min(timeout_s, self.embed_timeout_s)
-        deadline = time.monotonic() + budget
-        with self.metrics.time_stage("decode"):
-            sniff_image(image, max_bytes=self.max_upload_bytes, max_pixels=self.max_pixels)
-        collection, model_version = await self.live_collection(deadline)
-        vector = await self._embed(image, model_version, deadline)
+        budget = self.settings.embed_timeout_s
+        deadline = time.monotonic() + (budget if timeout_s is None else min(timeout_s, budget))
+        page = _Page(top_k, offset, search_filter)
+        leg = _Leg()
+        await self._bounded(
+            self._blocking(lambda: self._search_here(leg, image, page)), deadline, lambda: leg.stage
+        )
+        collection, model_version = leg.collection, leg.model_version
+        # The model was busy (or is remote): through the batcher, in company.
+        vector = (
+            leg.vector
+            if leg.vector is not None
+            else await self._embed(image, model_version, deadline, leg.prepared)
+        )
 
-        async def find() -> RecipeResults:
-            with self.metrics.time_stage("search"):
-                return await self._bounded(
-                    self._blocking(
-                        lambda: self.store.search_recipes(
-                            collection,
-                            vector,
-                            limit=top_k,
-                            offset=offset,
-                            filter=search_filter,
-                            model_version=model_version,
-                        )
-                    ),
-                    deadline,
-                    "store search",
-                )
+        async def find() -> _Found:
+            return await self._bounded(
+                self._blocking(lambda: self._find(collection, model_version, vector, page)),
+                deadline,
+                "store search",
+            )
 
         try:
-            found = await find()
+            if leg.failure is not None:
+                raise leg.failure
+            found = leg.found if leg.found is not None else await find()
         except Exception as exc:
             # The collection may have gone under the search (alias swapped, old one dropped): look the
             # alias up once more and answer from where it points now, re-embedding if its model differs.
@@ -293,10 +379,13 @@ class SearchGateway:
                 found = await find()
             except Exception as again:
                 raise store_failure(again, "search") from None
-        hits = [RecipeHit.from_match(offset + i + 1, m) for i, m in enumerate(found.hits)]
-        match, hits = judge_hits(self._calibration(collection, model_version), vector, hits, min_confidence)
+        hits = [RecipeHit.from_match(offset + i + 1, m) for i, m in enumerate(found.results.hits)]
+        calibration = self._calibration(collection, model_version)
+        match, hits = judge_hits(calibration, vector, hits, min_confidence, best_score=found.best_score)
         took_ms = (time.perf_counter() - start) * 1000.0
-        return SearchResult(hits, model_version, collection, took_ms, list(found.warnings), match=match)
+        return SearchResult(
+            hits, model_version, collection, took_ms, list(found.results.warnings), match=match
+        )
 
     def _calibration(self, collection: str, model_version: str) -> MatchCalibration | None:
         """The collection's match calibration, read once per collection (a build never changes it)."""
@@ -314,7 +403,7 @@ class SearchGateway:
         recipe_id = recipe_id.strip()
         if not recipe_id or len(recipe_id) > 256:
             raise GatewayError(ErrorKind.INVALID_ARGUMENT, "recipe id must be 1..256 characters")
-        deadline = time.monotonic() + (self.embed_timeout_s if timeout_s is None else timeout_s)
+        deadline = time.monotonic() + (self.settings.embed_timeout_s if timeout_s is None else timeout_s)
         collection, _ = await self.live_collection(deadline)
 
         def lookup() -> list[StoreHit]:

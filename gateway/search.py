@@ -85,12 +85,21 @@ def judge_hits(
     vector: np.ndarray,
     hits: list[RecipeHit],
     min_confidence: float = 0.0,
+    *,
+    best_score: float | None = None,
 ) -> tuple[str | None, list[RecipeHit]]:
-    """The verdict of a query and its hits with their confidence, those below ``min_confidence`` dropped."""
+    """The verdict of a query and its hits with their confidence, those below ``min_confidence`` dropped.
+
+    The verdict weighs ``best_score``, the best recipe's score under the search's filter (rank 1's, so a
+    query's verdict is the same on every page; ``None``: nothing matched). Each hit's confidence comes from
+    its own score.
+    """
     if not 0.0 <= min_confidence <= 1.0:
         raise GatewayError(ErrorKind.INVALID_ARGUMENT, f"min_confidence must be 0..1, got {min_confidence}")
     if calibration is None:
         return None, hits
-    verdict = match_verdict(calibration, vector, [h.score for h in hits])
-    judged = [replace(h, confidence=c) for h, c in zip(hits, verdict.confidences, strict=True)]
+    scores = [h.score for h in hits]
+    verdict = match_verdict(calibration, vector, ([] if best_score is None else [best_score]) + scores)
+    confidences = verdict.confidences[len(verdict.confidences) - len(hits) :]
+    judged = [replace(h, confidence=c) for h, c in zip(hits, confidences, strict=True)]
     return verdict.match, [h for h in judged if h.confidence is not None and h.confidence >= min_confidence]

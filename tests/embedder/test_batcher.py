@@ -77,3 +77,51 @@ async def test_close_is_bounded_when_a_batch_does_not_end_and_fails_what_was_lef
         await queued
     release.set()
     first.cancel()
+
+
+async def test_caller_runs_when_idle_with_the_same_results_as_a_batch() -> None:
+    batcher: MicroBatcher[int, int] = MicroBatcher(_slow_double, max_batch_size=8, max_delay_s=0.0)
+    here = await asyncio.to_thread(batcher.run_here, [3, 4])  # a worker thread, as the gateway's
+    assert here == await batcher.submit([3, 4]) == [6, 8]
+    assert batcher.stats.batches == 2 and batcher.stats.items == 4  # both runs counted
+    await batcher.close()
+    assert batcher.run_here([1]) is None  # closed: the caller's submit raises BatcherClosedError
+
+
+async def test_caller_runs_steps_aside_while_a_batch_runs_or_items_wait() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def held(items: list[int]) -> list[int]:
+        loop.call_soon_threadsafe(started.set)
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(held, max_batch_size=4, max_delay_s=0.0)
+    running = asyncio.ensure_future(batcher.submit([1]))
+    await started.wait()
+    assert await asyncio.to_thread(batcher.run_here, [2]) is None  # a batch is running
+    queued = asyncio.ensure_future(batcher.submit([3]))
+    await asyncio.sleep(0.01)
+    release.set()
+    assert await running == [1] and await queued == [3]
+    assert await asyncio.to_thread(batcher.run_here, [5]) == [5]  # idle again
+    await batcher.close()
+
+
+async def test_callers_that_try_caller_runs_first_still_share_batches_under_load() -> None:
+    batcher: MicroBatcher[int, int] = MicroBatcher(_slow_double, max_batch_size=8, max_delay_s=0.0)
+
+    async def search(i: int) -> list[int]:  # the gateway's order: in its worker thread first, else queue
+        here = await asyncio.to_thread(batcher.run_here, [i])
+        return here if here is not None else await batcher.submit([i])
+
+    results = await asyncio.gather(*(search(i) for i in range(20)))
+    assert results == [[2 * i] for i in range(20)]
+    assert batcher.stats.items == 20 and batcher.stats.largest_batch > 1 and batcher.stats.batches < 20
+    await batcher.close()
+
+
+def test_batch_policy_is_checked() -> None:
+    with pytest.raises(ValueError, match="max_batch_size"):
+        MicroBatcher(_slow_double, max_batch_size=0)

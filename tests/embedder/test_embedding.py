@@ -73,6 +73,31 @@ def test_in_process_sets_up_one_batcher_per_version_and_shares_runs(
     asyncio.run(scenario())
 
 
+def test_caller_runs_in_process_gives_the_batched_vector(
+    server: RunningServer, two_models: tuple[Path, str, str], photo_bytes: list[bytes]
+) -> None:
+    root, old, _ = two_models
+    embedder = open_embedder(None, root)
+    remote = RemoteEmbedder(server.address)
+
+    async def scenario() -> None:
+        prepared = await embedder.prepare(photo_bytes[2], old)
+        here = await asyncio.to_thread(embedder.prepare_here, photo_bytes[2], old)
+        np.testing.assert_array_equal(here, prepared)  # the same decoding, in the caller's thread
+        batched = (await embedder.embed_prepared([prepared], old))[0]
+        ran_here = await asyncio.to_thread(embedder.embed_here, prepared, old)
+        assert ran_here is not None and ran_here.shape == (64,)
+        np.testing.assert_allclose(ran_here, batched, atol=1e-6)
+        assert embedder.batch_stats(old).batches == 2  # both ran through the model's batcher
+        assert embedder.embed_here(prepared, "0000000000000000") is None  # unknown: the async path says why
+        assert remote.prepare_here(photo_bytes[2], old) is None and remote.embed_here(prepared, old) is None
+        await embedder.aclose()
+        await remote.aclose()
+        assert embedder.embed_here(prepared, old) is None  # unloaded
+
+    asyncio.run(scenario())
+
+
 def test_watched_model_dir_finds_a_model_added_later(tmp_path: Path, photo_bytes: list[bytes]) -> None:
     models = tmp_path / "models"
     embedder = open_embedder(None, models, watch_model_dir=True)  # nothing there yet: tolerated

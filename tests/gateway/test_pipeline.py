@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydantic import SecretStr
 
 from embedder.factory import open_embedder
+from embedder.inprocess import InProcessEmbedder
+from embedder.runtime import EmbeddingModel
 from gateway.errors import ErrorKind, GatewayError
 from gateway.pipeline import SearchGateway, bearer_token, key_matches, sniff_image
 from gateway.settings import GatewaySettings
+from indexer.calibration import CALIBRATION_KEY, MatchCalibration, match_verdict
+from indexer.store.base import RecipePoint, SearchFilter, point_id
 from indexer.store.edge import EdgeStore
-from tests.gateway.conftest import World, gateway_settings
+from tests.gateway.conftest import N_RECIPES, World, gateway_settings, recipe_payload
 from tests.support.imagegen import encode, synthetic_photo
 
 
@@ -44,7 +52,9 @@ async def test_search_answers_with_the_collection_model(
     paged = await gateway.search(query_photos[3], top_k=2, offset=1)
     assert [h.recipe_id for h in paged.hits] == [h.recipe_id for h in result.hits[1:3]]
     assert [h.rank for h in paged.hits] == [2, 3]
-    assert len((await gateway.search(query_photos[3])).hits) == gateway.default_top_k  # None: the default
+    assert (
+        len((await gateway.search(query_photos[3])).hits) == gateway.settings.default_top_k
+    )  # None: the default
 
 
 @pytest.mark.parametrize(("top_k", "offset"), [(0, 0), (101, 0), (5, -1), (5, 10_001)])
@@ -133,3 +143,101 @@ def test_sniff_image_checks_size_format_and_pixels() -> None:
     with pytest.raises(GatewayError, match="bytes") as info:
         sniff_image(photo, max_bytes=100, max_pixels=20_000)
     assert _kind(info) is ErrorKind.RESOURCE_EXHAUSTED
+
+
+async def test_searches_that_find_the_model_busy_queue_and_share_a_run(
+    gateway: SearchGateway, world: World, query_photos: list[bytes]
+) -> None:
+    alone = [await gateway.search(q, top_k=3) for q in query_photos]  # each ran in its worker thread
+    assert isinstance(gateway.embedder, InProcessEmbedder)
+    batcher = gateway.embedder.resolve(world.version_a).batcher
+    model_run, gate = batcher.run_batch, threading.Event()
+
+    def held(items: list[np.ndarray]) -> list[np.ndarray]:  # the real model, after the gate opens
+        gate.wait(5)
+        return model_run(items)
+
+    batcher.run_batch = held
+    largest = batcher.stats.largest_batch
+    searches = [asyncio.ensure_future(gateway.search(q, top_k=3)) for q in query_photos]
+    await asyncio.sleep(0.3)  # the first holds the model; the others find it busy and queue
+    gate.set()
+    together = await asyncio.gather(*searches)
+    batcher.run_batch = model_run
+    assert largest == 1 and batcher.stats.largest_batch > 1  # they met in one run
+    for a, b in zip(alone, together, strict=True):
+        assert [h.recipe_id for h in a.hits] == [h.recipe_id for h in b.hits]
+        np.testing.assert_allclose([h.score for h in a.hits], [h.score for h in b.hits], atol=1e-5)
+
+
+@pytest.fixture
+def paged_world(world: World, tmp_path: Path, query_photos: list[bytes]) -> tuple[World, np.ndarray]:
+    """The catalogue in a calibrated collection whose thresholds sit between the scores of query 3's
+    recipes: rank 1 alone is strong, ranks 5 and beyond are 'none'. Returns the world and the query's
+    vector."""
+    model = EmbeddingModel(world.models / "tiny-a")
+    vectors = model.embed_images([(world.images / f"r{i:03d}.jpg").read_bytes() for i in range(N_RECIPES)])
+    query = model.embed_images([query_photos[3]])[0]
+    scores = sorted((vectors @ query).tolist(), reverse=True)
+    calibration = MatchCalibration(
+        model.version,
+        none_below=(scores[3] + scores[4]) / 2,
+        strong_from=(scores[0] + scores[1]) / 2,
+        references=np.zeros((0, model.dimension), np.float32),  # no non-food bank: evidence = score
+    )
+    store_path = tmp_path / "q"
+    with EdgeStore(store_path) as store:
+        store.create_collection("paged", dimension=model.dimension, model_version=model.version)
+        points = [
+            RecipePoint(point_id(f"r{i:03d}", f"r{i:03d}.jpg"), v, recipe_payload(i, model.version))
+            for i, v in enumerate(vectors)
+        ]
+        store.upsert("paged", points, model_version=model.version)
+        store.set_extra("paged", {CALIBRATION_KEY: calibration.to_metadata()})
+        store.mark_complete("paged")
+        store.swap_alias("recipes", "paged")
+    return dataclasses.replace(world, store_path=store_path), query
+
+
+async def test_a_query_has_one_verdict_on_every_page(
+    paged_world: tuple[World, np.ndarray], query_photos: list[bytes]
+) -> None:
+    world, _ = paged_world
+    gw = await _gateway(world)
+    try:
+        photo = query_photos[3]
+        first = await gw.search(photo, top_k=7)
+        assert first.match == "strong" and first.hits[0].recipe_id == "r003"
+        later = await gw.search(photo, top_k=3, offset=4)  # ranks 5..7, each below 'none' on its own
+        assert later.match == "strong" and [h.rank for h in later.hits] == [5, 6, 7]
+        assert [h.recipe_id for h in later.hits] == [h.recipe_id for h in first.hits[4:7]]
+        assert [h.confidence for h in later.hits] == [h.confidence for h in first.hits[4:7]]  # their own
+        assert all(h.confidence is not None and h.confidence < 0.2 for h in later.hits)
+        c = [h.confidence or 0.0 for h in first.hits]
+        kept = await gw.search(photo, top_k=3, offset=4, min_confidence=(c[4] + c[5]) / 2)
+        assert kept.match == "strong" and [h.rank for h in kept.hits] == [5]  # weaker hits still dropped
+        beyond = await gw.search(photo, top_k=5, offset=N_RECIPES)  # past the last recipe: no hits
+        assert beyond.hits == [] and beyond.match == "strong"
+    finally:
+        await gw.aclose()
+        gw.store.close()
+
+
+async def test_with_a_filter_the_verdict_is_about_the_filtered_recipes(
+    paged_world: tuple[World, np.ndarray], query_photos: list[bytes]
+) -> None:
+    world, query = paged_world
+    gw = await _gateway(world)
+    try:
+        mains = SearchFilter(categories=("main",))  # query 3's own recipe is a dessert
+        first = await gw.search(query_photos[3], top_k=2, search_filter=mains)
+        assert first.hits and all(h.category == "main" for h in first.hits)
+        calibration = gw._calibration(first.collection, first.model_version)
+        assert calibration is not None
+        expected = match_verdict(calibration, query, [first.hits[0].score]).match
+        assert first.match == expected != "strong"
+        later = await gw.search(query_photos[3], top_k=2, offset=3, search_filter=mains)
+        assert later.match == first.match and [h.rank for h in later.hits] == [4, 5]
+    finally:
+        await gw.aclose()
+        gw.store.close()
