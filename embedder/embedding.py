@@ -18,16 +18,18 @@ import asyncio
 import weakref
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self, TypeVar
 
 import grpc
 import numpy as np
 
 from embedder.background import BackgroundLoop
 from embedder.errors import EmbedderError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -123,20 +125,49 @@ class Embedder(ABC):
         return await self.embed_prepared(prepared, model_version)
 
 
-def _shut(loop: BackgroundLoop, embedder: Embedder) -> None:
+class Closeable(Protocol):
+    """What :class:`LoopDriven` drives: anything closed by awaiting ``aclose``."""
+
+    async def aclose(self) -> None: ...
+
+
+def _shut(loop: BackgroundLoop, resource: Closeable) -> None:
     if loop.closed:
         return
     try:
-        loop.call(embedder.aclose())
+        loop.call(resource.aclose())
     finally:
         loop.close()
 
 
-class SyncEmbedder:
+class LoopDriven:
+    """An asynchronous resource driven from synchronous code on an event loop of its own.
+
+    The resource and the loop are closed by :meth:`close`, or when this object is garbage-collected.
+    """
+
+    def __init__(self, resource: Closeable, name: str) -> None:
+        self._loop = BackgroundLoop(name)
+        self._finalizer = weakref.finalize(self, _shut, self._loop, resource)
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return self._loop.call(coro, timeout=timeout)
+
+    def close(self) -> None:
+        """Close the resource and stop the loop; safe to call twice."""
+        self._finalizer()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SyncEmbedder(LoopDriven):
     """An :class:`Embedder` pinned to one model version, driven from synchronous code (CLIs, the build).
 
-    Its loop and the embedder are closed by :meth:`close`, or when it is garbage-collected. ``timeout_s``
-    bounds each batch (``None``: no bound, as for onnxruntime in this process).
+    ``timeout_s`` bounds each batch (``None``: no bound, as for onnxruntime in this process).
     """
 
     def __init__(
@@ -149,11 +180,10 @@ class SyncEmbedder:
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        super().__init__(embedder, "embedder-client")
         self.embedder = embedder
         self.max_in_flight = max_in_flight
         self.timeout_s = timeout_s
-        self._loop = BackgroundLoop("embedder-client")
-        self._finalizer = weakref.finalize(self, _shut, self._loop, embedder)
         try:
             status = self._call(embedder.status(timeout_s or 60.0))
             model = status.model(model_version)
@@ -164,14 +194,11 @@ class SyncEmbedder:
                     grpc.StatusCode.NOT_FOUND, f"unknown model version {wanted!r} (available: {listed})"
                 )
         except BaseException:
-            self._finalizer()
+            self.close()
             raise
         self.version = model.version
         self.dimension = model.dimension
         self.image_size = model.image_size
-
-    def _call(self, coro: Any) -> Any:
-        return self._loop.call(coro, timeout=None)
 
     def embed(self, images: Sequence[bytes]) -> np.ndarray:
         """Encoded photos → ``(N, D)`` vectors of the pinned version."""
@@ -197,13 +224,3 @@ class SyncEmbedder:
         finally:
             for future in running:
                 future.cancel()
-
-    def close(self) -> None:
-        """Close the embedder and stop the loop; safe to call twice."""
-        self._finalizer()
-
-    def __enter__(self) -> SyncEmbedder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
