@@ -182,6 +182,7 @@ class SearchGateway:
         self.metrics = metrics or GatewayMetrics()
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway")
         self._calibrations: dict[str, MatchCalibration | None] = {}
+        self._searching = 0  # searches in flight (changed on the event loop only)
 
     @property
     def auth_enabled(self) -> bool:
@@ -257,8 +258,9 @@ class SearchGateway:
 
     def _search_here(self, leg: _Leg, image: bytes, page: _Page) -> None:
         """As much of one search as one worker thread can do, in order: the image's header, the alias,
-        decoding, the model when it is idle (caller-runs) and the store. What is left (a busy model, a
-        remote embedder, a store failure to retry) the event loop finishes (:meth:`search`)."""
+        decoding, the model when this search is alone and the model idle (caller-runs), and the store.
+        What is left (company for the batcher, a remote embedder, a store failure to retry) the event
+        loop finishes (:meth:`search`)."""
         with self.metrics.time_stage("decode"):
             sniff_image(image, max_bytes=self.settings.max_upload_bytes, max_pixels=self.settings.max_pixels)
         leg.stage = "alias lookup"
@@ -266,7 +268,7 @@ class SearchGateway:
         leg.stage = "decoding"
         try:
             leg.prepared = self._timed("decode", lambda: self.embedder.prepare_here(image, leg.model_version))
-            if leg.prepared is None:
+            if leg.prepared is None or self._searching > 1:  # others in flight: meet them in the batcher
                 return
             leg.stage = "embedding"
             leg.vector = self._timed(
@@ -332,16 +334,26 @@ class SearchGateway:
 
         ``top_k`` ``None`` means the configured default (gRPC's unset 0 is passed as ``None``). The result
         carries the match verdict, judged from the best recipe under the filter whatever the page, each
-        hit its own confidence; hits below ``min_confidence`` are dropped (:func:`judge_hits`). A lone
-        request runs in one worker thread from header check to store search; under load requests meet
-        in the model's batcher.
+        hit its own confidence; hits below ``min_confidence`` are dropped (:func:`judge_hits`). A search
+        alone in flight runs in one worker thread from header check to store search, the model included
+        (caller-runs); concurrent ones meet in the model's batcher.
         """
         start = time.perf_counter()
         top_k = self.settings.default_top_k if top_k is None else top_k
         check_paging(top_k, offset)
+        self._searching += 1
+        try:
+            return await self._search(
+                image, start, _Page(top_k, offset, search_filter), timeout_s, min_confidence
+            )
+        finally:
+            self._searching -= 1
+
+    async def _search(
+        self, image: bytes, start: float, page: _Page, timeout_s: float | None, min_confidence: float
+    ) -> SearchResult:
         budget = self.settings.embed_timeout_s
         deadline = time.monotonic() + (budget if timeout_s is None else min(timeout_s, budget))
-        page = _Page(top_k, offset, search_filter)
         leg = _Leg()
         await self._bounded(
             self._blocking(lambda: self._search_here(leg, image, page)), deadline, lambda: leg.stage
@@ -379,7 +391,7 @@ class SearchGateway:
                 found = await find()
             except Exception as again:
                 raise store_failure(again, "search") from None
-        hits = [RecipeHit.from_match(offset + i + 1, m) for i, m in enumerate(found.results.hits)]
+        hits = [RecipeHit.from_match(page.offset + i + 1, m) for i, m in enumerate(found.results.hits)]
         calibration = self._calibration(collection, model_version)
         match, hits = judge_hits(calibration, vector, hits, min_confidence, best_score=found.best_score)
         took_ms = (time.perf_counter() - start) * 1000.0

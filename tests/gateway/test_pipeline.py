@@ -145,27 +145,35 @@ def test_sniff_image_checks_size_format_and_pixels() -> None:
     assert _kind(info) is ErrorKind.RESOURCE_EXHAUSTED
 
 
-async def test_searches_that_find_the_model_busy_queue_and_share_a_run(
+async def test_a_lone_search_runs_the_model_in_its_worker_and_concurrent_ones_share_a_run(
     gateway: SearchGateway, world: World, query_photos: list[bytes]
 ) -> None:
-    alone = [await gateway.search(q, top_k=3) for q in query_photos]  # each ran in its worker thread
     assert isinstance(gateway.embedder, InProcessEmbedder)
     batcher = gateway.embedder.resolve(world.version_a).batcher
-    model_run, gate = batcher.run_batch, threading.Event()
+    model_run, gate, threads = batcher.run_batch, threading.Event(), []
 
-    def held(items: list[np.ndarray]) -> list[np.ndarray]:  # the real model, after the gate opens
+    def watched(items: list[np.ndarray]) -> list[np.ndarray]:  # the real model, once the gate is open
+        threads.append(threading.current_thread().name)
         gate.wait(5)
         return model_run(items)
 
-    batcher.run_batch = held
-    largest = batcher.stats.largest_batch
-    searches = [asyncio.ensure_future(gateway.search(q, top_k=3)) for q in query_photos]
-    await asyncio.sleep(0.3)  # the first holds the model; the others find it busy and queue
-    gate.set()
-    together = await asyncio.gather(*searches)
-    batcher.run_batch = model_run
-    assert largest == 1 and batcher.stats.largest_batch > 1  # they met in one run
-    for a, b in zip(alone, together, strict=True):
+    batcher.run_batch = watched
+    try:
+        gate.set()
+        alone = [await gateway.search(q, top_k=3) for q in query_photos]
+        assert len(threads) == len(query_photos) and all(t.startswith("gateway") for t in threads)
+        threads.clear()
+        gate.clear()
+        largest = batcher.stats.largest_batch
+        searches = [asyncio.ensure_future(gateway.search(q, top_k=3)) for q in query_photos]
+        await asyncio.sleep(0.3)  # the first run waits at the gate; the others queue behind it
+        gate.set()
+        together = await asyncio.gather(*searches)
+    finally:
+        batcher.run_batch = model_run
+    assert largest == 1 and batcher.stats.largest_batch > 1  # concurrent searches met in one run
+    assert threads and not any(t.startswith("gateway") for t in threads)  # in the batcher's thread
+    for a, b in zip(alone, together, strict=True):  # the same answers either way
         assert [h.recipe_id for h in a.hits] == [h.recipe_id for h in b.hits]
         np.testing.assert_allclose([h.score for h in a.hits], [h.score for h in b.hits], atol=1e-5)
 
