@@ -249,3 +249,25 @@ async def test_with_a_filter_the_verdict_is_about_the_filtered_recipes(
     finally:
         await gw.aclose()
         gw.store.close()
+
+
+async def test_a_deadline_passing_while_the_model_runs_in_the_worker_names_the_stage(
+    gateway: SearchGateway, world: World, query_photos: list[bytes]
+) -> None:
+    assert isinstance(gateway.embedder, InProcessEmbedder)
+    batcher = gateway.embedder.resolve(world.version_a).batcher
+    model_run, gate = batcher.run_batch, threading.Event()
+
+    def slow(items: list[np.ndarray]) -> list[np.ndarray]:
+        gate.wait(5)
+        return model_run(items)
+
+    batcher.run_batch = slow
+    try:
+        with pytest.raises(GatewayError, match="embedding did not finish within the deadline") as info:
+            await gateway.search(query_photos[0], timeout_s=0.3)
+        assert _kind(info) is ErrorKind.UNAVAILABLE
+    finally:
+        gate.set()
+        batcher.run_batch = model_run
+    assert (await gateway.search(query_photos[0], top_k=1)).hits[0].recipe_id == "r000"  # and it goes on
