@@ -30,7 +30,8 @@ from embedder.logs import configure_logging
 from embedder.manifest import ModelIntegrityError
 from embedder.memory import configure_decoding, tune_allocator
 from gateway.grpc_service import HealthReporter, start_grpc_server
-from gateway.http_app import TimedH11Protocol, create_app
+from gateway.http_app import create_app
+from gateway.http_edges import TimedH11Protocol
 from gateway.images import check_images_root, images_report
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import SearchGateway
