@@ -9,7 +9,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Coroutine
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -87,9 +87,11 @@ class RunningService(Closeable, Generic[S]):
     :class:`~gateway.server.RunningGateway` add only the addresses their callers need.
     """
 
-    def __init__(self, server: S, name: str) -> None:
+    thread_name: ClassVar[str] = "service"  # the loop thread's name, as a subclass says
+
+    def __init__(self, server: S) -> None:
         self.server = server
-        self._background = BackgroundLoop(name)
+        self._background = BackgroundLoop(self.thread_name)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60.0) -> T:
         """Run a coroutine on the service's loop and wait for its result."""

@@ -6,10 +6,12 @@ Lists take JSON or commas: ``RECIPELENS_EMBEDDER_PROVIDERS=CUDAExecutionProvider
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from embedder.batcher import DEFAULT_MAX_QUEUE_DELAY_S
@@ -18,6 +20,8 @@ from embedder.preprocess import DEFAULT_MAX_PIXELS
 from embedder.providers import DEFAULT_PROVIDERS
 
 MiB = 1 << 20
+
+T = TypeVar("T")
 
 
 def split_list(value: Any) -> Any:
@@ -28,6 +32,24 @@ def split_list(value: Any) -> Any:
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
     return value
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """Each problem of a settings object, one line each, without the input values (they may be API keys)."""
+    return "\n".join(
+        f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+        for e in exc.errors(include_input=False, include_url=False)
+    )
+
+
+def settings_or_exit(prog: str, settings: Callable[..., T], overrides: Mapping[str, Any]) -> T:
+    """A service's settings from the environment, with the ``overrides`` that are not ``None`` (its command
+    line); invalid ones end ``prog`` with status 2, naming each problem."""
+    try:
+        return settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        print(f"{prog}: invalid settings:\n{settings_problems(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def default_providers() -> list[str]:
