@@ -55,22 +55,23 @@ class GroupingCost:
 
     @property
     def extra_ms(self) -> float:
+        """What grouping and the verdict add to a search: the difference of the two medians."""
         return self.grouped_ms - self.plain_ms
 
-    @property
-    def label(self) -> str:
-        return f"distinct recipes + verdict vs plain search, p50 at {self.points:,} points"
-
-    @property
-    def value(self) -> str:
-        return f"{self.extra_ms:.2f} ms"
+    def cells(self) -> tuple[str, str]:
+        """The row's name and value, also for a table of other measures (``bench/search.py``)."""
+        return (
+            f"distinct recipes + verdict vs plain search, p50 at {self.points:,} points",
+            f"{self.extra_ms:.2f} ms",
+        )
 
     def row(self) -> str:
         """The Markdown row: the extra p50, the two medians it is the difference of, the goal."""
-        return (
-            f"| {self.label} | {self.value} | {self.grouped_ms:.2f} − {self.plain_ms:.2f} ms "
-            f"(verdict alone {self.verdict_ms * 1000:.0f} µs) | {GOAL} |"
+        name, extra = self.cells()
+        medians = (
+            f"{self.grouped_ms:.2f} − {self.plain_ms:.2f} ms (verdict alone {self.verdict_ms * 1000:.0f} µs)"
         )
+        return f"| {name} | {extra} | {medians} | {GOAL} |"
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:

@@ -309,7 +309,8 @@ def main() -> None:
     row("… ANN + payload, distinct recipes (p50, in-process)", [f"{s.store_ms[1]:.2f} ms" for s in setups])
     rest = [o - med(s.rtt) - s.store_ms[0] - s.store_ms[1] for o, s in zip(overheads, setups, strict=True)]
     row("… rest: thread hops (loop ↔ decode pool ↔ batcher), protobuf", [f"{r:.2f} ms" for r in rest])
-    row(grouping.label, [grouping.value if x is setups[0] else "" for x in setups], "", GROUPING_GOAL)
+    name, extra = grouping.cells()
+    row(name, [extra if x is setups[0] else "" for x in setups], "", GROUPING_GOAL)
     row("sequential searches/s", [f"{med(s.sequential):.1f}" for s in setups])
     row(f"{args.clients} concurrent clients searches/s", [f"{med(s.concurrent):.1f}" for s in setups])
     for s in setups:
