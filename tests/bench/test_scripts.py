@@ -118,6 +118,19 @@ def test_grouping_bench_prints_the_extra_cost_beside_its_goal() -> None:
     assert float(row[3]) > 0
 
 
+def test_index_bench_prints_the_indexing_ratio_and_the_ann_rows() -> None:
+    out = _run(
+        "bench/index.py", "--n-photos", "16", "--repeats", "1", "--batch", "8",
+        "--n", "2000", "--queries", "10", "--clusters", "20",
+    )  # fmt: skip
+    assert re.search(rf"^\| \*\*indexing / bare\*\* .* \| \*\*{NUMBER}×\*\* \(target ≥ 0.85×", out, re.M)
+    for method in ("numpy brute force", "Qdrant Edge HNSW float32", "Qdrant Edge HNSW \\+ int8 SQ"):
+        assert re.search(rf"^\| {method}.* \| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER}× \|", out, re.M), (
+            method
+        )
+    assert re.search(r"^\* Qdrant Edge HNSW float32: recall@10", out, re.M)
+
+
 def test_int8_retrieval_bench_prints_both_models_and_the_differences(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
