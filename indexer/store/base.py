@@ -211,7 +211,8 @@ class RecipeStore(ABC):
 
     The checks and the search logic live here once (template methods); a back end implements the
     underscore primitives (``_exists``, ``_create``, ``_drop``, ``_upsert``, ``_query``, ``_facet``,
-    ``_set_alias``, …) and the plain reads.
+    ``_set_alias``, …) and the plain reads, and may replace a step (the server groups recipes with
+    Qdrant's query groups in ``_recipes``; it caches metadata and extends ``_changed``).
     """
 
     def __init__(self, where: str) -> None:
