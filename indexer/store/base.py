@@ -20,7 +20,7 @@ import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ __all__ = [
     "CollectionNotFound",
     "InvalidFilter",
     "ModelVersionMismatch",
+    "PointQuery",
     "RecipeMatch",
     "RecipePoint",
     "RecipeResults",
@@ -155,6 +156,17 @@ class RecipeResults:
 
 
 @dataclass(frozen=True)
+class PointQuery:
+    """One nearest-neighbour read, checked and in the back end's terms: what its primitives receive."""
+
+    vector: np.ndarray  # flat float32, of the collection's dimension
+    limit: int
+    offset: int = 0
+    filter: Any = None  # the back end's native filter (None: no filter)
+    payload: bool | tuple[str, ...] = True  # True: whole payloads, False: none, a tuple: those keys
+
+
+@dataclass(frozen=True)
 class CollectionInfo:
     name: str
     model_version: str
@@ -199,7 +211,8 @@ class RecipeStore(ABC):
 
     The checks and the search logic live here once (template methods); a back end implements the
     underscore primitives (``_exists``, ``_create``, ``_drop``, ``_upsert``, ``_query``, ``_facet``,
-    ``_set_alias``, …) and the plain reads.
+    ``_set_alias``, …) and the plain reads, and may replace a step (the server groups recipes with
+    Qdrant's query groups in ``_recipes``; it caches metadata and extends ``_changed``).
     """
 
     def __init__(self, where: str) -> None:
@@ -236,6 +249,7 @@ class RecipeStore(ABC):
             "extra": extra or {},
         }
         self._create(name, meta, on_disk=on_disk, quantization=quantization)
+        self._changed(name)
         log.info("created collection %s (%d-D, model %s) %s", name, dimension, model_version, self.where)
         return self._info(name, meta, 0)
 
@@ -280,6 +294,7 @@ class RecipeStore(ABC):
                 f"(`recipelens-index swap NAME --alias {live[0]}` or `recipelens-index rollback`)"
             )
         self._drop(name)
+        self._changed(name)
         log.info("dropped collection %s", name)
 
     # -- points ------------------------------------------------------------------------------
@@ -290,12 +305,12 @@ class RecipeStore(ABC):
             return
         check_vectors(name, points, info.dimension)
         self._upsert(name, points)
-        self._forget_vocabulary(name)
+        self._changed(name)
 
     def delete_points(self, name: str, ids: Sequence[str]) -> None:
         if ids:
             self._delete(name, list(ids))
-            self._forget_vocabulary(name)
+            self._changed(name)
 
     def search(
         self,
@@ -308,9 +323,8 @@ class RecipeStore(ABC):
         model_version: str,
     ) -> list[StoreHit]:
         """The nearest photos (points), best first; see :meth:`search_recipes` for one hit per recipe."""
-        query = self.query_vector(name, vector, model_version)
-        resolved = self.resolve_filter(name, filter)
-        return self._query(name, query, limit=int(limit), offset=int(offset), flt=self._native(resolved))
+        query, _ = self._point_query(name, vector, filter, model_version, limit=limit, offset=offset)
+        return self._query(name, query)
 
     def search_recipes(
         self,
@@ -325,35 +339,47 @@ class RecipeStore(ABC):
         """Distinct recipes, best first: each once, at the rank and score of its best photo.
 
         ``limit`` and ``offset`` count recipes. The result carries the filter's warnings (terms that
-        match nothing in the collection). This default over-fetches photos and collapses them by
-        ``recipe_id``, growing the fetch fourfold until the page is full, the collection is exhausted or
-        :data:`GROUP_FETCH_LIMIT` photos were read (then the page may be short: recipes with that
-        many photos each ahead of it are rare and the bound keeps the cost of one search fixed).
+        match nothing in the collection). How a back end groups is its :meth:`_recipes`.
         """
-        query = self.query_vector(name, vector, model_version)
-        resolved = self.resolve_filter(name, filter)
-        need = int(offset) + int(limit)
-        if limit <= 0:
+        query, resolved = self._point_query(name, vector, filter, model_version, limit=limit, offset=offset)
+        if query.limit <= 0:
             return RecipeResults([], resolved.warnings)
-        flt = self._native(resolved)
+        return RecipeResults(self._recipes(name, query), resolved.warnings)
+
+    def _point_query(
+        self, name: str, vector: np.ndarray, flt: SearchFilter | None, model: str, *, limit: int, offset: int
+    ) -> tuple[PointQuery, ResolvedFilter]:
+        """A search's arguments checked against ``name`` (model, dimension, filter terms)."""
+        query = self.query_vector(name, vector, model)
+        resolved = self.resolve_filter(name, flt)
+        return PointQuery(query, int(limit), int(offset), self._native(resolved)), resolved
+
+    def _recipes(self, name: str, query: PointQuery) -> list[RecipeMatch]:
+        """The page of distinct recipes ``query`` asks for (its limit and offset count recipes).
+
+        This default over-fetches photos and collapses them by ``recipe_id``, growing the fetch
+        fourfold until the page is full, the collection is exhausted or :data:`GROUP_FETCH_LIMIT`
+        photos were read (then the page may be short: recipes with that many photos each ahead of it
+        are rare and the bound keeps the cost of one search fixed).
+        """
+        need = query.offset + query.limit
         fetch = min(GROUP_FETCH_LIMIT, max(GROUP_FETCH_MIN, need * GROUP_OVERFETCH))
         while True:
             # Scores without payloads, the recipe ids by id, then whole payloads for the page only: on
             # Qdrant Edge the cost of a search grows with the payloads it converts (measured: a query
             # returning 32 payloads costs 0.7 ms more than one returning none).
-            hits = self._query(name, query, limit=fetch, offset=0, flt=flt, payload=[])
+            hits = self._query(name, replace(query, limit=fetch, offset=0, payload=False))
             rids = {h.id: h.payload for h in self.retrieve(name, [h.id for h in hits], payload=["recipe_id"])}
             best = collapse([StoreHit(h.id, h.score, rids.get(h.id, {})) for h in hits], need)
             if len(best) >= need or len(hits) < fetch or fetch >= GROUP_FETCH_LIMIT:
                 break
             fetch = min(GROUP_FETCH_LIMIT, fetch * 4)
-        page = best[int(offset) : need]
+        page = best[query.offset : need]
         payloads = {h.id: h.payload for h in self.retrieve(name, [h.id for h in page])}
-        matches = [
+        return [
             RecipeMatch(str(h.payload.get("recipe_id", h.id)), h.score, h.id, payloads.get(h.id, h.payload))
             for h in page
         ]
-        return RecipeResults(matches, resolved.warnings)
 
     @abstractmethod
     def retrieve(self, name: str, ids: Sequence[str], *, payload: list[str] | None = None) -> list[StoreHit]:
@@ -388,7 +414,11 @@ class RecipeStore(ABC):
             self._vocab_cache[name] = (key, vocab)
         return vocab
 
-    def _forget_vocabulary(self, name: str) -> None:
+    def _changed(self, name: str) -> None:
+        """Forget what this store cached about collection ``name``: it has just changed through it.
+
+        Back ends that cache more (the server's collection metadata) extend this.
+        """
         with self._vocab_lock:
             self._vocab_cache.pop(name, None)
 
@@ -420,6 +450,7 @@ class RecipeStore(ABC):
 
     def swap_alias(self, alias: str, collection: str) -> None:
         """Point ``alias`` at complete ``collection`` in one atomic step."""
+        self._changed(collection)  # completeness is read fresh: another process may have just set it
         info = self.collection_info(collection)
         if not info.complete:
             raise StoreError(f"collection {collection!r} is incomplete; it cannot go behind alias {alias!r}")
@@ -483,17 +514,8 @@ class RecipeStore(ABC):
     def _delete(self, name: str, ids: list[str]) -> None: ...
 
     @abstractmethod
-    def _query(
-        self,
-        name: str,
-        query: np.ndarray,
-        *,
-        limit: int,
-        offset: int,
-        flt: Any,
-        payload: list[str] | None = None,
-    ) -> list[StoreHit]:
-        """Nearest points with their payload (only the ``payload`` keys when given; ``[]``: none)."""
+    def _query(self, name: str, query: PointQuery) -> list[StoreHit]:
+        """The nearest points ``query`` asks for, with the payloads it asks for."""
 
     @abstractmethod
     def _facet(self, name: str, key: str) -> list[str]:
