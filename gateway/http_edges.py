@@ -171,6 +171,7 @@ async def _too_large(send: Send, size: int, limit: int) -> None:
 
 
 def legacy_timestamp() -> str:
+    """Now, as the legacy API's ``timestamp`` says it: UTC, milliseconds, ``Z``."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
