@@ -3,8 +3,9 @@
 One request, in order: API key (constant time) → paging → size limit → sniff the bytes (Pillow; the client's
 content type is never trusted) and pixel limit → resolve the alias to a collection and the model version
 that filled it → decode (in-process only) → embed with exactly that model version → search that
-collection. Every failure leaves as :class:`~gateway.errors.GatewayError`; the front ends only translate it
-into their own statuses.
+collection. From the header check on, a search runs in one worker thread, the model included when it is the
+only search in flight (caller-runs); concurrent searches meet in the model's micro-batcher. Every failure
+leaves as :class:`~gateway.errors.GatewayError`; the front ends only translate it into their own statuses.
 """
 
 from __future__ import annotations
@@ -359,7 +360,7 @@ class SearchGateway:
             self._blocking(lambda: self._search_here(leg, image, page)), deadline, lambda: leg.stage
         )
         collection, model_version = leg.collection, leg.model_version
-        # The model was busy (or is remote): through the batcher, in company.
+        # Not embedded in the worker (other searches in flight, the model busy, or remote): the async path.
         vector = (
             leg.vector
             if leg.vector is not None
