@@ -18,7 +18,6 @@ bounded by decode + fp32 run over decode + int8 run); service / bare runtime (go
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -32,7 +31,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import free_port, load_photos, percentiles, stop_process
+from bench.common import free_port, load_photos, model_parser, percentiles, stop_process
 
 CPU = "CPUExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
@@ -54,12 +53,7 @@ def _service(model: Path, batch: int) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", type=Path, required=True, help="an exported (fp32) model folder")
-    parser.add_argument("--int8", type=Path, default=None, help="its int8 twin (recipelens-model --int8)")
-    parser.add_argument("--photos", type=Path, default=None, help="folder of photos (default: generated)")
+    parser = model_parser(__doc__, model_help="an exported (fp32) model folder", required=True)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--latency-repeats", type=int, default=40)
     parser.add_argument("--throughput-repeats", type=int, default=7)
