@@ -158,9 +158,8 @@ def main() -> None:
             f"non-food not none by kind {r['missed'] or '{}'}; food photos of dishes not in the catalogue: "
             f"{r['unseen'] or '-'}; build's own figures: {r['gate']}"
         )
-    by_version = {r["version"]: r for r in rows}
     for r in rows:
-        fp32 = by_version.get(r["fp32_version"])
+        fp32 = next((f for f in rows if f is not r and f["version"] == r["fp32_version"]), None)
         if fp32 is None:
             continue
         diffs = [100 * (float(r[key]) - float(fp32[key])) for key in ("food_all", "nonfood_all")]
