@@ -16,9 +16,16 @@ ROOT = Path(__file__).resolve().parents[2]
 NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 
 
-def test_verdict_bench_prints_rates_per_model(tiny_model_dir: Path, tmp_path: Path) -> None:
-    write_kaggle_catalog(tmp_path / "catalog", 24)
-    args = ["--catalog", str(tmp_path / "catalog"), "--model", str(tiny_model_dir), "--quality-sample", "12"]
+def _verdict_bench(catalog: Path, *models: Path) -> str:
+    """bench/verdict.py's output on a 24-recipe generated catalogue (asserting it exits 0)."""
+    write_kaggle_catalog(catalog, 24)
+    args = [
+        "--catalog",
+        str(catalog),
+        "--quality-sample",
+        "12",
+        *(a for m in models for a in ("--model", str(m))),
+    ]
     result = subprocess.run(
         [sys.executable, "bench/verdict.py", *args],
         cwd=ROOT,
@@ -28,7 +35,11 @@ def test_verdict_bench_prints_rates_per_model(tiny_model_dir: Path, tmp_path: Pa
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
+    return result.stdout
+
+
+def test_verdict_bench_prints_rates_per_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = _verdict_bench(tmp_path / "catalog", tiny_model_dir)
     row = rf"^\| {re.escape(tiny_model_dir.name)} \| {NUMBER} \| {NUMBER} \| {NUMBER} \(24\) \| {NUMBER} \|"
     assert re.search(row, out, re.M), out
     assert re.search(rf"none below -?{NUMBER}, strong from -?{NUMBER}", out)
@@ -36,7 +47,6 @@ def test_verdict_bench_prints_rates_per_model(tiny_model_dir: Path, tmp_path: Pa
 
 
 def test_verdict_bench_compares_an_int8_twin_with_its_fp32(tiny_model_dir: Path, tmp_path: Path) -> None:
-    write_kaggle_catalog(tmp_path / "catalog", 24)
     twin = tmp_path / "tiny-int8"
     twin.mkdir()
     graph = onnx.load(str(tiny_model_dir / MODEL_FILE))
@@ -46,18 +56,9 @@ def test_verdict_bench_compares_an_int8_twin_with_its_fp32(tiny_model_dir: Path,
     fields = fp32.model_dump(exclude={"version", "sha256", "format_version"})
     source = {**fp32.source, "fp32_version": fp32.version}
     write_manifest(twin, **{**fields, "numerics": "int8", "name": "tiny-int8", "source": source})
-    args = ["--catalog", str(tmp_path / "catalog"), "--quality-sample", "12"]
-    result = subprocess.run(
-        [sys.executable, "bench/verdict.py", *args, "--model", str(tiny_model_dir), "--model", str(twin)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    out = _verdict_bench(tmp_path / "catalog", tiny_model_dir, twin)
     line = (
         rf"^tiny-int8 − {re.escape(tiny_model_dir.name)}: food not none [+-]{NUMBER} points, "
         rf"non-food none [+-]{NUMBER} points \(goal within 2: (met|NOT met)\)$"
     )
-    assert len(re.findall(line, result.stdout, re.M)) == 1, result.stdout  # the fp32 model gets no line
+    assert len(re.findall(line, out, re.M)) == 1, out  # the fp32 model gets no line
