@@ -123,7 +123,7 @@ def float_head_nodes(model_path: Path, convs: int) -> list[str]:
     that stay under 0.5 on low-contrast texture; one uint8 range per tensor gives those edges 7–20 levels,
     and photos of grass or gravel lost what tells them apart from food (cosine to fp32 0.89–0.96, against
     0.99 for food; their match verdict flipped from "none"). Left in float (about 5 % of the multiply-adds,
-    about 14 % more CPU per photo on OpenVINO), the demo twin's non-food "none" rate is 0.5–1.0 points below
+    14–18 % more CPU per photo on OpenVINO), the demo twin's non-food "none" rate is 0.5–1.0 points below
     fp32's instead of 4.4 (README, "int8 twins").
     """
     import onnx
