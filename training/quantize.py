@@ -25,8 +25,6 @@ No TensorFlow here: onnx, onnxruntime, numpy and Pillow only.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embedder.manifest import MODEL_FILE, ModelManifest, read_manifest, write_manifest
 from embedder.preprocess import ImageDecodeError, preprocess_file
+from training.publish import publish_folder, staging_folder
 from training.quantize_graph import float_head_nodes, float_tail_nodes, fold_conv_affine
 
 log = logging.getLogger(__name__)
@@ -315,8 +314,7 @@ def quantize_model(
         len(gallery_images),
     )
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{fp32.name}-int8-", dir=out))
-    try:
+    with staging_folder(out, f"{fp32.name}-int8") as staging:
         numerics = quantize_onnx(fp32_folder / MODEL_FILE, staging / MODEL_FILE, calibration, settings)
         ref, cand = _session(fp32_folder / MODEL_FILE), _session(staging / MODEL_FILE)
         agreement = measure_agreement(
@@ -359,11 +357,9 @@ def quantize_model(
                 },
             },
         )
-        final = out / f"{manifest.name}-{manifest.version}"
-        if final.exists():
-            log.info("int8 model %s already at %s; keeping it", manifest.version, final)
+        final, new = publish_folder(staging, out, manifest)
+        if not new:
             return final
-        staging.rename(final)
         log.info(
             "int8 twin %s of %s: %s; %.0f s → %s",
             manifest.version,
@@ -373,6 +369,3 @@ def quantize_model(
             final,
         )
         return final
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
