@@ -58,11 +58,8 @@ def side_by_side(
     """Median seconds per phase-2 step, three ways, on the same batches, views and weights.
 
     ``before``: phase 2 as it ran before the cache — 3P views rendered and the whole backbone at every
-    step (the embedding model in a triplet model); ``before_fastdw``: the same with the depthwise
-    kernel gradient of :func:`training.fitting.depthwise_conv_same` (what the old path would gain from
-    it); ``rendered``: distinct slots only, still rendered and through the frozen layers; ``cached``:
-    distinct slots looked up in the activation cache. The last two use the fast depthwise gradient when
-    the config does (as phase 2 does).
+    step (the embedding model in a triplet model); ``rendered``: distinct slots only, still rendered
+    and through the frozen layers; ``cached``: distinct slots looked up in the activation cache.
     """
     import keras
     import numpy as np
@@ -82,7 +79,6 @@ def side_by_side(
         build_networks,
         build_triplet_model,
         compile_triplet_model,
-        fast_depthwise_gradients,
         unfreeze_top,
     )
 
@@ -103,8 +99,7 @@ def side_by_side(
     unfreeze_top(nets.model.get_layer(BACKBONE_LAYER), small.unfreeze_layers)
     slot_model = build_slot_triplet_model(split.upper)
     image_model = build_triplet_model(nets.model, name="image_triplet")
-    image_model_fast = build_triplet_model(nets.model, name="image_triplet_fastdw")
-    for model in (slot_model, image_model, image_model_fast):
+    for model in (slot_model, image_model):
         compile_triplet_model(model, small, small.phase2)
     images = tf.constant(data.photos.images)
 
@@ -117,7 +112,6 @@ def side_by_side(
 
     paths = {
         "before": (image_model, before),
-        "before_fastdw": (image_model_fast, before),
         "rendered": (slot_model, lambda s: rendered_activation_triplets(s, split, small, training=True)),
         "cached": (slot_model, lambda s: activation_triplets(s, cache, training=True)),
     }
@@ -133,12 +127,10 @@ def side_by_side(
                 seed=small.seed,
             )
             it = iter(batches(sampler))
-            fast = name != "before" and (name == "before_fastdw" or small.fast_depthwise_gradients)
-            with fast_depthwise_gradients(model, enabled=fast):  # traced once, in the first round
-                model.train_on_batch(*next(it))  # trace
-                t = time.perf_counter()
-                for _ in range(steps):
-                    model.train_on_batch(*next(it))
+            model.train_on_batch(*next(it))  # trace
+            t = time.perf_counter()
+            for _ in range(steps):
+                model.train_on_batch(*next(it))
             per_step.setdefault(name, []).append((time.perf_counter() - t) / steps)
     keras.backend.clear_session()
     return {name: float(np.median(times)) for name, times in per_step.items()}
@@ -204,7 +196,6 @@ def main() -> int:
         f"({config.backbone}, top {config.unfreeze_layers} layers; median of 2 interleaved rounds)"
     )
     print(f"  before: 3P views rendered, whole backbone    {step['before']:8.3f} s")
-    print(f"  the same with the fast depthwise gradient    {step['before_fastdw']:8.3f} s")
     print(f"  distinct slots, rendered + frozen layers     {step['rendered']:8.3f} s")
     print(f"  distinct slots on the activation cache       {step['cached']:8.3f} s")
     print(f"  cache alone (rendered / cached)              {step['rendered'] / step['cached']:8.1f}×")

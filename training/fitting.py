@@ -7,14 +7,11 @@ best-weights checkpoint and a CSV log per phase.
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -71,76 +68,6 @@ def unfreeze_top(backbone: keras.Model, count: int) -> int:
         layer.trainable = trainable
         trained += int(trainable and bool(layer.weights))
     return trained
-
-
-def depthwise_conv_same(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    """Stride-1 ``SAME`` depthwise convolution whose kernel gradient is one wide depthwise convolution.
-
-    oneDNN's kernel gradient of a 5×5 depthwise convolution (``DepthwiseConv2dNativeBackpropFilter``)
-    took a fifth of a phase-2 step on Lite0's top blocks for about 1 % of its multiply-adds. The same
-    gradient, ``dK[i, j, c] = Σ_{n,h,w} x_pad[n, h+i, w+j, c] · g[n, h, w, c]``, is a VALID depthwise
-    convolution of the padded input laid out as one image with N·C channels by the output gradient as
-    an (H, W, N·C) kernel, summed over N — the fast forward kernel. Forward and input gradient are
-    TensorFlow's own; the result equals the native gradient up to float rounding.
-    """
-    kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
-    strides = [1, 1, 1, 1]
-
-    @tf.custom_gradient
-    def conv(x: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], Any]]:
-        def grad(g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            dx = tf.nn.depthwise_conv2d_backprop_input(tf.shape(x), k, g, strides, "SAME")
-            pad = [[0, 0], [(kh - 1) // 2, kh // 2], [(kw - 1) // 2, kw // 2], [0, 0]]
-            xp = tf.transpose(tf.pad(x, pad), (1, 2, 3, 0))  # (Hp, Wp, C, N)
-            gt = tf.transpose(g, (1, 2, 3, 0))  # (H, W, C, N)
-            wide = tf.reshape(xp, (1, tf.shape(xp)[0], tf.shape(xp)[1], -1))
-            taps = tf.nn.depthwise_conv2d(
-                wide, tf.reshape(gt, (tf.shape(gt)[0], tf.shape(gt)[1], -1, 1)), strides, "VALID"
-            )  # (1, kh, kw, C·N)
-            dk = tf.reduce_sum(tf.reshape(taps, (kh, kw, tf.shape(x)[3], -1)), axis=-1)
-            return dx, tf.reshape(dk, tf.shape(k))
-
-        return tf.nn.depthwise_conv2d(x, k, strides, "SAME"), grad
-
-    return conv(x, kernel)
-
-
-def _fast_gradient_call(layer: keras.layers.DepthwiseConv2D, inputs: tf.Tensor) -> tf.Tensor:
-    out = depthwise_conv_same(inputs, layer.kernel)
-    if layer.use_bias:
-        out = out + layer.bias
-    return layer.activation(out) if layer.activation is not None else out
-
-
-def _fast_gradient_candidates(model: keras.Model) -> list[keras.layers.DepthwiseConv2D]:
-    return [
-        layer
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-        if isinstance(layer, keras.layers.DepthwiseConv2D)
-        and layer.trainable
-        and tuple(layer.strides) == (1, 1)
-        and tuple(layer.dilation_rate) == (1, 1)
-        and layer.padding == "same"
-        and layer.depth_multiplier == 1
-        and layer.data_format == "channels_last"
-    ]
-
-
-@contextmanager
-def fast_depthwise_gradients(model: keras.Model, *, enabled: bool = True) -> Iterator[int]:
-    """Trainable stride-1 depthwise layers of ``model`` use :func:`depthwise_conv_same` while inside.
-
-    Only for functions traced inside (a fit); the layers are restored on exit, so evaluation and
-    export trace TensorFlow's plain op. Yields how many layers were switched.
-    """
-    layers = _fast_gradient_candidates(model) if enabled else []
-    for layer in layers:
-        object.__setattr__(layer, "call", functools.partial(_fast_gradient_call, layer))
-    try:
-        yield len(layers)
-    finally:
-        for layer in layers:
-            vars(layer).pop("call", None)
 
 
 @dataclass
@@ -290,18 +217,15 @@ def fit_phase(
         settings.learning_rate,
     )
     val_ds = make_dataset(val, False)
-    with fast_depthwise_gradients(triplet_model, enabled=config.fast_depthwise_gradients) as switched:
-        if switched:
-            log.info("%s: %d depthwise layers with the wide-convolution kernel gradient", phase, switched)
-        history = triplet_model.fit(
-            make_dataset(train, True),
-            steps_per_epoch=steps,
-            epochs=settings.epochs,
-            validation_data=val_ds,
-            callbacks=_callbacks(config, run_dir, phase),
-            verbose=keras_verbosity(progress),
-            shuffle=False,
-        )
+    history = triplet_model.fit(
+        make_dataset(train, True),
+        steps_per_epoch=steps,
+        epochs=settings.epochs,
+        validation_data=val_ds,
+        callbacks=_callbacks(config, run_dir, phase),
+        verbose=keras_verbosity(progress),
+        shuffle=False,
+    )
     figures = triplet_model.evaluate(val_ds, verbose=0, return_dict=True)
     validation = {k: float(v) for k, v in figures.items()}
     log.info("%s best weights on validation: %s", phase, validation)

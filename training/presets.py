@@ -130,11 +130,6 @@ class TrainConfig(_Section):
         description="phase 2 on activations cached at the unfreeze boundary (false: render the views "
         "and run the frozen layers at every step)",
     )
-    fast_depthwise_gradients: bool = Field(
-        default=True,
-        description="phase 2: the kernel gradient of stride-1 depthwise convolutions as one wide "
-        "depthwise convolution (training.fitting.depthwise_conv_same; oneDNN's own is slow for 5×5)",
-    )
     cache_ram_gib: float = Field(
         default=4.0, gt=0, description="a larger phase-2 cache is a numpy memmap in the run folder"
     )

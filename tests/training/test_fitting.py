@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training.fitting import build_triplet_model, fast_depthwise_gradients, split_at_pooling, unfreeze_top
+from training.fitting import build_triplet_model, split_at_pooling, unfreeze_top
 from training.layers import ExtractTripletComponent, GeneralizedMeanPooling, L2Normalization, TripletStack
 from training.losses import TripletLoss
 from training.models import build_embedding_model
@@ -109,32 +109,3 @@ def test_unfreeze_keeps_batchnorm_frozen(lite0: keras.Model) -> None:
         assert any(layer.trainable for layer in top if layer.weights)
     finally:
         backbone.trainable = False
-
-
-@pytest.mark.parametrize("kernel_size", [3, 5])
-def test_fast_depthwise_gradient_equals_tensorflows(kernel_size: int) -> None:
-    rng = np.random.default_rng(kernel_size)
-    layer = keras.layers.DepthwiseConv2D(kernel_size, padding="same", use_bias=False, name="dw")
-    model = keras.Sequential([keras.Input((7, 7, 6)), layer])
-    layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype(np.float32))
-    x = tf.constant(rng.normal(size=(3, 7, 7, 6)).astype(np.float32))
-    weight = tf.constant(rng.normal(size=(3, 7, 7, 6)).astype(np.float32))
-
-    def gradients() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = model(x)
-            loss = tf.reduce_sum(y * weight)
-        dx, dk = tape.gradient(loss, [x, layer.kernel])
-        return y, dx, dk
-
-    native = gradients()
-    with fast_depthwise_gradients(model) as switched:
-        assert switched == 1 and "call" in vars(layer)
-        fast = tf.function(gradients, input_signature=[])()  # traced, as in fit()
-    assert "call" not in vars(layer)  # restored: export and evaluation trace TensorFlow's own op
-    for a, b in zip(native, fast, strict=True):
-        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-4)
-    layer.trainable = False  # frozen layers keep TensorFlow's op (no kernel gradient wanted)
-    with fast_depthwise_gradients(model) as switched:
-        assert switched == 0
