@@ -223,7 +223,7 @@ def fine_tune(run: Run, split: BoundarySplit, cache: ActivationCache | None, out
     with run.timer("phase2_fit_s"):
         with nets.strategy.scope():
             unfrozen = unfreeze_top(nets.model.get_layer(BACKBONE_LAYER), config.unfreeze_layers)
-            triplet = build_slot_triplet_model(split.upper)
+            triplet = build_slot_triplet_model(split.upper, gallery_gradient=config.phase2_gallery_gradient)
         log.info(
             "phase 2: %d backbone layers with weights unfrozen (BatchNorm frozen), %s",
             unfrozen,
@@ -232,7 +232,13 @@ def fine_tune(run: Run, split: BoundarySplit, cache: ActivationCache | None, out
 
         def batches(sampler: TripletSampler, training: bool) -> tf.data.Dataset:
             if cache is not None:
-                return activation_triplets(sampler, cache, training=training, seed=config.seed)
+                return activation_triplets(
+                    sampler,
+                    cache,
+                    training=training,
+                    seed=config.seed,
+                    gallery_gradient=config.phase2_gallery_gradient,
+                )
             return rendered_activation_triplets(sampler, split, config, training=training, seed=config.seed)
 
         outcome.history["phase2"], outcome.validation = fit_phase(
