@@ -3,7 +3,8 @@
 1. **Side by side, one process:** phase-2 steps on the activation cache against the same steps
    rendering the views and running the frozen layers (what phase 2 did before the cache), on a subset
    of the catalogue's recipes, same batches, same views; the ratio is the per-epoch speed-up
-   (an epoch is the same number of steps either way). Target: ≥ 5×.
+   (an epoch is the same number of steps either way), and on the cache with the gallery-only slots
+   forward only (``phase2_gallery_gradient=false``). Target: ≥ 5×.
 2. **One whole run** of the preset (``recipelens-train``): seconds per stage — decode, raw features,
    the phase-2 activation cache, phase 1 (its pooled cache comes from the same pass), phase 2,
    evaluation, export — and the training part extrapolated linearly in the number of photos to a
