@@ -131,9 +131,7 @@ class TrainConfig(_Section):
         "and run the frozen layers at every step)",
     )
     phase2_gallery_gradient: bool = Field(
-        default=True,
-        description="phase 2: gradients also through the slots that are only positives/negatives (false: "
-        "those run forward only, the backward pass covers the P query slots; about 40 % less work per step)",
+        default=True, description="phase 2: false runs the gallery-only slots forward only (~40 % less work)"
     )
     cache_ram_gib: float = Field(
         default=4.0, gt=0, description="a larger phase-2 cache is a numpy memmap in the run folder"
