@@ -1,7 +1,9 @@
-"""Helpers the benchmark scripts share: the photos they measure on, percentiles, a free port, CPU time."""
+"""Helpers the benchmark scripts share: their model arguments, the photos they measure on, percentiles, a
+free port, CPU time."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import statistics
@@ -10,6 +12,17 @@ import sys
 from pathlib import Path
 
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+
+
+def model_parser(doc: str | None, *, model_help: str, required: bool = False) -> argparse.ArgumentParser:
+    """A parser with what every model bench takes: ``--model``, its ``--int8`` twin, ``--photos``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=required, default=None, help=model_help)
+    parser.add_argument(
+        "--int8", type=Path, default=None, help="its int8 twin (recipelens-model int8), measured beside it"
+    )
+    parser.add_argument("--photos", type=Path, default=None, help="folder of photos (default: generated)")
+    return parser
 
 
 def load_photos(folder: Path | None, n: int) -> list[bytes]:

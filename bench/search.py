@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import free_port, load_photos, machine_cpu_seconds, percentiles, stop_process  # noqa: E402
+from bench.grouping import GOAL as GROUPING_GOAL  # noqa: E402
+from bench.grouping import POINTS, grouping_cost  # noqa: E402
 
 ALIAS = "recipes"
 
@@ -145,6 +147,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="sequential/concurrent rounds (medians)")
     parser.add_argument("--embedder", action="store_true", help="use the embedder service, not in-process")
+    parser.add_argument("--grouping-points", type=int, default=POINTS, help="synthetic points (grouping row)")
     args = parser.parse_args()
 
     import grpc
@@ -277,6 +280,8 @@ def main() -> None:
         setups[0].env["RECIPELENS_GATEWAY_GRPC_PORT"] = str(free_port())
         cold = statistics.median(_cold_start(setups[0].env) for _ in range(3))
 
+    # bench/grouping.py: distinct recipes + verdict vs a plain search, on a synthetic collection
+    grouping = grouping_cost(args.grouping_points, repeats=args.repeats)
     cores = os.cpu_count() or 1
     med = statistics.median
     where = "embedder service" if args.embedder else "in-process"
@@ -304,6 +309,8 @@ def main() -> None:
     row("… ANN + payload, distinct recipes (p50, in-process)", [f"{s.store_ms[1]:.2f} ms" for s in setups])
     rest = [o - med(s.rtt) - s.store_ms[0] - s.store_ms[1] for o, s in zip(overheads, setups, strict=True)]
     row("… rest: thread hops (loop ↔ decode pool ↔ batcher), protobuf", [f"{r:.2f} ms" for r in rest])
+    name, extra = grouping.cells()
+    row(name, [extra if x is setups[0] else "" for x in setups], "", GROUPING_GOAL)
     row("sequential searches/s", [f"{med(s.sequential):.1f}" for s in setups])
     row(f"{args.clients} concurrent clients searches/s", [f"{med(s.concurrent):.1f}" for s in setups])
     for s in setups:

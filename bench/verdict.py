@@ -10,7 +10,8 @@ test set disjoint from that calibration:
   gradients, text, screenshots, textures, patterns and shapes of a seed range the build never used
   (``tests/support/nonfood_set.py``); goal ≥ 90 % ``none``.
 
-It also prints the median cost of the verdict itself (one bank product and a few logistics).
+It also prints the median cost of the verdict itself (one bank product and a few logistics), and for
+an int8 twin measured beside its fp32 model the two rates' differences (goal: within 2 points).
 
     python bench/verdict.py --catalog data/demo --model models/lite0-raw-<version> --model models/<tl-hard>
 """
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from embedder.logs import configure_logging  # noqa: E402
+from embedder.manifest import read_manifest  # noqa: E402
 from embedder.runtime import EmbeddingModel  # noqa: E402
 from indexer.build import build_index  # noqa: E402
 from indexer.calibration import CALIBRATION_KEY, MatchCalibration, match_verdict  # noqa: E402
@@ -42,6 +44,7 @@ from indexer.store.edge import EdgeStore  # noqa: E402
 from tests.support.nonfood_set import nonfood_test_set  # noqa: E402
 
 TEST_SEED = 1234
+TWIN_GOAL_POINTS = 2.0  # an int8 twin's verdict rates within this of its fp32 model's
 
 
 def _verdicts(
@@ -89,8 +92,11 @@ def measure(catalog: Path, model_dir: Path, quality_sample: int, work: Path) -> 
     missed = Counter(g for g, m in zip(groups, nf_matches, strict=True) if m != "none")
     all_food = [m for level in LEVELS for m in food_matches[level][0]]
     costs = nf_costs + [c for level in LEVELS for c in food_matches[level][1]]
+    manifest = read_manifest(model_dir)
     return {
         "model": model_dir.name,
+        "version": manifest.version,
+        "fp32_version": manifest.source.get("fp32_version", ""),
         "none_below": cal.none_below,
         "strong_from": cal.strong_from,
         "held": len(held),
@@ -151,6 +157,16 @@ def main() -> None:
             f"strong from {float(r['strong_from']):.3f}; "
             f"non-food not none by kind {r['missed'] or '{}'}; food photos of dishes not in the catalogue: "
             f"{r['unseen'] or '-'}; build's own figures: {r['gate']}"
+        )
+    for r in rows:
+        fp32 = next((f for f in rows if f is not r and f["version"] == r["fp32_version"]), None)
+        if fp32 is None:
+            continue
+        diffs = [100 * (float(r[key]) - float(fp32[key])) for key in ("food_all", "nonfood_all")]
+        within = all(abs(d) <= TWIN_GOAL_POINTS for d in diffs)
+        print(
+            f"{r['model']} − {fp32['model']}: food not none {diffs[0]:+.1f} points, non-food none "
+            f"{diffs[1]:+.1f} points (goal within {TWIN_GOAL_POINTS:g}: {'met' if within else 'NOT met'})"
         )
     ok = all(
         float(r["food_all"]) >= 0.95 and float(r["nonfood_all"]) >= 0.90 and int(r["nonfood_queries"]) >= 60

@@ -27,11 +27,10 @@ else
 fi
 model=${model%/}
 # The calibrated int8 twin (a third of the CPU per photo) where it agrees with fp32 within the bounds of
-# RECIPELENS_INT8_*; refused, the demo goes on with fp32.
-int8=$(ls -d "$MODELS"/lite0-raw-int8-*/ 2>/dev/null | head -n 1 || true)
-if [ -z "$int8" ]; then
-  int8=$(recipelens-model int8 "$model" --catalog "$DATA" | tail -n 1) || int8=""
-fi
+# RECIPELENS_INT8_*; refused, the demo goes on with fp32. Made every time rather than reusing a folder that
+# is there: a twin made by an older quantization recipe must not go live. The same recipe gives the same
+# bytes, hence the same folder, which is then kept as it is.
+int8=$(recipelens-model int8 "$model" --catalog "$DATA" | tail -n 1) || int8=""
 if [ -n "$int8" ]; then
   model=${int8%/}
   echo "using the int8 twin: $model"

@@ -1,5 +1,6 @@
-"""Asyncio plumbing shared by the services: stop-on-signal, an event loop in a background thread, and the
-one harness that runs a service on it (:class:`RunningService`, for tests, benchmarks and tools)."""
+"""Lifetime plumbing shared by the services and their clients: stop-on-signal, an event loop in a background
+thread, the one harness that runs a service on it (:class:`RunningService`, for tests, benchmarks and
+tools), and :class:`Closeable`, the context manager that ends in ``close`` (the harness, both clients)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Coroutine
-from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -21,6 +21,19 @@ class Service(Protocol):
 
 
 S = TypeVar("S", bound=Service)
+
+
+class Closeable:
+    """A context manager whose exit is :meth:`close`."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -67,16 +80,18 @@ class BackgroundLoop:
         await self.loop.shutdown_asyncgens()
 
 
-class RunningService(Generic[S]):
+class RunningService(Closeable, Generic[S]):
     """A service on its own background event loop: ``call`` runs coroutines there; ``stop`` ends both.
 
     The embedder's :class:`~embedder.server.RunningServer` and the gateway's
     :class:`~gateway.server.RunningGateway` add only the addresses their callers need.
     """
 
-    def __init__(self, server: S, name: str) -> None:
+    thread_name: ClassVar[str] = "service"  # the loop thread's name, as a subclass says
+
+    def __init__(self, server: S) -> None:
         self.server = server
-        self._background = BackgroundLoop(name)
+        self._background = BackgroundLoop(self.thread_name)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 60.0) -> T:
         """Run a coroutine on the service's loop and wait for its result."""
@@ -100,10 +115,6 @@ class RunningService(Generic[S]):
         finally:
             self._background.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def close(self) -> None:
+        """Stop with the default grace (what leaving a ``with`` block does)."""
         self.stop()

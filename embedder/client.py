@@ -13,7 +13,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
@@ -21,6 +20,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recipelens.v1 import embedder_pb2, embedder_pb2_grpc
 
+from embedder.background import Closeable
 from embedder.errors import EmbedderError
 from protos.services import EMBEDDER_SERVICE
 
@@ -50,7 +50,7 @@ def _vectors(response: embedder_pb2.EmbedResponse) -> np.ndarray:
     )
 
 
-class EmbedderClient:
+class EmbedderClient(Closeable):
     """Talks to one embedder server; thread-safe; use as a context manager or call :meth:`close`."""
 
     def __init__(
@@ -240,11 +240,3 @@ class EmbedderClient:
 
     def close(self) -> None:
         self._channel.close()
-
-    def __enter__(self) -> EmbedderClient:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -49,47 +49,72 @@ class MetricsEndpoint:
         self._thread.join(timeout=5)
 
 
-class EmbedderMetrics:
-    """The embedder's counters, histograms and gauges (names in the module docstring)."""
+class ServiceMetrics:
+    """One service's metrics in a registry of their own, each named ``<prefix>_<name>``.
+
+    The embedder's :class:`EmbedderMetrics` and the gateway's ``GatewayMetrics`` declare theirs through
+    :meth:`counter`, :meth:`histogram` and :meth:`gauge`; :meth:`exposition` is what ``/metrics`` answers.
+    """
+
+    prefix = "recipelens"
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter(
-            "recipelens_embedder_requests", "Calls answered, by model version and method",
-            ["model_version", "method"], registry=r,
-        )  # fmt: skip
-        self.images = Counter(
-            "recipelens_embedder_images", "Images embedded, by model version and method",
-            ["model_version", "method"], registry=r,
-        )  # fmt: skip
-        self.errors = Counter(
-            "recipelens_embedder_errors", "Calls refused or failed, by method and gRPC status code",
-            ["method", "code"], registry=r,
-        )  # fmt: skip
-        self.request_seconds = Histogram(
-            "recipelens_embedder_request_seconds", "Whole-call latency including decoding, by method",
-            ["method"], buckets=SECONDS_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.batch_size = Histogram(
-            "recipelens_embedder_batch_size", "Images per onnxruntime run",
-            ["model_version"], buckets=BATCH_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.queue_wait = Histogram(
-            "recipelens_embedder_queue_wait_seconds", "Time an image waited for its batch to start",
-            ["model_version"], buckets=SECONDS_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.inference = Histogram(
-            "recipelens_embedder_inference_seconds", "Duration of one onnxruntime run",
-            ["model_version"], buckets=SECONDS_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.in_flight = Gauge(
-            "recipelens_embedder_in_flight_requests", "Calls being worked on now", registry=r
+
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+        return Counter(f"{self.prefix}_{name}", documentation, labels, registry=self.registry)
+
+    def histogram(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str] = (),
+        buckets: Sequence[float] = SECONDS_BUCKETS,
+    ) -> Histogram:
+        return Histogram(
+            f"{self.prefix}_{name}", documentation, labels, buckets=buckets, registry=self.registry
         )
-        self.models = Gauge(
-            "recipelens_embedder_model_loaded", "1 for each model served, labelled with its numerics",
-            ["model_version", "name", "numerics", "provider"], registry=r,
-        )  # fmt: skip
+
+    def gauge(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Gauge:
+        return Gauge(f"{self.prefix}_{name}", documentation, labels, registry=self.registry)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class EmbedderMetrics(ServiceMetrics):
+    """The embedder's counters, histograms and gauges (names in the module docstring)."""
+
+    prefix = "recipelens_embedder"
+
+    def __init__(self) -> None:
+        super().__init__()
+        version_method = ("model_version", "method")
+        self.requests = self.counter(
+            "requests", "Calls answered, by model version and method", version_method
+        )
+        self.images = self.counter("images", "Images embedded, by model version and method", version_method)
+        self.errors = self.counter(
+            "errors", "Calls refused or failed, by method and gRPC status code", ("method", "code")
+        )
+        self.request_seconds = self.histogram(
+            "request_seconds", "Whole-call latency including decoding, by method", ("method",)
+        )
+        self.batch_size = self.histogram(
+            "batch_size", "Images per onnxruntime run", ("model_version",), buckets=BATCH_BUCKETS
+        )
+        self.queue_wait = self.histogram(
+            "queue_wait_seconds", "Time an image waited for its batch to start", ("model_version",)
+        )
+        self.inference = self.histogram(
+            "inference_seconds", "Duration of one onnxruntime run", ("model_version",)
+        )
+        self.in_flight = self.gauge("in_flight_requests", "Calls being worked on now")
+        self.models = self.gauge(
+            "model_loaded",
+            "1 for each model served, labelled with its numerics",
+            ("model_version", "name", "numerics", "provider"),
+        )
         self._model_labels: dict[str, tuple[str, str, str, str]] = {}
 
     # -- what the servicer and the batcher report ------------------------------------------------------
@@ -125,9 +150,6 @@ class EmbedderMetrics:
         self._model_labels = current
 
     # -- exposition ------------------------------------------------------------------------------------
-
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
 
     def serve(self, host: str, port: int) -> MetricsEndpoint:
         """Serve ``/metrics`` on ``host:port`` (0 picks a free port) in a daemon thread."""

@@ -8,15 +8,14 @@ in-process embedder and the indexer's build all go through these functions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 
 from embedder.manifest import MANIFEST_FILE, MODEL_FILE, ModelIntegrityError, ModelManifest, read_manifest
-from embedder.providers import DEFAULT_PROVIDERS
-from embedder.runtime import EmbeddingModel
+from embedder.runtime import EmbeddingModel, RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +83,9 @@ def verify_model_folder(folder: Path) -> ModelManifest:
     return read_manifest(folder, verify=True)
 
 
-def load_model(
-    folder: Path,
-    *,
-    providers: Sequence[str] | None = None,
-    intra_op_threads: int = 0,
-    spinning: bool = False,
-    warmup: bool = True,
-) -> EmbeddingModel:
+def load_model(folder: Path, *, warmup: bool = True, **runtime: Unpack[RuntimeOptions]) -> EmbeddingModel:
     """Verify and load one model folder into onnxruntime; with ``warmup`` run it once on a blank image."""
-    model = EmbeddingModel(
-        folder,
-        providers=DEFAULT_PROVIDERS if providers is None else providers,
-        intra_op_threads=intra_op_threads,
-        spinning=spinning,
-        verify=True,
-    )
+    model = EmbeddingModel(folder, verify=True, **runtime)
     if warmup:
         size = model.image_size
         model.embed_arrays(np.zeros((1, size, size, 3), dtype=np.uint8))

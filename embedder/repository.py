@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Unpack
 
 import grpc
 
@@ -26,8 +27,7 @@ from embedder.model_folders import (
     folder_signature,
     load_model,
 )
-from embedder.providers import DEFAULT_PROVIDERS
-from embedder.runtime import EmbeddingModel
+from embedder.runtime import EmbeddingModel, RuntimeOptions
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +71,12 @@ class ModelRepository:
         self,
         model_dir: str | Path,
         *,
-        providers: Sequence[str] = DEFAULT_PROVIDERS,
-        intra_op_threads: int = 0,
-        spinning: bool = False,
         warmup: bool = True,
         allow_empty: bool = False,
+        **runtime: Unpack[RuntimeOptions],
     ) -> None:
         self.model_dir = Path(model_dir)
-        self.providers = tuple(providers)
-        self.intra_op_threads = intra_op_threads
-        self.spinning = spinning
+        self.runtime = runtime  # how each model runs (EmbeddingModel's keywords)
         self.warmup = warmup
         self.allow_empty = allow_empty
         self.refused: dict[Path, str] = {}
@@ -130,13 +126,7 @@ class ModelRepository:
     # -- loading ---------------------------------------------------------------------------------------
 
     def _load(self, folder: Path) -> EmbeddingModel:
-        return load_model(
-            folder,
-            providers=self.providers,
-            intra_op_threads=self.intra_op_threads,
-            spinning=self.spinning,
-            warmup=self.warmup,
-        )
+        return load_model(folder, warmup=self.warmup, **self.runtime)
 
     def _load_at_start(self) -> None:
         if self.allow_empty and not self.model_dir.is_dir():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import onnxruntime as ort
@@ -49,6 +50,14 @@ def provider_options(provider: str, *, numerics: str = "fp32", threads: int = 0)
     return {}
 
 
+class RuntimeOptions(TypedDict, total=False):
+    """:class:`EmbeddingModel`'s keywords for how onnxruntime runs it, as the loaders pass them on."""
+
+    providers: Sequence[str]
+    intra_op_threads: int
+    spinning: bool
+
+
 class EmbeddingModel:
     """An exported embedding model: ``(N, H, W, 3)`` uint8 RGB → ``(N, D)`` float32 unit vectors.
 
@@ -68,6 +77,11 @@ class EmbeddingModel:
     ) -> None:
         self.folder = Path(folder)
         self.manifest: ModelManifest = read_manifest(self.folder, verify=verify)
+        # What callers read of the manifest, fixed for the model's life (a changed folder is a new model).
+        self.version: str = self.manifest.version
+        self.numerics: str = self.manifest.numerics
+        self.dimension: int = self.manifest.embedding_dim
+        self.image_size: int = self.manifest.input.image_size
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads > 0:
@@ -78,7 +92,7 @@ class EmbeddingModel:
             # batch-1 p50 through the embedder 12.5 → 9.5 ms).
             options.add_session_config_entry(STOP_SPINNING, "1")
         chosen = select_providers(providers)
-        numerics = self.manifest.numerics
+        numerics = self.numerics
         self.session = ort.InferenceSession(
             str(self.folder / MODEL_FILE),
             sess_options=options,
@@ -91,6 +105,8 @@ class EmbeddingModel:
             )
         self.input_name: str = inputs[0].name
         self.provider: str = self.session.get_providers()[0]
+        # What runs, in words: ``int8 on OpenVINOExecutionProvider``.
+        self.runs_on = f"{numerics} on {self.provider}"
         log.info(
             "loaded model %s (%s, %s-D, %s) from %s on %s",
             self.version,
@@ -100,27 +116,6 @@ class EmbeddingModel:
             self.folder,
             self.provider,
         )
-
-    @property
-    def version(self) -> str:
-        return self.manifest.version
-
-    @property
-    def numerics(self) -> str:
-        return self.manifest.numerics
-
-    @property
-    def runs_on(self) -> str:
-        """What runs, in words: ``int8 on OpenVINOExecutionProvider``."""
-        return f"{self.numerics} on {self.provider}"
-
-    @property
-    def dimension(self) -> int:
-        return self.manifest.embedding_dim
-
-    @property
-    def image_size(self) -> int:
-        return self.manifest.input.image_size
 
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
         """``(N, H, W, 3)`` uint8 (or float 0..255) → ``(N, D)`` float32, re-normalised to unit length."""

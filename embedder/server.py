@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +23,6 @@ import grpc
 import onnxruntime as ort
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from pydantic import ValidationError
 from recipelens.v1 import embedder_pb2_grpc
 
 from embedder.background import RunningService, stop_on_signals
@@ -34,7 +32,7 @@ from embedder.memory import configure_decoding, tune_allocator
 from embedder.metrics import EmbedderMetrics, MetricsEndpoint
 from embedder.repository import ModelRepository, ModelRepositoryError, RefreshReport
 from embedder.servicer import EmbedderServicer
-from embedder.settings import EmbedderSettings
+from embedder.settings import EmbedderSettings, settings_or_exit
 from protos.services import EMBEDDER_SERVICE
 
 log = logging.getLogger(__name__)
@@ -227,8 +225,7 @@ async def serve(settings: EmbedderSettings) -> None:
 class RunningServer(RunningService[EmbedderServer]):
     """An :class:`EmbedderServer` in a background thread with its own event loop (for tests and tools)."""
 
-    def __init__(self, server: EmbedderServer) -> None:
-        super().__init__(server, "embedder-server")
+    thread_name = "embedder-server"
 
     @property
     def port(self) -> int:
@@ -275,17 +272,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console script ``recipelens-embedder``."""
-    args = _parse_args(argv)
-    overrides = {
-        key: value
-        for key, value in (("model_dir", args.model_dir), ("host", args.host), ("port", args.port))
-        if value is not None
-    }
-    try:
-        settings = EmbedderSettings(**overrides)
-    except ValidationError as exc:
-        print(f"recipelens-embedder: invalid settings:\n{exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = settings_or_exit("recipelens-embedder", EmbedderSettings, vars(_parse_args(argv)))
     configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))

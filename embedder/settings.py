@@ -6,10 +6,12 @@ Lists take JSON or commas: ``RECIPELENS_EMBEDDER_PROVIDERS=CUDAExecutionProvider
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from embedder.batcher import DEFAULT_MAX_QUEUE_DELAY_S
@@ -18,6 +20,8 @@ from embedder.preprocess import DEFAULT_MAX_PIXELS
 from embedder.providers import DEFAULT_PROVIDERS
 
 MiB = 1 << 20
+
+T = TypeVar("T")
 
 
 def split_list(value: Any) -> Any:
@@ -30,13 +34,57 @@ def split_list(value: Any) -> Any:
     return value
 
 
+def settings_problems(exc: ValidationError) -> str:
+    """Each problem of a settings object, one line each, without the input values (they may be API keys)."""
+    return "\n".join(
+        f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+        for e in exc.errors(include_input=False, include_url=False)
+    )
+
+
+def settings_or_exit(prog: str, settings: Callable[..., T], overrides: Mapping[str, Any]) -> T:
+    """A service's settings from the environment, with the ``overrides`` that are not ``None`` (its command
+    line); invalid ones end ``prog`` with status 2, naming each problem."""
+    try:
+        return settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as exc:
+        print(f"{prog}: invalid settings:\n{settings_problems(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def default_providers() -> list[str]:
     """The runtime's preferred provider order (plain names: settings modules load no runtime)."""
     return list(DEFAULT_PROVIDERS)
 
 
-class EmbedderSettings(BaseSettings):
-    """Where to listen, which models to serve and how to batch them."""
+class EmbeddingSettings(BaseSettings):
+    """How an in-process embedder batches and decodes photos: the embedder service's knobs, and the
+    gateway's when it embeds in-process (no embedder address); each reads them under its own prefix."""
+
+    max_batch_size: int = Field(default=32, ge=1, description="images per onnxruntime run")
+    max_queue_delay_ms: float = Field(
+        default=DEFAULT_MAX_QUEUE_DELAY_S * 1000.0,
+        ge=0,
+        description="how long a batch waits to fill up; 0 = greedy (batches form under load)",
+    )
+    max_pixels: int = Field(
+        default=DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb limit per photo"
+    )
+    decode_budget_mb: int = Field(
+        default=DEFAULT_BUDGET_BYTES >> 20,
+        ge=1,
+        description="decoded pixels in flight across all requests (MiB); an image needing more is refused",
+    )
+    decode_wait_s: float = Field(
+        default=DEFAULT_WAIT_S,
+        ge=0,
+        description="how long a decode waits for the budget before it is refused as busy "
+        "(gRPC RESOURCE_EXHAUSTED, HTTP 503)",
+    )
+
+
+class EmbedderSettings(EmbeddingSettings):
+    """Where to listen, which models to serve and how to batch them (batching and decoding: the base)."""
 
     model_config = SettingsConfigDict(
         env_prefix="RECIPELENS_EMBEDDER_", env_nested_delimiter="__", protected_namespaces=()
@@ -49,23 +97,8 @@ class EmbedderSettings(BaseSettings):
         default_factory=default_providers,
         description="onnxruntime execution providers in order of preference; unavailable ones are skipped",
     )
-    max_batch_size: int = Field(32, ge=1, description="images per onnxruntime run")
-    max_queue_delay_ms: float = Field(
-        DEFAULT_MAX_QUEUE_DELAY_S * 1000.0,
-        ge=0,
-        description="how long a batch waits to fill up; 0 = greedy (batches form under load)",
-    )
     max_message_bytes: int = Field(16 * MiB, ge=1024, description="gRPC send and receive limit")
     max_images_per_request: int = Field(64, ge=1)
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb limit per image")
-    decode_budget_mb: int = Field(
-        DEFAULT_BUDGET_BYTES >> 20,
-        ge=1,
-        description="decoded pixels in flight across all requests (MiB); an image needing more is refused",
-    )
-    decode_wait_s: float = Field(
-        DEFAULT_WAIT_S, ge=0, description="how long a decode waits for the budget before RESOURCE_EXHAUSTED"
-    )
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per session; 0 = its default")
     spinning: bool = Field(
         False,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recipelens.v1 import search_pb2, search_pb2_grpc
 
+from embedder.background import Closeable
 from protos.services import RECIPE_SEARCH_SERVICE
 
 
@@ -24,7 +24,7 @@ def search_filter(
     )
 
 
-class RecipeSearchClient:
+class RecipeSearchClient(Closeable):
     """Talks to one gateway; thread-safe. Errors are ``grpc.RpcError`` with the gateway's status code."""
 
     def __init__(
@@ -85,11 +85,3 @@ class RecipeSearchClient:
 
     def close(self) -> None:
         self._channel.close()
-
-    def __enter__(self) -> RecipeSearchClient:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

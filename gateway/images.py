@@ -6,22 +6,39 @@ Kaggle layout, ``<recipe>/photo.jpg`` in the folder-per-recipe layout). Upserted
 relative to the same root, or by absolute path when outside it; those are served when they lie inside
 ``images_root``. At start the gateway checks the folder exists and says how many of the live collection's
 photos it finds there (and what to set when it finds none).
+
+What ``/images/`` serves: only regular files inside ``images_root`` with an image name whose bytes are a
+raster image, with the type the bytes say (:func:`safe_join`, then :func:`read_raster`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 import numpy as np
 
+from indexer.catalog import IMAGE_SUFFIXES
 from indexer.store.base import RecipeStore
 
 log = logging.getLogger(__name__)
 
 SAMPLE = 200  # photos of the live collection checked at start
+# Served catalogue images: the first bytes say which raster type a file is (never its name or a link's).
+RASTER_SIGNATURES = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+    (b"BM", "image/bmp"),
+)
+MAX_SERVED_IMAGE_BYTES = 64 << 20
 
 
 def public_image_url(image: str, images_root: Path | None) -> str:
@@ -116,3 +133,48 @@ def images_report(store: RecipeStore, alias: str, images_root: Path | None) -> I
         elif (images_root.parent / names[0]).is_file():
             hint += f" ({images_root.parent})"
     return ImagesReport(collection, built_from, len(names), found, urls, hint)
+
+
+def safe_join(root: Path | None, relative: str) -> Path | None:
+    """``root / relative`` resolved, if it has an image name and lies inside ``root`` (no ``..``, no escape).
+
+    Only image names are served, so pointing ``images_root`` at a catalogue folder never exposes its CSV;
+    :func:`read_raster` then checks what the file really is.
+    """
+    if root is None or not relative or "\x00" in relative:
+        return None
+    if Path(relative).suffix.lower() not in IMAGE_SUFFIXES:
+        return None
+    return image_file(root.resolve(), relative)
+
+
+def raster_type(head: bytes) -> str | None:
+    """The media type of a raster image from its first bytes; None for anything else (HTML, SVG, text…)."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    for signature, media_type in RASTER_SIGNATURES:
+        if head.startswith(signature):
+            return media_type
+    return None
+
+
+def read_raster(target: Path) -> tuple[bytes, str] | None:
+    """The bytes and type of ``target`` (already resolved) if it is a regular file holding a raster image.
+
+    The file is opened once without following links and checked through that descriptor, so what is
+    checked is what is served even if the path is swapped meanwhile.
+    """
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_SERVED_IMAGE_BYTES:
+            return None
+        data = file.read(MAX_SERVED_IMAGE_BYTES + 1)
+    media_type = raster_type(data[:16])
+    if media_type is None:
+        log.warning("images: %s is not a raster image; not served", target)
+        return None
+    return data, media_type

@@ -6,41 +6,36 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from embedder.metrics import ServiceMetrics
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class GatewayMetrics:
+class GatewayMetrics(ServiceMetrics):
     """Counters and histograms in a registry of their own (so tests can run several gateways)."""
 
+    prefix = "recipelens_gateway"
+
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "recipelens_gateway_requests",
+        super().__init__()
+        self.requests = self.counter(
+            "requests",
             "Requests answered, by API (grpc/http), method and outcome code",
-            ["api", "method", "code"],
-            registry=self.registry,
+            ("api", "method", "code"),
         )
-        self.errors = Counter(
-            "recipelens_gateway_errors",
+        self.errors = self.counter(
+            "errors",
             "Requests that ended in an error, by API, method and error kind",
-            ["api", "method", "kind"],
-            registry=self.registry,
+            ("api", "method", "kind"),
         )
-        self.latency = Histogram(
-            "recipelens_gateway_request_seconds",
-            "Whole-request latency, by API and method",
-            ["api", "method"],
-            buckets=_BUCKETS,
-            registry=self.registry,
+        self.latency = self.histogram(
+            "request_seconds", "Whole-request latency, by API and method", ("api", "method"), buckets=_BUCKETS
         )
-        self.stage = Histogram(
-            "recipelens_gateway_stage_seconds",
+        self.stage = self.histogram(
+            "stage_seconds",
             "Latency of one search stage: decode, embed or search",
-            ["stage"],
+            ("stage",),
             buckets=_BUCKETS,
-            registry=self.registry,
         )
 
     @contextmanager
@@ -58,6 +53,3 @@ class GatewayMetrics:
         self.latency.labels(api, method).observe(seconds)
         if error_kind is not None:
             self.errors.labels(api, method, error_kind).inc()
-
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)

@@ -21,7 +21,6 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 import uvicorn
 from prometheus_client import start_http_server
-from pydantic import ValidationError
 
 from embedder.background import RunningService, stop_on_signals
 from embedder.embedding import Embedder
@@ -29,8 +28,10 @@ from embedder.factory import open_embedder
 from embedder.logs import configure_logging
 from embedder.manifest import ModelIntegrityError
 from embedder.memory import configure_decoding, tune_allocator
+from embedder.settings import settings_or_exit
 from gateway.grpc_service import HealthReporter, start_grpc_server
-from gateway.http_app import TimedH11Protocol, create_app
+from gateway.http_app import create_app
+from gateway.http_edges import TimedH11Protocol
 from gateway.images import check_images_root, images_report
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import SearchGateway
@@ -201,8 +202,7 @@ async def serve(settings: GatewaySettings) -> None:
 class RunningGateway(RunningService[GatewayServer]):
     """A :class:`GatewayServer` in a background thread with its own event loop (tests, benchmarks)."""
 
-    def __init__(self, server: GatewayServer) -> None:
-        super().__init__(server, "gateway-server")
+    thread_name = "gateway-server"
 
     @property
     def gateway(self) -> SearchGateway:
@@ -254,18 +254,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console script ``recipelens-gateway``."""
-    args = _parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
-    try:
-        settings = GatewaySettings(**overrides)
-    except ValidationError as exc:
-        # Each problem without the input values: those would include the API keys.
-        problems = "\n".join(
-            f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
-            for e in exc.errors(include_input=False, include_url=False)
-        )
-        print(f"recipelens-gateway: invalid settings:\n{problems}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = settings_or_exit("recipelens-gateway", GatewaySettings, vars(_parse_args(argv)))
     configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))

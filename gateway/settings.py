@@ -11,12 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-from embedder.batcher import DEFAULT_MAX_QUEUE_DELAY_S
-from embedder.memory import DEFAULT_BUDGET_BYTES, DEFAULT_WAIT_S
-from embedder.preprocess import DEFAULT_MAX_PIXELS
-from embedder.settings import split_list
+from embedder.settings import EmbeddingSettings, split_list
 from indexer.store.base import StoreSettings
 
 MiB = 1 << 20
@@ -32,8 +29,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class GatewaySettings(BaseSettings):
-    """Where to listen, which embedder and store to use, and the limits on what callers may send."""
+class GatewaySettings(EmbeddingSettings):
+    """Where to listen, which embedder and store to use, and the limits on what callers may send.
+
+    The in-process embedder's batching and decoding knobs (``max_batch_size``, ``max_queue_delay_ms``,
+    ``max_pixels`` — which also bounds every photo checked here —, ``decode_budget_mb``, ``decode_wait_s``)
+    are the embedder's own (:class:`embedder.settings.EmbeddingSettings`).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="RECIPELENS_GATEWAY_", env_nested_delimiter="__", protected_namespaces=()
@@ -55,12 +57,6 @@ class GatewaySettings(BaseSettings):
         default=10.0, gt=0, description="deadline for one embed call, retries included"
     )
     embed_retries: int = Field(default=2, ge=0, description="retries on UNAVAILABLE before giving up")
-    max_batch_size: int = Field(
-        default=32, ge=1, description="in-process embedder: images per onnxruntime run"
-    )
-    max_queue_delay_ms: float = Field(
-        default=DEFAULT_MAX_QUEUE_DELAY_S * 1000.0, ge=0, description="in-process embedder: batch fill wait"
-    )
 
     store: StoreSettings = Field(
         default_factory=StoreSettings, description="the vector store, as the indexer's (STORE__*)"
@@ -78,19 +74,7 @@ class GatewaySettings(BaseSettings):
         default_factory=list, description="accepted bearer keys; empty = authentication off"
     )
     max_upload_bytes: int = Field(default=10 * MiB, ge=1024, description="largest accepted photo")
-    max_pixels: int = Field(
-        default=DEFAULT_MAX_PIXELS, ge=1, description="decompression-bomb limit per photo"
-    )
     default_top_k: int = Field(default=5, ge=1, le=100)
-    decode_budget_mb: int = Field(
-        default=DEFAULT_BUDGET_BYTES >> 20,
-        ge=1,
-        description="in-process embedder: decoded pixels in flight across all requests (MiB); "
-        "a photo needing more is refused",
-    )
-    decode_wait_s: float = Field(
-        default=DEFAULT_WAIT_S, ge=0, description="how long a decode waits for the budget before 503"
-    )
 
     tls_cert: Path | None = Field(
         default=None, description="PEM certificate chain for gRPC and HTTPS (with tls_key)"

@@ -193,3 +193,44 @@ def calibration_of(extra: dict[str, Any], model_version: str) -> MatchCalibratio
     except (KeyError, TypeError, ValueError):
         return None
     return calibration if calibration.model_version == model_version else None
+
+
+def verdict_rates(
+    gallery: np.ndarray,
+    gallery_recipes: Sequence[str] | np.ndarray,
+    queries: np.ndarray,
+    query_recipes: Sequence[str] | np.ndarray,
+    *,
+    bank: np.ndarray,
+    nonfood: np.ndarray,
+    model_version: str = "",
+) -> tuple[float, float]:
+    """(food not none, non-food none) of the verdict on embeddings alone, for the training evaluation.
+
+    ``queries`` are distorted copies of gallery photos (their recipes in ``query_recipes``), ``bank`` the
+    embedded :func:`~indexer.nonfood.reference_bank`, ``nonfood`` other non-food pictures.
+    The calibration is fitted on the queries of every other recipe and checked on the rest, as a build does.
+    """
+    g = np.asarray(gallery, np.float32)
+    recipes = np.asarray(gallery_recipes)
+    sims = np.asarray(queries, np.float32) @ g.T
+    own = recipes[None, :] == np.asarray(query_recipes)[:, None]
+    top = sims.max(axis=1)
+    other = np.where(own, -np.inf, sims).max(axis=1)
+    order = {rid: i for i, rid in enumerate(sorted(set(query_recipes)))}
+    fit = np.asarray([order[r] % 2 == 0 for r in query_recipes])
+    if fit.all() or not fit.any():
+        fit[:] = True
+    calibration = fit_calibration(
+        model_version, queries=queries[fit], top_scores=top[fit], other_scores=other[fit], references=bank
+    )
+    held = ~fit if (~fit).any() else fit
+    food = [
+        match_verdict(calibration, q, [s]).match != "none"
+        for q, s in zip(queries[held], top[held], strict=True)
+    ]
+    nonfood_top = (np.asarray(nonfood, np.float32) @ g.T).max(axis=1)
+    rejected = [
+        match_verdict(calibration, v, [s]).match == "none" for v, s in zip(nonfood, nonfood_top, strict=True)
+    ]
+    return float(np.mean(food)), float(np.mean(rejected))

@@ -24,7 +24,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from indexer.keywords import ingredient_keywords
 
 # The photo file types of catalogues, the gateway's /images and training's parity images: one list.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-CSV_REQUIRED = ("Title", "Image_Name")
+CSV_IMAGE = "Image_Name"  # the CSV's photo column; CSV_FIELDS (below) names the others
 KAGGLE_IMAGE_DIRS = ("Food Images", "Food Images/Food Images", "images")
 RECIPE_FILE = "recipe.json"
 
@@ -48,6 +48,8 @@ class CatalogError(ValueError):
 
 @dataclass(frozen=True)
 class Recipe:
+    """One recipe and its usable photos (local paths; URLs are reported as bad, never fetched)."""
+
     id: str
     title: str
     ingredients: list[str]
@@ -130,19 +132,39 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+@dataclass(frozen=True)
+class RecordFields:
+    """Where a source record keeps each recipe field: a key of recipe.json / JSONL, a column of a CSV."""
+
+    title: str
+    ingredients: str
+    cleaned: str
+    instructions: str
+    category: str
+    source: str
+
+
+JSON_FIELDS = RecordFields(
+    "title", "ingredients", "cleaned_ingredients", "instructions", "category", "source"
+)
+CSV_FIELDS = RecordFields("Title", "Ingredients", "Cleaned_Ingredients", "Instructions", "Category", "Source")
+
+
 def make_recipe(
+    record: Mapping[str, Any],
+    fields: RecordFields,
     *,
     recipe_id: str,
-    title: str,
-    ingredients: Any,
-    cleaned: Any,
-    instructions: str,
     images: list[Path | str],
-    category: str,
-    source: str,
     where: str,
+    source: str = "",
 ) -> tuple[Recipe | None, list[BadItem]]:
-    """A recipe from its raw fields and what is wrong with them; None when nothing of it is usable."""
+    """A recipe from one source record and what is wrong with it; None when nothing of it is usable.
+
+    ``source`` stands in where the record names none.
+    """
+    title = _text(record.get(fields.title))
+    ingredients, cleaned = record.get(fields.ingredients), record.get(fields.cleaned)
     if not recipe_id:
         return None, [BadItem("", str(i), f"{where}: no recipe id") for i in images or [""]]
     if not title:
@@ -168,10 +190,10 @@ def make_recipe(
         title=title,
         ingredients=ingredient_list,
         cleaned_ingredients=cleaned_list,
-        instructions=instructions,
+        instructions=_text(record.get(fields.instructions)),
         images=present,
-        category=category,
-        source=source,
+        category=_text(record.get(fields.category)),
+        source=_text(record.get(fields.source)) or source,
     )
     return recipe, bad
 
@@ -196,15 +218,7 @@ def recipe_from_mapping(
             text = _text(item)
             images.append(text if text.startswith(("http://", "https://")) else base / text)
     return make_recipe(
-        recipe_id=_text(data.get("id")) or default_id,
-        title=_text(data.get("title")),
-        ingredients=data.get("ingredients"),
-        cleaned=data.get("cleaned_ingredients"),
-        instructions=_text(data.get("instructions")),
-        images=images,
-        category=_text(data.get("category")),
-        source=_text(data.get("source")),
-        where=where,
+        data, JSON_FIELDS, recipe_id=_text(data.get("id")) or default_id, images=images, where=where
     )
 
 
@@ -251,27 +265,21 @@ def read_kaggle_csv(csv_path: Path) -> Catalog:
         with csv_path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = reader.fieldnames or []
-            missing = [c for c in CSV_REQUIRED if c not in columns]
+            missing = [c for c in (CSV_FIELDS.title, CSV_IMAGE) if c not in columns]
             if missing:
                 raise CatalogError(f"{csv_path}: not a recipe CSV, missing column(s) {', '.join(missing)}")
             id_column = "Id" if "Id" in columns else ("" if "" in columns else None)
             for line_no, row in enumerate(reader, start=2):
                 recipe_id = _text(row.get(id_column)) if id_column is not None else ""
                 recipe_id = recipe_id or str(line_no - 2)
-                name = _text(row.get("Image_Name"))
+                name = _text(row.get(CSV_IMAGE))
                 images: list[Path | str] = [_kaggle_image(root, name)] if name else []
-                made = make_recipe(
-                    recipe_id=recipe_id,
-                    title=_text(row.get("Title")),
-                    ingredients=row.get("Ingredients"),
-                    cleaned=row.get("Cleaned_Ingredients"),
-                    instructions=_text(row.get("Instructions")),
-                    images=images,
-                    category=_text(row.get("Category")),
-                    source=_text(row.get("Source")) or csv_path.name,
-                    where=f"{csv_path.name} line {line_no}",
+                where = f"{csv_path.name} line {line_no}"
+                b.add(
+                    make_recipe(
+                        row, CSV_FIELDS, recipe_id=recipe_id, images=images, where=where, source=csv_path.name
+                    )
                 )
-                b.add(made)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise CatalogError(f"{csv_path}: cannot read CSV: {exc}") from None
     return b.catalog()
@@ -317,18 +325,12 @@ def read_photo_folder(root: Path) -> Catalog:
     b = _Builder(root, "photos")
     for photo in sorted(p for p in root.iterdir() if _is_image(p)):
         title = photo.stem.replace("_", " ").replace("-", " ").strip()
-        made = make_recipe(
-            recipe_id=photo.stem,
-            title=title,
-            ingredients=[],
-            cleaned=[],
-            instructions="",
-            images=[photo],
-            category="",
-            source=root.name,
-            where=photo.name,
+        record = {JSON_FIELDS.title: title}  # a photo alone: its name is the title, nothing else is known
+        b.add(
+            make_recipe(
+                record, JSON_FIELDS, recipe_id=photo.stem, images=[photo], where=photo.name, source=root.name
+            )
         )
-        b.add(made)
     return b.catalog()
 
 

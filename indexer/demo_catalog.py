@@ -53,6 +53,8 @@ class DemoCatalogError(RuntimeError):
 
 @dataclass(frozen=True)
 class Food:
+    """One food of the composition tables, by its IFCT food code: what a demo recipe is made of."""
+
     code: str
     name: str
     scientific_name: str

@@ -1,21 +1,56 @@
-"""Generated pictures of things that are not food: the reference bank of the match verdict.
+"""Pictures of things that are not food: the match verdict's reference bank and its test set.
 
-Eight kinds, each drawn from a seed with numpy and Pillow only: noise, flat colours, gradients, text
-pages, screenshots, textures (fractal noise through stone, sand, wood and fabric palettes), patterns
-(stripes, checks, grids, dots) and clip-art shapes. The build's calibration embeds one seed range; the
-verdict's acceptance figures use another, plus real photos that are never generated here.
+Eight generated kinds, each drawn from a seed with numpy and Pillow only: noise, flat colours,
+gradients, text pages, screenshots, textures (fractal noise through stone, sand, wood and fabric
+palettes), patterns (stripes, checks, grids, dots) and clip-art shapes. Two disjoint families:
+
+* the **reference bank** (:func:`reference_bank`, seeds 0…) that a build embeds and stores with its
+  calibration (:mod:`indexer.calibration`); a build checks itself on seeds 10 000… (:mod:`indexer.quality`);
+* the **test set** (:func:`nonfood_test_set`) the verdict's acceptance figures use (bench/verdict.py, the
+  training evaluation, the tests): generated pictures of seeds 50 000… and real non-food photos bundled
+  with scikit-image (no download; never generated or stored here). scikit-image comes with the
+  ``train`` extra; without it the test set is the generated part only.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import string
+import warnings
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+log = logging.getLogger(__name__)
+
 KINDS: tuple[str, ...] = ("noise", "flat", "gradient", "text", "screenshot", "texture", "pattern", "shapes")
 _SIZE = 256
+BANK_SIZE = 48  # generated pictures stored with a calibration (6 of each kind)
+BANK_SEED = 0
+TEST_SEED = 50_000
+# Real non-food photos bundled with scikit-image: people, animals, objects, textures, text (not coffee).
+NATURAL = (
+    "astronaut",
+    "brick",
+    "camera",
+    "chelsea",
+    "clock",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+)
+CROPS = ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5), (0.25, 0.25))  # half-size crops, by corner
 
 
 def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
@@ -201,12 +236,56 @@ def nonfood_image(kind: str, seed: int) -> Image.Image:
     return img
 
 
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
 def nonfood_images(count: int, *, seed0: int = 0) -> list[tuple[str, bytes]]:
     """``count`` pictures cycling through the kinds, as (kind, JPEG bytes), seeds from ``seed0``."""
     out = []
     for i in range(count):
         kind = KINDS[i % len(KINDS)]
-        buf = io.BytesIO()
-        nonfood_image(kind, seed0 + i // len(KINDS)).save(buf, format="JPEG", quality=90)
-        out.append((kind, buf.getvalue()))
+        out.append((kind, _jpeg(nonfood_image(kind, seed0 + i // len(KINDS)))))
     return out
+
+
+def reference_bank() -> list[tuple[str, bytes]]:
+    """The calibration's reference bank: :data:`BANK_SIZE` generated pictures from :data:`BANK_SEED`."""
+    return nonfood_images(BANK_SIZE, seed0=BANK_SEED)
+
+
+def natural_photos(*, crops: bool = True) -> list[tuple[str, bytes]]:
+    """(name, JPEG) of scikit-image's non-food photos and, with ``crops``, five half-size crops each."""
+    try:
+        import skimage.data
+    except ImportError:
+        return []
+    out: list[tuple[str, bytes]] = []
+    for name in NATURAL:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                arr = np.asarray(getattr(skimage.data, name)())
+        except Exception as exc:  # a photo this scikit-image does not ship: the set is smaller, said so
+            log.warning("non-food test set: scikit-image photo %r unavailable (%s)", name, exc)
+            continue
+        if arr.dtype != np.uint8:
+            arr = arr.astype(np.float32)
+            arr = (255 * (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-6)).astype(np.uint8)
+        if arr.ndim == 3 and arr.shape[2] == 4:
+            arr = arr[..., :3]
+        img = Image.fromarray(arr)
+        out.append((f"photo:{name}", _jpeg(img)))
+        if crops:
+            w, h = img.size
+            for j, (fx, fy) in enumerate(CROPS):
+                x0, y0 = int(fx * w), int(fy * h)
+                out.append((f"photo:{name}-crop{j}", _jpeg(img.crop((x0, y0, x0 + w // 2, y0 + h // 2)))))
+    return out
+
+
+def nonfood_test_set(generated: int = 96, *, crops: bool = True) -> list[tuple[str, bytes]]:
+    """(kind or photo name, JPEG): the real photos, then ``generated`` pictures of every generated kind."""
+    return natural_photos(crops=crops) + nonfood_images(generated, seed0=TEST_SEED)

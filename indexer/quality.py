@@ -27,14 +27,12 @@ import numpy as np
 
 from indexer.calibration import MatchCalibration, fit_calibration, match_verdict
 from indexer.distortions import distort
-from indexer.nonfood import nonfood_images
+from indexer.nonfood import BANK_SIZE, nonfood_images, reference_bank
 from indexer.store.base import RecipeStore
 
 log = logging.getLogger(__name__)
 
 QUALITY_KEY = "quality"  # the collection's metadata field
-BANK_SIZE = 48  # generated non-food pictures stored with the calibration (6 of each kind)
-BANK_SEED = 0
 CHECK_NONFOOD = 48  # generated non-food pictures the gate scores, from another seed range
 CHECK_NONFOOD_SEED = 10_000
 LEVELS = ("moderate", "strong")
@@ -128,7 +126,7 @@ def assess_collection(
         len(chosen),
         BANK_SIZE + CHECK_NONFOOD,
     )
-    bank = _embed_in_batches(embed, [data for _, data in nonfood_images(BANK_SIZE, seed0=BANK_SEED)])
+    bank = _embed_in_batches(embed, [data for _, data in reference_bank()])
     nonfood_data = [data for _, data in nonfood_images(CHECK_NONFOOD, seed0=CHECK_NONFOOD_SEED)]
     checks = _embed_in_batches(embed, nonfood_data)
     vectors = _embed_in_batches(embed, datas)
@@ -189,44 +187,3 @@ def gate_failures(live: CollectionQuality, new: CollectionQuality, tolerance_poi
         if after < before - tolerance_points:
             failures.append(f"{label} {after:.1f} < live {before:.1f} (−{before - after:.1f} points)")
     return failures
-
-
-def verdict_rates(
-    gallery: np.ndarray,
-    gallery_recipes: Sequence[str],
-    queries: np.ndarray,
-    query_recipes: Sequence[str],
-    *,
-    bank: np.ndarray,
-    nonfood: np.ndarray,
-    model_version: str = "",
-) -> tuple[float, float]:
-    """(food not none, non-food none) of the verdict on embeddings alone, for the training evaluation.
-
-    ``queries`` are distorted copies of gallery photos (their recipes in ``query_recipes``), ``bank`` the
-    embedded :func:`~indexer.nonfood.nonfood_images` of seeds 0…, ``nonfood`` other non-food pictures.
-    The calibration is fitted on the queries of every other recipe and checked on the rest, as a build does.
-    """
-    g = np.asarray(gallery, np.float32)
-    recipes = np.asarray(gallery_recipes)
-    sims = np.asarray(queries, np.float32) @ g.T
-    own = recipes[None, :] == np.asarray(query_recipes)[:, None]
-    top = sims.max(axis=1)
-    other = np.where(own, -np.inf, sims).max(axis=1)
-    order = {rid: i for i, rid in enumerate(sorted(set(query_recipes)))}
-    fit = np.asarray([order[r] % 2 == 0 for r in query_recipes])
-    if fit.all() or not fit.any():
-        fit[:] = True
-    calibration = fit_calibration(
-        model_version, queries=queries[fit], top_scores=top[fit], other_scores=other[fit], references=bank
-    )
-    held = ~fit if (~fit).any() else fit
-    food = [
-        match_verdict(calibration, q, [s]).match != "none"
-        for q, s in zip(queries[held], top[held], strict=True)
-    ]
-    nonfood_top = (np.asarray(nonfood, np.float32) @ g.T).max(axis=1)
-    rejected = [
-        match_verdict(calibration, v, [s]).match == "none" for v, s in zip(nonfood, nonfood_top, strict=True)
-    ]
-    return float(np.mean(food)), float(np.mean(rejected))

@@ -11,6 +11,11 @@
   the report gives the trained model's difference to the raw backbone on the *same* queries with a 95 %
   bootstrap interval that resamples whole photos (a photo's queries move together), and the count of
   queries each model gets right that the other misses. "Beats raw" means the interval lies above 0.
+* **Match verdict** — for the raw and the trained model, the verdict of :mod:`indexer.calibration`
+  calibrated as a build does (:func:`~indexer.calibration.verdict_rates`: thresholds fitted on the
+  distorted queries of every other held-out recipe, checked on the rest, with the build's reference
+  bank): the share of distorted held-out queries that do *not* get ``none`` (goal ≥ 95 %) and of the
+  non-food test family of :mod:`indexer.nonfood`, disjoint from the bank, that does (goal ≥ 90 %).
 The report and pictures are written by :mod:`training.run_report`.
 
 Everything here is numpy and Pillow: the embeddings come in as arrays.
@@ -26,7 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from embedder.preprocess import IMAGE_SIZE, preprocess
+from indexer.calibration import verdict_rates
 from indexer.distortions import DISTORTIONS, distort
+from indexer.nonfood import BANK_SIZE, nonfood_test_set, reference_bank
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,8 @@ PRECISION_AT = (1, 5)
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
 METRIC_LABELS = {"recall@1": "R@1", "category_p@5": "cat P@5"}
+NONFOOD_TEST_GENERATED = 48  # generated pictures of the test family, beside scikit-image's real photos
+VERDICT_GOALS = {"food_not_none": 0.95, "nonfood_none": 0.90}
 
 
 def make_queries(
@@ -133,31 +142,39 @@ def category_precision(
 ) -> dict[int, float]:
     """P@{1,5}: share of the nearest photos of other recipes that share the query's category."""
     same = _same_category(
-        queries,
-        query_recipe=query_recipe,
-        query_category=query_category,
-        gallery=gallery,
-        gallery_recipe=gallery_recipe,
-        gallery_category=gallery_category,
+        queries, gallery, (query_recipe, gallery_recipe), (query_category, gallery_category)
     )
     return {k: float(np.mean(same[:, :k])) for k in PRECISION_AT}
 
 
 def _same_category(
     queries: np.ndarray,
-    *,
-    query_recipe: np.ndarray,
-    query_category: np.ndarray,
     gallery: np.ndarray,
-    gallery_recipe: np.ndarray,
-    gallery_category: np.ndarray,
+    recipes: tuple[np.ndarray, np.ndarray],
+    categories: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
-    """(Q, max k) booleans: does the i-th nearest photo of another recipe share the query's category."""
+    """(Q, max k) booleans: does the i-th nearest photo of another recipe share the query's category.
+
+    ``recipes`` and ``categories`` are each (of the queries, of the gallery).
+    """
     sims = _unit(queries) @ _unit(gallery).T
-    sims[gallery_recipe[None, :] == query_recipe[:, None]] = -np.inf
+    sims[recipes[1][None, :] == recipes[0][:, None]] = -np.inf
     order = np.argsort(-sims, axis=1, kind="stable")[:, : max(PRECISION_AT)]
     usable = np.isfinite(np.take_along_axis(sims, order, axis=1))  # own photos rank last, never count
-    return (gallery_category[order] == query_category[:, None]) & usable
+    return (categories[1][order] == categories[0][:, None]) & usable
+
+
+def _held_out_same_category(
+    gallery: np.ndarray, gallery_recipe: np.ndarray, gallery_category: np.ndarray, held_out: np.ndarray
+) -> np.ndarray:
+    """:func:`_same_category` of the clean held-out photos that have a category, as queries."""
+    usable = held_out[gallery_category[held_out] >= 0]
+    return _same_category(
+        gallery[usable],
+        gallery,
+        (gallery_recipe[usable], gallery_recipe),
+        (gallery_category[usable], gallery_category),
+    )
 
 
 def category_hits(
@@ -168,16 +185,7 @@ def category_hits(
     k: int = 5,
 ) -> np.ndarray:
     """Per held-out photo with a category: the share of its k nearest other-recipe photos in its category."""
-    usable = held_out[gallery_category[held_out] >= 0]
-    same = _same_category(
-        gallery[usable],
-        query_recipe=gallery_recipe[usable],
-        query_category=gallery_category[usable],
-        gallery=gallery,
-        gallery_recipe=gallery_recipe,
-        gallery_category=gallery_category,
-    )
-    return same[:, :k].mean(axis=1)
+    return _held_out_same_category(gallery, gallery_recipe, gallery_category, held_out)[:, :k].mean(axis=1)
 
 
 def _group_sums(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -291,15 +299,62 @@ def score(
     precision = None
     cat_queries = 0
     if gallery_category is not None:
-        usable = held_out[gallery_category[held_out] >= 0]
-        cat_queries = len(usable)
+        same = _held_out_same_category(gallery, gallery_recipe, gallery_category, held_out)
+        cat_queries = len(same)
         if cat_queries:
-            precision = category_precision(
-                gallery[usable],
-                query_recipe=gallery_recipe[usable],
-                query_category=gallery_category[usable],
-                gallery=gallery,
-                gallery_recipe=gallery_recipe,
-                gallery_category=gallery_category,
-            )
+            precision = {k: float(np.mean(same[:, :k])) for k in PRECISION_AT}
     return RetrievalScores(len(queries), recall, mean_ap, cat_queries, precision, distortion, interval)
+
+
+def nonfood_sets(size: int = IMAGE_SIZE) -> dict[str, np.ndarray]:
+    """The verdict's non-food pictures as (N, S, S, 3) uint8 model inputs, by family.
+
+    ``bank``: the build's reference bank (:func:`~indexer.nonfood.reference_bank`); ``test``: the test
+    family (:func:`~indexer.nonfood.nonfood_test_set`, whole photos without crops), disjoint from it.
+    """
+    families = {"bank": reference_bank(), "test": nonfood_test_set(NONFOOD_TEST_GENERATED, crops=False)}
+    return {
+        name: np.stack([preprocess(data, size=size) for _, data in pictures])
+        for name, pictures in families.items()
+    }
+
+
+@dataclass(frozen=True)
+class VerdictRates:
+    """The match verdict's rates for one model (shares in 0..1) and what they were measured on."""
+
+    food_not_none: float  # distorted held-out queries that do not get "none"
+    nonfood_none: float  # non-food test pictures that get "none"
+    food_queries: int  # distorted queries, calibrated on half the recipes' and checked on the others'
+    nonfood_queries: int
+    bank: int = BANK_SIZE
+
+    def flat(self) -> dict[str, float]:
+        return {"food_not_none": self.food_not_none, "nonfood_none": self.nonfood_none}
+
+    def meets_goals(self) -> bool:
+        return all(getattr(self, key) >= goal for key, goal in VERDICT_GOALS.items())
+
+
+def verdict_figures(
+    gallery: np.ndarray,
+    gallery_recipe: np.ndarray,
+    queries: Sequence[np.ndarray],
+    query_photos: Sequence[np.ndarray],
+    nonfood: dict[str, np.ndarray],
+) -> VerdictRates:
+    """The verdict's rates of one model on its embeddings.
+
+    ``queries``: one array per distortion level, of the gallery photos ``query_photos``; ``nonfood``: the
+    embedded :func:`nonfood_sets` by family.
+    """
+    q = _unit(np.concatenate(queries))
+    food, rejected = verdict_rates(
+        _unit(gallery),
+        gallery_recipe,
+        q,
+        gallery_recipe[np.concatenate(query_photos)],
+        bank=_unit(nonfood["bank"]),
+        nonfood=_unit(nonfood["test"]),
+    )
+    return VerdictRates(food, rejected, len(q), len(nonfood["test"]), len(nonfood["bank"]))

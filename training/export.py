@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import io
 import logging
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from embedder.manifest import MODEL_FILE, InputSpec, ModelManifest, write_manife
 from embedder.preprocess import IMAGE_SIZE, preprocess, preprocess_file
 from training.models import INPUT_NAME, keras_path
 from training.onnx_fold import fold_input_scaling
+from training.publish import publish_folder, staging_folder
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +198,7 @@ def export_model(
     # Fail on a bad parity image before the slow conversion.
     photos = parity_photos(parity_images, size=image_size)
     embedding_dim = int(keras_model.output_shape[-1])
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-export-", dir=out_dir))
-    try:
+    with staging_folder(out_dir, f"{name}-export") as staging:
         proto = convert_to_onnx(keras_model, image_size)
         onnx_path = staging / MODEL_FILE
         onnx_path.write_bytes(proto.SerializeToString())
@@ -218,11 +216,8 @@ def export_model(
             metrics=dict(metrics or {}),
             parity=parity,
         )
-        final = out_dir / f"{name}-{manifest.version}"
-        if final.exists():
-            log.info("model %s already exported at %s; keeping it", manifest.version, final)
-            return final
-        staging.rename(final)
+        final, new = publish_folder(staging, out_dir, manifest)
+    if new:
         log.info(
             "exported %s version %s (%d-D, parity %.2g over %d photos) to %s",
             name,
@@ -232,7 +227,4 @@ def export_model(
             len(photos),
             final,
         )
-        return final
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    return final

@@ -18,18 +18,19 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from training.data import PhotoSet, view_dataset
-from training.evaluate import make_queries
+from training.evaluate import make_queries, nonfood_sets
 from training.presets import TrainConfig
 
 
 @dataclass
 class PretrainedFeatures:
-    """The frozen backbone's pooled features before any training, and the evaluation queries."""
+    """The frozen backbone's pooled features before any training: photos, evaluation queries, non-food."""
 
     clean: np.ndarray  # (N, F): every photo, clean
     query_sets: dict[str, tuple[np.ndarray, np.ndarray]]  # level → (uint8 queries, source photo)
     query_features: dict[str, np.ndarray]  # level → (Q, F)
     held_out: np.ndarray  # photo indices of the test recipes
+    nonfood: dict[str, tuple[np.ndarray, np.ndarray]]  # verdict family → (uint8 pictures, (M, F))
 
 
 def embed_batches(
@@ -96,7 +97,7 @@ def view_outputs(
 def pretrained_features(
     config: TrainConfig, features: keras.Model, photos: PhotoSet, held_out: np.ndarray, *, progress: bool
 ) -> PretrainedFeatures:
-    """The frozen backbone on every clean photo and on the distorted queries of the held-out photos."""
+    """The frozen backbone on every clean photo, the held-out photos' distorted queries, the non-food sets."""
     every = np.arange(len(photos))
     clean = view_outputs(
         features,
@@ -108,21 +109,38 @@ def pretrained_features(
         progress=progress,
     )
     feature_fn = inference_fn(features)
-    query_sets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    query_features: dict[str, np.ndarray] = {}
-    for level in config.evaluation.distortions:
-        queries, origin = make_queries(
-            [photos.files[p] for p in held_out],
-            config.evaluation.queries_per_photo,
-            config.evaluation.seed,
-            level,
-            size=int(features.input_shape[1]),
+    size = int(features.input_shape[1])
+    query_sets = evaluation_queries(config, photos, held_out, size=size)
+    query_features = {
+        level: embed_batches(feature_fn, chunks(q), len(q), f"features: {level} queries", progress)
+        for level, (q, _) in query_sets.items()
+    }
+    nonfood = {
+        family: (
+            pictures,
+            embed_batches(
+                feature_fn, chunks(pictures), len(pictures), f"features: non-food {family}", progress
+            ),
         )
-        query_sets[level] = (queries, held_out[origin])
-        query_features[level] = embed_batches(
-            feature_fn, chunks(queries), len(queries), f"features: {level} queries", progress
-        )
-    return PretrainedFeatures(clean, query_sets, query_features, held_out)
+        for family, pictures in nonfood_sets(size).items()
+    }
+    return PretrainedFeatures(clean, query_sets, query_features, held_out, nonfood)
+
+
+def evaluation_queries(
+    config: TrainConfig, photos: PhotoSet, held_out: np.ndarray, *, size: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per distortion level: the (Q, size, size, 3) queries of the held-out photos and each one's photo.
+
+    The distorted bytes depend on the evaluation seed only, so every backbone gets the same photos.
+    """
+    files = [photos.files[p] for p in held_out]
+    ev = config.evaluation
+    sets = {
+        level: make_queries(files, ev.queries_per_photo, ev.seed, level, size=size)
+        for level in ev.distortions
+    }
+    return {level: (queries, held_out[origin]) for level, (queries, origin) in sets.items()}
 
 
 @dataclass
@@ -152,16 +170,10 @@ def reference_features(
     fn = inference_fn(model)
     images = np.stack([preprocess_file(path, size=size) for path in photos.files])
     gallery = embed_batches(fn, chunks(images), len(images), f"{backbone}: photos", progress)
-    queries = {}
-    for level in config.evaluation.distortions:
-        q, _ = make_queries(
-            [photos.files[p] for p in held_out],
-            config.evaluation.queries_per_photo,
-            config.evaluation.seed,
-            level,
-            size=size,
-        )
-        queries[level] = embed_batches(fn, chunks(q), len(q), f"{backbone}: {level} queries", progress)
+    queries = {
+        level: embed_batches(fn, chunks(q), len(q), f"{backbone}: {level} queries", progress)
+        for level, (q, _) in evaluation_queries(config, photos, held_out, size=size).items()
+    }
     return Reference(f"raw {backbone}", gallery, queries)
 
 

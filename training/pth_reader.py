@@ -77,25 +77,25 @@ class _Storage:
 
 @dataclass(frozen=True)
 class _StorageView:
-    """Legacy storages could be views (key, element offset, size) into another storage."""
+    """What a tensor points at: a whole storage, or (legacy layout) a window of ``numel`` elements of it."""
 
     base: _Storage
-    offset: int
-    numel: int
+    offset: int = 0
+    numel: int | None = None  # None: the whole storage
 
 
 @dataclass(frozen=True)
 class _TensorRef:
     """A tensor as the pickle describes it; materialised into numpy after all storages are read."""
 
-    storage: _Storage | _StorageView
+    storage: _StorageView
     offset: int
     size: tuple[int, ...]
     stride: tuple[int, ...]
 
 
 def _rebuild_tensor_v2(  # noqa: PLR0917 (torch's own positional signature)
-    storage: _Storage | _StorageView,
+    storage: _StorageView,
     storage_offset: int,
     size: tuple[int, ...],
     stride: tuple[int, ...],
@@ -103,7 +103,7 @@ def _rebuild_tensor_v2(  # noqa: PLR0917 (torch's own positional signature)
     backward_hooks: object = None,
     metadata: object = None,
 ) -> _TensorRef:
-    if not isinstance(storage, _Storage | _StorageView):
+    if not isinstance(storage, _StorageView):
         raise pickle.UnpicklingError("tensor rebuilt from something that is not a storage")
     return _TensorRef(
         storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride)
@@ -146,7 +146,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f"refusing to load {module}.{name}: only plain state dicts of tensors are accepted"
             ) from None
 
-    def persistent_load(self, pid: Any) -> _Storage | _StorageView:
+    def persistent_load(self, pid: Any) -> _StorageView:
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
         storage_type, key, _location, numel = pid[1:5]
@@ -161,7 +161,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             )
             self._storages[key] = storage
         if view_metadata is None:
-            return storage
+            return _StorageView(storage)
         _view_key, view_offset, view_size = view_metadata
         return _StorageView(storage, int(view_offset), int(view_size))
 
@@ -171,15 +171,15 @@ def _load_plain_pickle(fh: IO[bytes]) -> Any:
     return _RestrictedUnpickler(fh, {}).load()
 
 
-def _storage_array(ref: _Storage | _StorageView) -> np.ndarray:
-    base = ref.base if isinstance(ref, _StorageView) else ref
-    if base.data is None:
-        raise CheckpointError(f"storage {base.key!r} has no data")
-    if isinstance(ref, _StorageView):
-        if ref.offset < 0 or ref.offset + ref.numel > base.data.size:
-            raise CheckpointError(f"storage view of {base.key!r} lies outside its storage")
-        return base.data[ref.offset : ref.offset + ref.numel]
-    return base.data
+def _storage_array(ref: _StorageView) -> np.ndarray:
+    data = ref.base.data
+    if data is None:
+        raise CheckpointError(f"storage {ref.base.key!r} has no data")
+    if ref.numel is None:
+        return data
+    if ref.offset < 0 or ref.offset + ref.numel > data.size:
+        raise CheckpointError(f"storage view of {ref.base.key!r} lies outside its storage")
+    return data[ref.offset : ref.offset + ref.numel]
 
 
 def _materialise(name: str, ref: _TensorRef) -> np.ndarray:
@@ -204,8 +204,7 @@ def _materialise(name: str, ref: _TensorRef) -> np.ndarray:
             writeable=False,
         )
         out = np.array(view, copy=True, order="C")
-    base = ref.storage.base if isinstance(ref.storage, _StorageView) else ref.storage
-    if base.bfloat16:
+    if ref.storage.base.bfloat16:
         out = (out.astype(np.uint32) << 16).view(np.float32)
     return out.astype(out.dtype.newbyteorder("="), copy=False)
 

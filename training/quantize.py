@@ -7,8 +7,9 @@
    calibration) measure the agreement.
 2. **Quantize** — ``onnxruntime.quantization.quantize_static`` on the fp32 ``model.onnx`` in QDQ format:
    int8 weights per output channel, uint8 activations with ranges from the calibration photos
-   (``minmax``, ``percentile`` or ``entropy``); node types in ``keep_fp32`` (by default the final
-   L2 normalisation) stay in float.
+   (``minmax``, ``percentile`` or ``entropy``), after the graph's preparation
+   (:mod:`training.quantize_graph`): BatchNorm folded into the convolutions; the stem
+   (``float_head_convs``) and the final L2 normalisation (``float_tail``) stay in float.
 3. **Agreement** — the evaluation photos' clean views are the gallery, one strongly distorted view of
    each (:func:`training.evaluate.distort`) the queries. Both models embed both; recorded are the
    cosine between the twins' query vectors (min / mean) and the overlap of each query's top-10 gallery
@@ -24,8 +25,6 @@ No TensorFlow here: onnx, onnxruntime, numpy and Pillow only.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embedder.manifest import MODEL_FILE, ModelManifest, read_manifest, write_manifest
 from embedder.preprocess import ImageDecodeError, preprocess_file
+from training.publish import publish_folder, staging_folder
+from training.quantize_graph import float_head_nodes, float_tail_nodes, fold_conv_affine
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,11 @@ class Int8Settings(BaseSettings):
     )
     method: Method = Field(default="minmax", description="activation range calibration")
     percentile: float = Field(default=99.999, gt=90, le=100, description="for method=percentile")
+    float_head_convs: int = Field(
+        default=3,
+        ge=0,
+        description="leading convolutions left in float (Lite's stem and first block; float_head_nodes)",
+    )
     float_tail: bool = Field(
         default=True,
         description="leave the nodes after the last Conv/MatMul/pooling (the L2 normalisation) in float",
@@ -213,99 +219,6 @@ def measure_agreement(
     )
 
 
-def fold_conv_affine(model: Any) -> int:
-    """Fold per-channel ``Mul`` / ``Add`` constants that follow a Conv into its weights and bias, in place.
-
-    tf2onnx leaves the BatchNorm after Lite's depthwise convolutions as Mul + Add, and onnxruntime's own
-    fusions skip them. Quantized unfolded, the Conv's output is one uint8 range shared by channels that
-    the BatchNorm scale then sets 100× apart — cosine to fp32 falls to 0.8. Returns the folds made.
-    """
-    from onnx import numpy_helper
-
-    graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    graph_outputs = {o.name for o in graph.output}
-    folds = 0
-    removed: set[int] = set()
-    for conv in list(graph.node):
-        if conv.op_type != "Conv" or len(conv.input) < 2 or conv.input[1] not in inits:
-            continue
-        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float32)
-        channels = weight.shape[0]
-        bias = (
-            numpy_helper.to_array(inits[conv.input[2]]).astype(np.float32)
-            if len(conv.input) > 2 and conv.input[2] in inits
-            else np.zeros(channels, np.float32)
-        )
-        changed = False
-        while True:
-            out = conv.output[0]
-            users = consumers.get(out, [])
-            if len(users) != 1 or out in graph_outputs or users[0].op_type not in ("Mul", "Add"):
-                break
-            nxt = users[0]
-            others = [name for name in nxt.input if name != out]
-            if len(others) != 1 or others[0] not in inits:
-                break
-            const = numpy_helper.to_array(inits[others[0]]).astype(np.float32)
-            if const.size not in (1, channels) or (
-                const.size == channels
-                and const.ndim > 1
-                and const.shape[-3:] != (channels, 1, 1)[-const.ndim :]
-            ):
-                break
-            values = np.broadcast_to(const.reshape(-1), (channels,))
-            if nxt.op_type == "Mul":
-                weight = weight * values.reshape(-1, *([1] * (weight.ndim - 1)))
-                bias = bias * values
-            else:
-                bias = bias + values
-            conv.output[0] = nxt.output[0]
-            consumers[nxt.output[0]] = consumers.get(nxt.output[0], [])
-            removed.add(id(nxt))
-            folds += 1
-            changed = True
-        if changed:
-            w_name, b_name = f"{conv.name}_folded_w", f"{conv.name}_folded_b"
-            graph.initializer.extend(
-                [
-                    numpy_helper.from_array(weight, w_name),
-                    numpy_helper.from_array(bias.astype(np.float32), b_name),
-                ]
-            )
-            del conv.input[1:]
-            conv.input.extend([w_name, b_name])
-    if removed:
-        kept = [node for node in graph.node if id(node) not in removed]
-        del graph.node[:]
-        graph.node.extend(kept)
-        used = {name for node in graph.node for name in node.input}
-        unused = [init for init in graph.initializer if init.name not in used]
-        for init in unused:
-            graph.initializer.remove(init)
-    return folds
-
-
-TAIL_START_OPS = frozenset({"Conv", "MatMul", "Gemm", "GlobalAveragePool"})
-
-
-def float_tail_nodes(model_path: Path) -> list[str]:
-    """Names of the nodes after the last Conv / MatMul / Gemm / pooling: the output normalisation.
-
-    Quantized, its squares and reciprocal lose most of their precision for nothing: it is a handful of
-    operations on one vector per photo.
-    """
-    import onnx
-
-    nodes = list(onnx.load(str(model_path), load_external_data=False).graph.node)
-    last = max((i for i, node in enumerate(nodes) if node.op_type in TAIL_START_OPS), default=len(nodes))
-    return [node.name for node in nodes[last + 1 :]]
-
-
 def quantize_onnx(
     fp32_path: Path, int8_path: Path, calibration: np.ndarray, settings: Int8Settings
 ) -> dict[str, Any]:
@@ -334,7 +247,8 @@ def quantize_onnx(
         onnx.save(proto, str(prepared))
     except Exception as exc:
         raise QuantizationError(f"onnxruntime could not prepare {fp32_path} for quantization: {exc}") from exc
-    excluded = float_tail_nodes(prepared) if settings.float_tail else []
+    excluded = float_head_nodes(prepared, settings.float_head_convs)
+    excluded += float_tail_nodes(prepared) if settings.float_tail else []
     extra: dict[str, Any] = {"CalibMovingAverage": False}
     if settings.method == "percentile":
         extra["CalibPercentile"] = settings.percentile
@@ -362,6 +276,7 @@ def quantize_onnx(
         "method": settings.method,
         **({"percentile": settings.percentile} if settings.method == "percentile" else {}),
         "folded_into_conv": folds,
+        "float_head_convs": settings.float_head_convs,
         "float_nodes": excluded,
         "prepared": "onnxruntime.quantization.quant_pre_process (graph optimisations, shape inference)",
         "tool": f"onnxruntime.quantization {ort.__version__}",
@@ -399,8 +314,7 @@ def quantize_model(
         len(gallery_images),
     )
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{fp32.name}-int8-", dir=out))
-    try:
+    with staging_folder(out, f"{fp32.name}-int8") as staging:
         numerics = quantize_onnx(fp32_folder / MODEL_FILE, staging / MODEL_FILE, calibration, settings)
         ref, cand = _session(fp32_folder / MODEL_FILE), _session(staging / MODEL_FILE)
         agreement = measure_agreement(
@@ -443,11 +357,9 @@ def quantize_model(
                 },
             },
         )
-        final = out / f"{manifest.name}-{manifest.version}"
-        if final.exists():
-            log.info("int8 model %s already at %s; keeping it", manifest.version, final)
+        final, new = publish_folder(staging, out, manifest)
+        if not new:
             return final
-        staging.rename(final)
         log.info(
             "int8 twin %s of %s: %s; %.0f s → %s",
             manifest.version,
@@ -457,6 +369,3 @@ def quantize_model(
             final,
         )
         return final
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)

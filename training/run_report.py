@@ -2,9 +2,10 @@
 
 :func:`write_report` writes ``evaluation.md`` / ``evaluation.json``; :func:`plot_embedding_map` (PCA
 of the gallery per model, coloured by category) and :func:`plot_curves` the PNGs next to them;
-:func:`compare_with_raw` pairs every model with the raw backbone query by query; :func:`manifest_metrics`
-flattens the evaluation into the ``test/…``, ``raw/…`` and ``validation/…`` keys of the exported
-manifest; :func:`copy_report` puts the report and pictures into the model folder's ``report/``.
+:func:`compare_with_raw` pairs every model with the raw backbone query by query, :func:`verdict_table`
+shows the match verdict's rates; :func:`manifest_metrics` flattens the evaluation into the ``test/…``,
+``raw/…`` and ``validation/…`` keys of the exported manifest; :func:`copy_report` puts the report and
+pictures into the model folder's ``report/``.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from training.evaluate import (
     METRIC_LABELS,
     PRECISION_AT,
     RECALL_AT,
+    VERDICT_GOALS,
     PairedDelta,
     RetrievalScores,
+    VerdictRates,
     category_hits,
     paired_delta,
     recipe_ranks,
@@ -92,43 +95,32 @@ def compare_with_raw(
     reference: str = "raw",
 ) -> list[PairedDelta]:
     """Every model minus ``reference`` on the same queries: R@1 per query level, cat P@5 once."""
-    out: list[PairedDelta] = []
     models = [name for name in gallery if name != reference]
+
+    def against_reference(
+        per_model: dict[str, np.ndarray], groups: np.ndarray, metric: str, distortion: str
+    ) -> list[PairedDelta]:
+        ref = per_model[reference]
+        return [
+            paired_delta(
+                per_model[n], ref, groups, metric=metric, model=n, reference=reference, distortion=distortion
+            )
+            for n in models
+        ]
+
+    out: list[PairedDelta] = []
     for level, (_, query_photo) in query_sets.items():
         recipe = photos.photo_recipe[query_photo]
         hits = {
             name: recipe_ranks(query_emb[name][level], recipe, gallery[name], photos.photo_recipe) == 0
             for name in gallery
         }
-        out += [
-            paired_delta(
-                hits[n],
-                hits[reference],
-                query_photo,
-                metric="recall@1",
-                model=n,
-                reference=reference,
-                distortion=level,
-            )
-            for n in models
-        ]
+        out += against_reference(hits, query_photo, "recall@1", level)
     if categories is not None and (categories[held_out] >= 0).any():
         shares = {
             name: category_hits(gallery[name], photos.photo_recipe, categories, held_out) for name in gallery
         }
-        groups = held_out[categories[held_out] >= 0]
-        out += [
-            paired_delta(
-                shares[n],
-                shares[reference],
-                groups,
-                metric="category_p@5",
-                model=n,
-                reference=reference,
-                distortion="clean",
-            )
-            for n in models
-        ]
+        out += against_reference(shares, held_out[categories[held_out] >= 0], "category_p@5", "clean")
     return out
 
 
@@ -140,13 +132,21 @@ def manifest_metrics(
     model: str,
     headline: str,
     split_recipes: dict[str, int],
+    verdict: Mapping[str, VerdictRates] | None = None,
 ) -> dict[str, Any]:
-    """The evaluation as flat manifest keys: ``test/…`` (of ``model``), ``raw/…``, ``validation/…``."""
+    """The evaluation as flat manifest keys: ``test/…`` (of ``model``), ``raw/…``, ``validation/…``.
+
+    The verdict's rates go under ``test/food_not_none``, ``raw/nonfood_none`` and the like.
+    """
     metrics: dict[str, Any] = {"headline_queries": headline, "split_recipes": split_recipes}
+    rows = (("test", model), ("raw", "raw"))
     for key, r in results.items():
         name, _, level = key.partition("@")
-        for prefix in [p for p, row in (("test", model), ("raw", "raw")) if row == name]:
+        for prefix in [p for p, row in rows if row == name]:
             metrics.update({f"{prefix}/{level + '/' if level else ''}{k}": v for k, v in r.flat().items()})
+    for prefix, row in rows:
+        if verdict and row in verdict:
+            metrics.update({f"{prefix}/{k}": v for k, v in verdict[row].flat().items()})
     for c in comparisons:
         if c.model == model:
             level = "" if c.distortion in (headline, "clean") else f"{c.distortion}/"
@@ -253,6 +253,42 @@ def comparison_table(comparisons: Sequence[PairedDelta]) -> list[str]:
     return lines
 
 
+def verdict_line(verdict: Mapping[str, VerdictRates]) -> str:
+    """One line: each model's food-not-none and non-food-none rates in percent."""
+    return "; ".join(
+        f"{name} food not none {_pct(v.food_not_none)} % · non-food none {_pct(v.nonfood_none)} %"
+        for name, v in verdict.items()
+    )
+
+
+def verdict_table(verdict: Mapping[str, VerdictRates]) -> list[str]:
+    """Markdown lines: the match verdict's two rates per model, against their goals."""
+    if not verdict:
+        return []
+    first = next(iter(verdict.values()))
+    food, nonfood = (f"{100 * VERDICT_GOALS[k]:.0f} %" for k in ("food_not_none", "nonfood_none"))
+    lines = [
+        "",
+        "## Match verdict",
+        "",
+        f"| model | food not none (goal ≥ {food}) | non-food none (goal ≥ {nonfood}) | goals |",
+        "|---|---|---|---|",
+    ]
+    for name, v in verdict.items():
+        goals = "met" if v.meets_goals() else "NOT met"
+        lines.append(f"| {name} | {_pct(v.food_not_none)} | {_pct(v.nonfood_none)} | {goals} |")
+    lines += [
+        "",
+        "Verdict of indexer/calibration.py, calibrated as a build does (verdict_rates): of the "
+        f"{first.food_queries} distorted held-out queries, those of every other held-out recipe fit the "
+        f"thresholds (with the build's reference bank of {first.bank} generated non-food pictures) and the "
+        f"others check them; non-food: {first.nonfood_queries} pictures of the test family of "
+        "indexer/nonfood.py (scikit-image's real photos, generated pictures of another seed range), "
+        "disjoint from the bank.",
+    ]
+    return lines
+
+
 def markdown_report(
     results: Mapping[str, RetrievalScores],
     *,
@@ -260,6 +296,7 @@ def markdown_report(
     notes: Sequence[str] = (),
     targets: str = "",
     comparisons: Sequence[PairedDelta] = (),
+    verdict: Mapping[str, VerdictRates] | None = None,
 ) -> str:
     """A Markdown table: one row per model and query distortion, figures in percent."""
     cols = (
@@ -280,6 +317,7 @@ def markdown_report(
             f"over {first.category_queries} clean held-out photos.",
         ]
     lines += comparison_table(comparisons)
+    lines += verdict_table(verdict or {})
     if targets:
         lines += ["", targets]
     lines += [f"- {n}" for n in notes]
@@ -295,18 +333,22 @@ def write_report(
     notes: Sequence[str] = (),
     targets: str = "",
     comparisons: Sequence[PairedDelta] = (),
+    verdict: Mapping[str, VerdictRates] | None = None,
 ) -> tuple[Path, Path]:
     """``evaluation.json`` and ``evaluation.md`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "models": {name: {**asdict(r), "flat": r.flat()} for name, r in results.items()},
         "comparisons": [{**asdict(c), "verdict": c.verdict} for c in comparisons],
+        "match_verdict": {name: asdict(v) for name, v in (verdict or {}).items()},
         **(extra or {}),
     }
     json_path = out_dir / "evaluation.json"
     json_path.write_text(json.dumps(payload, indent=2, default=str))
     md_path = out_dir / "evaluation.md"
     md_path.write_text(
-        markdown_report(results, title=title, notes=notes, targets=targets, comparisons=comparisons)
+        markdown_report(
+            results, title=title, notes=notes, targets=targets, comparisons=comparisons, verdict=verdict
+        )
     )
     return json_path, md_path

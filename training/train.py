@@ -1,12 +1,13 @@
 """One training run, as named stages: catalogue → photos → split → phase 1 → phase 2 → evaluation → export.
 
-:func:`run` reads top to bottom as the stages it calls, each on one :class:`Run` (the config, the
-data, the networks, the run folder, the timer):
+:func:`run` reads top to bottom as the stages it calls, each on one :class:`~training.run_state.Run` (the
+config, the data, the networks, the run folder, the timer):
 
 1. :func:`~training.dataset.prepare_data` — read and check the catalogue, decode its photos, split recipes;
 2. :func:`~training.fitting.build_networks` — the model and its halves around the pooling layer;
 3. :func:`~training.features.pretrained_features` — the frozen backbone's pooled features of the clean
-   photos and of the evaluation's distorted queries, before any training (the raw backbone's row);
+   photos, of the evaluation's distorted queries and of the match verdict's non-food pictures, before
+   any training (the raw backbone's row);
 4. :func:`train_head` (phase 1) — ``cache_views − 1`` augmented views per training photo join the
    feature cache, the head starts as a linear map fitted to it (``head_init``, :mod:`training.heads`),
    and trains on triplets of cached features, so an epoch costs a few dense layers instead of 3P
@@ -15,8 +16,9 @@ data, the networks, the run folder, the timer):
    (BatchNorm kept frozen) train with the head at a lower learning rate on activations cached at the
    unfreeze boundary (:mod:`training.activation_cache`; computed before phase 1, whose pooled-feature
    cache then comes from the same backbone pass);
-6. :func:`evaluate_run` — raw backbone, the head at init and the trained model on the same queries,
-   each compared with raw query by query (:func:`training.run_report.compare_with_raw`);
+6. :func:`~training.run_evaluation.evaluate_run` — raw backbone, the head at init and the trained model
+   on the same queries, each compared with raw query by query
+   (:func:`training.run_report.compare_with_raw`), and the match verdict's rates of raw and the model;
 7. :func:`export_run` — ONNX + parity check + manifest with the flattened figures; the report is copied
    into the model folder.
 
@@ -28,44 +30,31 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from indexer.catalog import CatalogError
-from training.activation_cache import (
-    ActivationCache,
-    BoundarySplit,
-    activation_triplets,
-    build_activation_cache,
-    build_slot_triplet_model,
-    pooled_features_from_cache,
-    rendered_activation_triplets,
-    split_at_unfreeze_boundary,
-)
+from training import activation_cache as act
+from training.activation_cache import ActivationCache, BoundarySplit
 from training.data import TripletSampler, feature_triplets
-from training.dataset import PreparedData, prepare_data
-from training.evaluate import PairedDelta, RetrievalScores, score
+from training.dataset import prepare_data
+from training.evaluate import RetrievalScores, VerdictRates
 from training.features import (
     PretrainedFeatures,
-    Reference,
-    chunks,
-    embed_batches,
     inference_fn,
     pooled_feature_cache,
     pretrained_features,
     reference_features,
-    unit,
 )
 from training.fitting import (
     BACKBONE_LAYER,
-    Networks,
     build_networks,
     build_triplet_model,
     fit_phase,
@@ -74,19 +63,11 @@ from training.fitting import (
 )
 from training.heads import init_head
 from training.presets import TrainConfig
-from training.run_report import (
-    compare_with_raw,
-    copy_report,
-    manifest_metrics,
-    plot_curves,
-    plot_embedding_map,
-    targets_line,
-    write_report,
-)
+from training.run_evaluation import HEAD_INIT_ROW, Evaluation, evaluate_run
+from training.run_report import copy_report, manifest_metrics, plot_curves
+from training.run_state import Run, StageTimer, Training
 
 log = logging.getLogger(__name__)
-
-HEAD_INIT_ROW = "head at init (untrained)"
 
 
 @dataclass
@@ -99,54 +80,7 @@ class RunResult:
     validation: dict[str, float]
     timings: dict[str, float]
     history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
-
-
-class StageTimer:
-    """Wall seconds per stage, under the keys ``timings.json`` and ``bench/train.py`` read."""
-
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, key: str) -> Iterator[None]:
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t
-
-
-@dataclass
-class Run:
-    """What every stage of one run reads: the config, the data, the networks, the folders, the timer."""
-
-    config: TrainConfig
-    catalog_path: Path
-    out_dir: Path
-    run_dir: Path
-    data: PreparedData
-    nets: Networks
-    timer: StageTimer
-    progress: bool
-
-
-@dataclass
-class Training:
-    """What the phases produced: history, validation figures, the head-at-init embeddings."""
-
-    history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
-    validation: dict[str, float] = field(default_factory=dict)
-    head_init: tuple[np.ndarray, dict[str, np.ndarray]] | None = None  # (gallery, level → queries)
-    backbone_trained: bool = False
-
-
-@dataclass
-class Evaluation:
-    """Scores per model row (``name`` or ``name@level``) and the paired comparisons with raw."""
-
-    results: dict[str, RetrievalScores]
-    comparisons: list[PairedDelta]
-    headline: str
+    verdict: dict[str, VerdictRates] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -163,6 +97,31 @@ def start_run_folder(config: TrainConfig, out_dir: Path) -> Path:
     return run_dir
 
 
+def _fit(
+    run: Run,
+    outcome: Training,
+    phase: Literal["phase1", "phase2"],
+    triplet: keras.Model,
+    batches: Callable[[TripletSampler, bool], tf.data.Dataset],
+    *,
+    views: int,
+) -> None:
+    """One phase through :func:`~training.fitting.fit_phase`: its history and validation into ``outcome``."""
+    outcome.history[phase], outcome.validation = fit_phase(
+        phase,
+        triplet,
+        batches,
+        config=run.config,
+        settings=run.config.phase1 if phase == "phase1" else run.config.phase2,
+        photos=run.data.photos,
+        recipes=run.data.recipes,
+        views=views,
+        run_dir=run.run_dir,
+        strategy=run.nets.strategy,
+        progress=run.progress,
+    )
+
+
 def train_head(
     run: Run,
     raw: PretrainedFeatures,
@@ -177,7 +136,7 @@ def train_head(
     config, data, nets = run.config, run.data, run.nets
     with run.timer("phase1_cache_s"):
         if activations is not None and activations[1].values.shape[1] >= config.cache_views:
-            cache = pooled_features_from_cache(*activations, data.photos, raw.clean, config.cache_views)
+            cache = act.pooled_features_from_cache(*activations, data.photos, raw.clean, config.cache_views)
         else:
             cache = pooled_feature_cache(
                 config,
@@ -195,22 +154,14 @@ def train_head(
             outcome.head_init = (np.asarray(head_fn(tf.constant(raw.clean))), queries)
         with nets.strategy.scope():
             head_triplet = build_triplet_model(nets.head, name="head_triplet")
-        outcome.history["phase1"], outcome.validation = fit_phase(
+        _fit(
+            run,
+            outcome,
             "phase1",
             head_triplet,
             lambda sampler, training: feature_triplets(sampler, cache, training=training, seed=config.seed),
-            config=config,
-            settings=config.phase1,
-            photos=data.photos,
-            recipes=data.recipes,
             views=config.cache_views,
-            run_dir=run.run_dir,
-            strategy=nets.strategy,
-            progress=run.progress,
         )
-    run.timer.timings["phase1_epoch_s"] = run.timer.timings["phase1_fit_s"] / max(
-        1, len(outcome.history["phase1"])
-    )
 
 
 def fine_tune(run: Run, split: BoundarySplit, cache: ActivationCache | None, outcome: Training) -> None:
@@ -219,11 +170,13 @@ def fine_tune(run: Run, split: BoundarySplit, cache: ActivationCache | None, out
     From the activation cache when there is one, else rendering the views and running the frozen
     layers at every step: the same batches, views and model either way.
     """
-    config, data, nets = run.config, run.data, run.nets
+    config, nets = run.config, run.nets
     with run.timer("phase2_fit_s"):
         with nets.strategy.scope():
             unfrozen = unfreeze_top(nets.model.get_layer(BACKBONE_LAYER), config.unfreeze_layers)
-            triplet = build_slot_triplet_model(split.upper, gallery_gradient=config.phase2_gallery_gradient)
+            triplet = act.build_slot_triplet_model(
+                split.upper, gallery_gradient=config.phase2_gallery_gradient
+            )
         log.info(
             "phase 2: %d backbone layers with weights unfrozen (BatchNorm frozen), %s",
             unfrozen,
@@ -232,132 +185,19 @@ def fine_tune(run: Run, split: BoundarySplit, cache: ActivationCache | None, out
 
         def batches(sampler: TripletSampler, training: bool) -> tf.data.Dataset:
             if cache is not None:
-                return activation_triplets(
+                return act.activation_triplets(
                     sampler,
                     cache,
                     training=training,
                     seed=config.seed,
                     gallery_gradient=config.phase2_gallery_gradient,
                 )
-            return rendered_activation_triplets(sampler, split, config, training=training, seed=config.seed)
-
-        outcome.history["phase2"], outcome.validation = fit_phase(
-            "phase2",
-            triplet,
-            batches,
-            config=config,
-            settings=config.phase2,
-            photos=data.photos,
-            recipes=data.recipes,
-            views=config.phase2_views,
-            run_dir=run.run_dir,
-            strategy=nets.strategy,
-            progress=run.progress,
-        )
-    run.timer.timings["phase2_epoch_s"] = run.timer.timings["phase2_fit_s"] / max(
-        1, len(outcome.history["phase2"])
-    )
-    outcome.backbone_trained = True
-
-
-def _embeddings(
-    run: Run, raw: PretrainedFeatures, outcome: Training, reference: Reference | None
-) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
-    """Gallery and query embeddings per model row: raw, the reference, the head at init, the model."""
-    config, photos, nets = run.config, run.data.photos, run.nets
-    gallery: dict[str, np.ndarray] = {"raw": unit(raw.clean)}
-    queries = {"raw": {k: unit(v) for k, v in raw.query_features.items()}}
-    if reference is not None:
-        gallery[reference.row], queries[reference.row] = reference.gallery, reference.queries
-    if outcome.head_init is not None:
-        gallery[HEAD_INIT_ROW], queries[HEAD_INIT_ROW] = outcome.head_init
-    if config.train and outcome.backbone_trained:
-        model_fn = inference_fn(nets.model)
-        gallery[config.preset] = embed_batches(
-            model_fn, chunks(photos.images), len(photos), "embed gallery (trained)", run.progress
-        )
-        queries[config.preset] = {
-            level: embed_batches(
-                model_fn, chunks(q), len(q), f"embed {level} queries (trained)", run.progress
+            return act.rendered_activation_triplets(
+                sampler, split, config, training=training, seed=config.seed
             )
-            for level, (q, _) in raw.query_sets.items()
-        }
-    elif config.train:
-        head_fn = inference_fn(nets.head)
-        gallery[config.preset] = np.asarray(head_fn(tf.constant(raw.clean)))
-        queries[config.preset] = {
-            level: np.asarray(head_fn(tf.constant(f))) for level, f in raw.query_features.items()
-        }
-    return gallery, queries
 
-
-def evaluate_run(
-    run: Run, raw: PretrainedFeatures, outcome: Training, reference: Reference | None = None
-) -> Evaluation:
-    """Raw backbone vs this model on the same distorted queries and gallery; writes the report."""
-    config, data = run.config, run.data
-    photos = data.photos
-    gallery, query_emb = _embeddings(run, raw, outcome, reference)
-    categories = photos.photo_categories() if photos.has_categories else None
-    headline = config.evaluation.distortions[0]
-    results = {
-        (name if level == headline else f"{name}@{level}"): score(
-            queries=query_emb[name][level],
-            query_recipe=photos.photo_recipe[query_photo],
-            gallery=gallery[name],
-            gallery_recipe=photos.photo_recipe,
-            gallery_category=categories,
-            held_out=raw.held_out,
-            distortion=level,
-            query_groups=query_photo,
-        )
-        for level, (_, query_photo) in raw.query_sets.items()
-        for name in gallery
-    }
-    comparisons = [
-        delta
-        for ref in ["raw", *([reference.row] if reference else [])]
-        for delta in compare_with_raw(
-            gallery,
-            query_emb,
-            raw.query_sets,
-            photos=photos,
-            categories=categories,
-            held_out=raw.held_out,
-            reference=ref,
-        )
-    ]
-    plot_embedding_map(
-        gallery,
-        photos.photo_categories(),
-        photos.categories,
-        run.run_dir / "embedding_map.png",
-        max_points=config.evaluation.map_points,
-        seed=config.seed,
-    )
-    counts = {name: len(ids) for name, ids in data.recipes.items()}
-    write_report(
-        run.run_dir,
-        results,
-        title=f"recipelens evaluation — preset {config.preset}",
-        extra={
-            "preset": config.preset,
-            "catalog": str(run.catalog_path),
-            "split_recipes": counts,
-            "photos": len(photos),
-            "validation": outcome.validation,
-            "timings": run.timer.timings,
-        },
-        targets=targets_line(outcome.validation),
-        notes=[
-            f"catalogue {run.catalog_path}: {len(photos)} photos; recipes per split {counts}; "
-            f"queries from the {config.evaluation.split} split"
-        ],
-        comparisons=comparisons,
-    )
-    for name, r in results.items():
-        log.info("%s: %s", name, ", ".join(f"{k} {v:.3f}" for k, v in r.flat().items()))
-    return Evaluation(results, comparisons, headline)
+        _fit(run, outcome, "phase2", triplet, batches, views=config.phase2_views)
+    outcome.backbone_trained = True
 
 
 def export_run(run: Run, evaluation: Evaluation, outcome: Training, *, parity_count: int) -> Path:
@@ -375,6 +215,7 @@ def export_run(run: Run, evaluation: Evaluation, outcome: Training, *, parity_co
         model=config.preset if config.train else "raw",
         headline=evaluation.headline,
         split_recipes={name: len(ids) for name, ids in run.data.recipes.items()},
+        verdict=evaluation.verdict,
     )
     picks = np.linspace(0, len(photos) - 1, min(parity_count, len(photos))).astype(int)
     return export_model(
@@ -421,10 +262,10 @@ def run(
     outcome = Training()
     split, activations = None, None
     if config.train and config.phase2.epochs > 0:
-        split = split_at_unfreeze_boundary(ctx.nets.model, config.unfreeze_layers)
+        split = act.split_at_unfreeze_boundary(ctx.nets.model, config.unfreeze_layers)
         if config.phase2_cache:
             with timer("phase2_cache_s"):
-                activations = build_activation_cache(
+                activations = act.build_activation_cache(
                     split,
                     config,
                     data.photos,
@@ -437,6 +278,8 @@ def run(
         train_head(ctx, raw, outcome, (split, activations) if split and activations else None)
     if split is not None:
         fine_tune(ctx, split, activations, outcome)
+    for phase, epochs in outcome.history.items():
+        timer.timings[f"{phase}_epoch_s"] = timer.timings[f"{phase}_fit_s"] / max(1, len(epochs))
     if outcome.history:
         (run_dir / "history.json").write_text(json.dumps(outcome.history, indent=1))
         plot_curves(outcome.history, run_dir / "training_curves.png")
@@ -451,7 +294,13 @@ def run(
     (run_dir / "timings.json").write_text(json.dumps(timer.timings, indent=1))
     log.info("exported %s in %.0f s total", model_dir, timer.timings["total_s"])
     return RunResult(
-        model_dir, run_dir, evaluation.results, outcome.validation, timer.timings, outcome.history
+        model_dir,
+        run_dir,
+        evaluation.results,
+        outcome.validation,
+        timer.timings,
+        outcome.history,
+        evaluation.verdict,
     )
 
 

@@ -86,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from indexer.catalog import CatalogError
     from training.backbones import BackboneWeightsError
     from training.export import ExportError
+    from training.run_report import verdict_line
     from training.split import EmptySplitError
     from training.train import run
 
@@ -104,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report.read_text())
     print(f"run folder: {result.run_dir}")
     print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    print(f"match verdict: {verdict_line(result.verdict)} (goals ≥ 95 % · ≥ 90 %)")
     print(result.model_dir)
     return _int8_twin(result.model_dir, args.catalog, args.out) if args.int8 else 0
 

@@ -7,6 +7,7 @@ triplet accuracy ≥ 85 %, positive similarity ≥ 0.75 and negative similarity 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -14,93 +15,39 @@ import tensorflow as tf
 
 from training.losses import triplet_distances
 
-
-def _distances(y_true: tf.Tensor, y_pred: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return triplet_distances(y_true, y_pred, "random")
-
-
-def triplet_accuracy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-    """1 where the positive is closer to the anchor than the negative."""
-    d_ap, d_an = _distances(y_true, y_pred)
-    return tf.cast(d_ap < d_an, tf.float32)
+# figure → its per-row value from (d(a,p), d(a,n), margin)
+_FIGURES: dict[str, Callable[[tf.Tensor, tf.Tensor, float], tf.Tensor]] = {
+    "triplet_accuracy": lambda d_ap, d_an, _: tf.cast(d_ap < d_an, tf.float32),
+    "triplet_margin_accuracy": lambda d_ap, d_an, margin: tf.cast(d_ap + margin < d_an, tf.float32),
+    "pos_similarity": lambda d_ap, _, __: 1.0 - d_ap,  # cosine similarity of anchor and positive
+    "neg_similarity": lambda _, d_an, __: 1.0 - d_an,  # cosine similarity of anchor and negative
+}
 
 
-def positive_similarity(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-    """Cosine similarity of anchor and positive."""
-    d_ap, _ = _distances(y_true, y_pred)
-    return 1.0 - d_ap
+@keras.saving.register_keras_serializable(package="recipelens")
+class TripletMetric(keras.metrics.MeanMetricWrapper):
+    """Mean over the batch's rows of one figure of their (anchor, positive, negative) distances.
 
+    ``figure``: ``triplet_accuracy`` (share with d(a,p) < d(a,n)), ``triplet_margin_accuracy`` (share
+    with d(a,p) + margin < d(a,n): the rows the loss no longer pushes), ``pos_similarity`` /
+    ``neg_similarity`` (average cosine similarity of anchor and positive / negative).
+    """
 
-def negative_similarity(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-    """Cosine similarity of anchor and negative."""
-    _, d_an = _distances(y_true, y_pred)
-    return 1.0 - d_an
-
-
-class _TripletMean(keras.metrics.MeanMetricWrapper):
-    """Mean over rows of a per-row figure of (anchor, positive, negative) distances."""
-
-    default_name = ""
-
-    def __init__(self, name: str | None = None, **kwargs: Any):
+    def __init__(self, figure: str, margin: float = 0.0, name: str | None = None, **kwargs: Any):
+        if figure not in _FIGURES:
+            raise ValueError(f"unknown triplet figure {figure!r}; choose one of {', '.join(_FIGURES)}")
+        self.figure, self.margin = figure, float(margin)
         kwargs.pop("fn", None)
-        super().__init__(fn=self._per_row, name=name or self.default_name, **kwargs)
+        super().__init__(fn=self._per_row, name=name or figure, **kwargs)
 
     def _per_row(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        raise NotImplementedError
+        d_ap, d_an = triplet_distances(y_true, y_pred, "random")
+        return _FIGURES[self.figure](d_ap, d_an, self.margin)
 
     def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype}
-
-
-@keras.saving.register_keras_serializable(package="recipelens")
-class TripletAccuracy(_TripletMean):
-    """Share of rows with d(a,p) < d(a,n)."""
-
-    default_name = "triplet_accuracy"
-
-    def _per_row(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        return triplet_accuracy(y_true, y_pred)
-
-
-@keras.saving.register_keras_serializable(package="recipelens")
-class TripletMarginAccuracy(_TripletMean):
-    """Share of rows with d(a,p) + margin < d(a,n): the ones the loss no longer pushes."""
-
-    default_name = "triplet_margin_accuracy"
-
-    def __init__(self, margin: float = 0.3, name: str | None = None, **kwargs: Any):
-        self.margin = float(margin)
-        super().__init__(name=name, **kwargs)
-
-    def _per_row(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        d_ap, d_an = _distances(y_true, y_pred)
-        return tf.cast(d_ap + self.margin < d_an, tf.float32)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "margin": self.margin}
-
-
-@keras.saving.register_keras_serializable(package="recipelens")
-class PositiveSimilarity(_TripletMean):
-    """Average cosine similarity of anchor and positive."""
-
-    default_name = "pos_similarity"
-
-    def _per_row(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        return positive_similarity(y_true, y_pred)
-
-
-@keras.saving.register_keras_serializable(package="recipelens")
-class NegativeSimilarity(_TripletMean):
-    """Average cosine similarity of anchor and negative."""
-
-    default_name = "neg_similarity"
-
-    def _per_row(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        return negative_similarity(y_true, y_pred)
+        return {"name": self.name, "dtype": self.dtype, "figure": self.figure, "margin": self.margin}
 
 
 def triplet_metrics(margin: float) -> list[keras.metrics.Metric]:
     """The four per-epoch metrics, in the order the curves and reports show them."""
-    return [TripletAccuracy(), TripletMarginAccuracy(margin), PositiveSimilarity(), NegativeSimilarity()]
+    return [TripletMetric(figure, margin) for figure in _FIGURES]

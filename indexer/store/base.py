@@ -1,11 +1,12 @@
-"""The one store interface the indexer and the gateway use, and what travels through it.
+"""The one store interface the indexer and the gateway use, and (re-exported) what travels through it.
 
 Two back ends implement :class:`RecipeStore`: :class:`~indexer.store.edge.EdgeStore` (Qdrant Edge,
 in-process, on disk: the embedded default) and :class:`~indexer.store.server.ServerStore` (a Qdrant
 server through qdrant-client). This module imports neither: :func:`indexer.store.open_store` picks
 one from :class:`StoreSettings`. What both share (checks, guards, filters, grouping) is written here
-once as template methods over a few primitives per back end, which is why this module is longer than
-most: splitting the interface from its shared logic would only put the two halves side by side again.
+once as template methods over a few primitives per back end; the values, settings and errors that
+travel through it live in :mod:`indexer.store.records` and the filters in :mod:`indexer.store.filters`,
+both re-exported here so that callers import everything from the interface.
 
 Every collection records the model version and dimension that filled it and a ``complete`` flag;
 nothing writes or searches vectors of one model in a collection of another
@@ -17,16 +18,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field, SecretStr
 
 # The filters belong to this interface; they live in indexer.store.filters and are re-exported here.
 from indexer.store.filters import (
@@ -37,6 +34,27 @@ from indexer.store.filters import (
     ResolvedFilter,
     SearchFilter,
     Vocabulary,
+)
+
+# What travels through the interface lives in indexer.store.records; it is re-exported here.
+from indexer.store.records import (
+    DEFAULT_ALIAS,
+    KEYWORD_INDEXES,
+    CollectionBusy,
+    CollectionInfo,
+    CollectionNotFound,
+    ModelVersionMismatch,
+    PointQuery,
+    RecipeMatch,
+    RecipePoint,
+    RecipeResults,
+    StoreError,
+    StoreHit,
+    StoreNotFound,
+    StoreSettings,
+    check_vectors,
+    now_stamp,
+    point_id,
 )
 
 __all__ = [
@@ -53,6 +71,7 @@ __all__ = [
     "CollectionNotFound",
     "InvalidFilter",
     "ModelVersionMismatch",
+    "PointQuery",
     "RecipeMatch",
     "RecipePoint",
     "RecipeResults",
@@ -70,128 +89,7 @@ __all__ = [
     "point_id",
 ]
 
-# Namespace of the deterministic point ids: uuid5(namespace, "<recipe_id>/<image name>").
-POINT_NAMESPACE = uuid.UUID("6f1c1c2e-9a55-5d0e-8a51-7265636970c5")
-
-# Payload fields indexed (as keywords) when a collection is created, before any bulk load.
-KEYWORD_INDEXES: tuple[str, ...] = ("category", "ingredient_keywords", "recipe_id")
-
-DEFAULT_ALIAS = "recipes"
-
 log = logging.getLogger("indexer.store")
-
-
-class StoreError(RuntimeError):
-    """A store operation failed; the message names the collection and what to do."""
-
-
-class StoreNotFound(StoreError):
-    """No store where the settings point (a reader never creates one)."""
-
-
-class CollectionNotFound(StoreError):
-    """No collection of that name."""
-
-
-class CollectionBusy(StoreError):
-    """Another process is writing to that collection right now."""
-
-
-class ModelVersionMismatch(StoreError):
-    """Vectors of one model version met a collection filled by another."""
-
-    def __init__(self, collection: str, collection_version: str, given_version: str) -> None:
-        self.collection = collection
-        self.collection_version = collection_version
-        self.given_version = given_version
-        super().__init__(
-            f"model version mismatch: collection {collection!r} holds vectors of model "
-            f"{collection_version}, but the vectors given are of model {given_version}"
-        )
-
-
-def point_id(recipe_id: str, image_name: str) -> str:
-    """The deterministic point id of one photo of one recipe (UUIDv5), so a rerun never duplicates."""
-    return str(uuid.uuid5(POINT_NAMESPACE, f"{recipe_id}/{image_name}"))
-
-
-@dataclass(frozen=True)
-class RecipePoint:
-    """One photo of one recipe: its vector and the recipe's payload."""
-
-    id: str
-    vector: np.ndarray
-    payload: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class StoreHit:
-    id: str
-    score: float
-    payload: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class RecipeMatch:
-    """One recipe in a grouped search, at the rank and score of its best-matching photo."""
-
-    recipe_id: str
-    score: float
-    point_id: str  # the best-matching photo's point
-    payload: dict[str, Any]  # that photo's payload
-
-    @property
-    def matched_image(self) -> str:
-        """The name (or URL) of the photo that matched best, as stored in the payload."""
-        return str(self.payload.get("image", ""))
-
-
-@dataclass(frozen=True)
-class RecipeResults:
-    """A page of distinct recipes, and what the filter could not match (one sentence each)."""
-
-    hits: list[RecipeMatch]
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class CollectionInfo:
-    name: str
-    model_version: str
-    dimension: int
-    points_count: int
-    created_at: str
-    complete: bool
-    distance: str = "Cosine"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def status(self) -> str:
-        return "complete" if self.complete else "incomplete"
-
-
-class StoreSettings(BaseModel):
-    """Where the vectors live: one shape in every service's settings (``RECIPELENS_<SERVICE>_STORE__*``)."""
-
-    qdrant_url: str | None = Field(default=None, description="a Qdrant server; unset = Qdrant Edge at `path`")
-    qdrant_api_key: SecretStr | None = None
-    path: Path = Field(default=Path("var/qdrant"), description="Qdrant Edge folder (the embedded default)")
-    prefer_grpc: bool = True
-    shard_number: int | None = Field(default=None, ge=1)
-    replication_factor: int | None = Field(default=None, ge=1)
-    timeout_s: int = Field(default=60, ge=1, description="server request timeout")
-
-    def shown(self) -> dict[str, Any]:
-        """``store.<field>`` → value for a settings log line; the API key masked."""
-        values = self.model_dump()
-        if self.qdrant_api_key is not None:
-            values["qdrant_api_key"] = "**********"
-        return {f"store.{k}": v for k, v in values.items()}
-
-    def describe(self) -> str:
-        if self.qdrant_url:
-            return f"Qdrant server {self.qdrant_url} (grpc={'yes' if self.prefer_grpc else 'no'})"
-        return f"Qdrant Edge at {self.path}"
 
 
 class RecipeStore(ABC):
@@ -199,7 +97,8 @@ class RecipeStore(ABC):
 
     The checks and the search logic live here once (template methods); a back end implements the
     underscore primitives (``_exists``, ``_create``, ``_drop``, ``_upsert``, ``_query``, ``_facet``,
-    ``_set_alias``, …) and the plain reads.
+    ``_set_alias``, …) and the plain reads, and may replace a step (the server groups recipes with
+    Qdrant's query groups in ``_recipes``; it caches metadata and extends ``_changed``).
     """
 
     def __init__(self, where: str) -> None:
@@ -236,6 +135,7 @@ class RecipeStore(ABC):
             "extra": extra or {},
         }
         self._create(name, meta, on_disk=on_disk, quantization=quantization)
+        self._changed(name)
         log.info("created collection %s (%d-D, model %s) %s", name, dimension, model_version, self.where)
         return self._info(name, meta, 0)
 
@@ -280,6 +180,7 @@ class RecipeStore(ABC):
                 f"(`recipelens-index swap NAME --alias {live[0]}` or `recipelens-index rollback`)"
             )
         self._drop(name)
+        self._changed(name)
         log.info("dropped collection %s", name)
 
     # -- points ------------------------------------------------------------------------------
@@ -290,12 +191,12 @@ class RecipeStore(ABC):
             return
         check_vectors(name, points, info.dimension)
         self._upsert(name, points)
-        self._forget_vocabulary(name)
+        self._changed(name)
 
     def delete_points(self, name: str, ids: Sequence[str]) -> None:
         if ids:
             self._delete(name, list(ids))
-            self._forget_vocabulary(name)
+            self._changed(name)
 
     def search(
         self,
@@ -308,9 +209,8 @@ class RecipeStore(ABC):
         model_version: str,
     ) -> list[StoreHit]:
         """The nearest photos (points), best first; see :meth:`search_recipes` for one hit per recipe."""
-        query = self.query_vector(name, vector, model_version)
-        resolved = self.resolve_filter(name, filter)
-        return self._query(name, query, limit=int(limit), offset=int(offset), flt=self._native(resolved))
+        query, _ = self._point_query(name, vector, filter, model_version, limit=limit, offset=offset)
+        return self._query(name, query)
 
     def search_recipes(
         self,
@@ -325,35 +225,47 @@ class RecipeStore(ABC):
         """Distinct recipes, best first: each once, at the rank and score of its best photo.
 
         ``limit`` and ``offset`` count recipes. The result carries the filter's warnings (terms that
-        match nothing in the collection). This default over-fetches photos and collapses them by
-        ``recipe_id``, growing the fetch fourfold until the page is full, the collection is exhausted or
-        :data:`GROUP_FETCH_LIMIT` photos were read (then the page may be short: recipes with that
-        many photos each ahead of it are rare and the bound keeps the cost of one search fixed).
+        match nothing in the collection). How a back end groups is its :meth:`_recipes`.
         """
-        query = self.query_vector(name, vector, model_version)
-        resolved = self.resolve_filter(name, filter)
-        need = int(offset) + int(limit)
-        if limit <= 0:
+        query, resolved = self._point_query(name, vector, filter, model_version, limit=limit, offset=offset)
+        if query.limit <= 0:
             return RecipeResults([], resolved.warnings)
-        flt = self._native(resolved)
+        return RecipeResults(self._recipes(name, query), resolved.warnings)
+
+    def _point_query(
+        self, name: str, vector: np.ndarray, flt: SearchFilter | None, model: str, *, limit: int, offset: int
+    ) -> tuple[PointQuery, ResolvedFilter]:
+        """A search's arguments checked against ``name`` (model, dimension, filter terms)."""
+        query = self.query_vector(name, vector, model)
+        resolved = self.resolve_filter(name, flt)
+        return PointQuery(query, int(limit), int(offset), self._native(resolved)), resolved
+
+    def _recipes(self, name: str, query: PointQuery) -> list[RecipeMatch]:
+        """The page of distinct recipes ``query`` asks for (its limit and offset count recipes).
+
+        This default over-fetches photos and collapses them by ``recipe_id``, growing the fetch
+        fourfold until the page is full, the collection is exhausted or :data:`GROUP_FETCH_LIMIT`
+        photos were read (then the page may be short: recipes with that many photos each ahead of it
+        are rare and the bound keeps the cost of one search fixed).
+        """
+        need = query.offset + query.limit
         fetch = min(GROUP_FETCH_LIMIT, max(GROUP_FETCH_MIN, need * GROUP_OVERFETCH))
         while True:
             # Scores without payloads, the recipe ids by id, then whole payloads for the page only: on
             # Qdrant Edge the cost of a search grows with the payloads it converts (measured: a query
             # returning 32 payloads costs 0.7 ms more than one returning none).
-            hits = self._query(name, query, limit=fetch, offset=0, flt=flt, payload=[])
+            hits = self._query(name, replace(query, limit=fetch, offset=0, payload=False))
             rids = {h.id: h.payload for h in self.retrieve(name, [h.id for h in hits], payload=["recipe_id"])}
             best = collapse([StoreHit(h.id, h.score, rids.get(h.id, {})) for h in hits], need)
             if len(best) >= need or len(hits) < fetch or fetch >= GROUP_FETCH_LIMIT:
                 break
             fetch = min(GROUP_FETCH_LIMIT, fetch * 4)
-        page = best[int(offset) : need]
+        page = best[query.offset : need]
         payloads = {h.id: h.payload for h in self.retrieve(name, [h.id for h in page])}
-        matches = [
+        return [
             RecipeMatch(str(h.payload.get("recipe_id", h.id)), h.score, h.id, payloads.get(h.id, h.payload))
             for h in page
         ]
-        return RecipeResults(matches, resolved.warnings)
 
     @abstractmethod
     def retrieve(self, name: str, ids: Sequence[str], *, payload: list[str] | None = None) -> list[StoreHit]:
@@ -388,7 +300,11 @@ class RecipeStore(ABC):
             self._vocab_cache[name] = (key, vocab)
         return vocab
 
-    def _forget_vocabulary(self, name: str) -> None:
+    def _changed(self, name: str) -> None:
+        """Forget what this store cached about collection ``name``: it has just changed through it.
+
+        Back ends that cache more (the server's collection metadata) extend this.
+        """
         with self._vocab_lock:
             self._vocab_cache.pop(name, None)
 
@@ -420,6 +336,7 @@ class RecipeStore(ABC):
 
     def swap_alias(self, alias: str, collection: str) -> None:
         """Point ``alias`` at complete ``collection`` in one atomic step."""
+        self._changed(collection)  # completeness is read fresh: another process may have just set it
         info = self.collection_info(collection)
         if not info.complete:
             raise StoreError(f"collection {collection!r} is incomplete; it cannot go behind alias {alias!r}")
@@ -483,17 +400,8 @@ class RecipeStore(ABC):
     def _delete(self, name: str, ids: list[str]) -> None: ...
 
     @abstractmethod
-    def _query(
-        self,
-        name: str,
-        query: np.ndarray,
-        *,
-        limit: int,
-        offset: int,
-        flt: Any,
-        payload: list[str] | None = None,
-    ) -> list[StoreHit]:
-        """Nearest points with their payload (only the ``payload`` keys when given; ``[]``: none)."""
+    def _query(self, name: str, query: PointQuery) -> list[StoreHit]:
+        """The nearest points ``query`` asks for, with the payloads it asks for."""
 
     @abstractmethod
     def _facet(self, name: str, key: str) -> list[str]:
@@ -536,20 +444,3 @@ def collapse(hits: Sequence[StoreHit], limit: int) -> list[StoreHit]:
             if len(best) >= limit:
                 break
     return best
-
-
-def now_stamp() -> str:
-    """The UTC time to the second, as stored in collection metadata."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def check_vectors(name: str, points: Iterable[RecipePoint], dimension: int) -> None:
-    """Every vector has the collection's dimension and finite values."""
-    for p in points:
-        if p.vector.shape != (dimension,):
-            raise StoreError(
-                f"point {p.id}: vector of shape {tuple(p.vector.shape)} does not fit collection "
-                f"{name!r} of dimension {dimension}"
-            )
-        if not np.all(np.isfinite(p.vector)):
-            raise StoreError(f"point {p.id}: vector has NaN or infinite values")

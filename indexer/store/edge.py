@@ -28,14 +28,13 @@ by several processes, and loading or closing it writes nothing. So:
   when their inode, size or times changed (every write replaces the file, so the inode changes), so a
   swap by the indexer is seen by a running gateway on its next search; a reader's cached handle is
   reopened when ``collection.json``'s generation changes.
+
+How those small files are written, read and locked lives in :mod:`indexer.store.edge_files`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import fcntl
-import json
 import os
 import shutil
 import threading
@@ -49,9 +48,9 @@ import qdrant_edge as qe
 
 from indexer.store.base import (
     KEYWORD_INDEXES,
-    CollectionBusy,
     CollectionInfo,
     CollectionNotFound,
+    PointQuery,
     RecipePoint,
     RecipeStore,
     StoreError,
@@ -59,23 +58,12 @@ from indexer.store.base import (
     StoreNotFound,
     now_stamp,
 )
+from indexer.store.edge_files import AliasFile, JsonFiles, lock_for_write, write_json_atomic
 
 META_FILE = "collection.json"
 SHARD_DIR = "shard"
 LOCK_FILE = "write.lock"
-ALIASES_FILE = "aliases.json"
 _SCROLL_PAGE = 1024
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file next to ``path``, fsync it, then ``os.replace`` it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class _Writer:
@@ -120,7 +108,8 @@ class EdgeStore(RecipeStore):
         self._readers: dict[str, tuple[qe.EdgeShard, int]] = {}  # name → (shard, generation)
         self._retired: list[qe.EdgeShard] = []
         self._lock = threading.RLock()
-        self._texts: dict[Path, tuple[tuple[int, int, int, int], Any]] = {}  # path → (stat key, parsed)
+        self._files = JsonFiles()
+        self._aliases = AliasFile(self.root, self.collections_dir, self._files)
 
     # -- paths and metadata ------------------------------------------------------------------
     def _dir(self, name: str) -> Path:
@@ -128,29 +117,10 @@ class EdgeStore(RecipeStore):
             raise StoreError(f"invalid collection name {name!r}")
         return self.collections_dir / name
 
-    def _read_json(self, path: Path) -> Any:
-        """A metadata file's JSON (a copy); it is parsed once until the file's inode, size or times change.
-
-        Parsing once matters: a collection's metadata carries its match calibration (~80 KB of base64),
-        and every search reads the metadata (a deep copy costs ~15 µs, parsing it again ~250 µs).
-        """
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            self._texts.pop(path, None)
-            raise
-        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        cached = self._texts.get(path)
-        if cached is None or cached[0] != key:
-            # Replaced between the stat and this read: the next stat differs from ``key`` and reads again.
-            cached = (key, json.loads(path.read_text(encoding="utf-8")))
-            self._texts[path] = cached
-        return copy.deepcopy(cached[1])
-
     def _read_meta(self, name: str) -> dict[str, Any]:
         path = self._dir(name) / META_FILE
         try:
-            meta: dict[str, Any] = dict(self._read_json(path))  # callers set top-level keys
+            meta: dict[str, Any] = dict(self._files.read(path))  # callers set top-level keys
         except FileNotFoundError:
             raise CollectionNotFound(f"no collection {name!r} in {self.collections_dir}") from None
         except (OSError, ValueError) as exc:
@@ -162,16 +132,7 @@ class EdgeStore(RecipeStore):
 
     # -- opening shards ----------------------------------------------------------------------
     def _lock_for_write(self, name: str) -> int:
-        fd = os.open(self._dir(name) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise CollectionBusy(
-                f"collection {name!r} is being written by another process "
-                f"(lock {self._dir(name) / LOCK_FILE})"
-            ) from None
-        return fd
+        return lock_for_write(self._dir(name) / LOCK_FILE, name)
 
     def _writer(self, name: str) -> qe.EdgeShard:
         with self._lock:
@@ -358,24 +319,16 @@ class EdgeStore(RecipeStore):
         shard.update(qe.UpdateOperation.delete_points(selected))
         self._after_write(name, shard)
 
-    def _query(
-        self,
-        name: str,
-        query: np.ndarray,
-        *,
-        limit: int,
-        offset: int,
-        flt: Any,
-        payload: list[str] | None = None,
-    ) -> list[StoreHit]:
+    def _query(self, name: str, query: PointQuery) -> list[StoreHit]:
+        selected = query.payload
         request = qe.QueryRequest(
-            limit=limit,
-            offset=offset or None,
-            query=qe.Query.Nearest(query.tolist()),
-            with_payload=(qe.PayloadSelector.Include(payload) if payload else False)
-            if payload is not None
-            else True,
-            filter=flt,
+            limit=query.limit,
+            offset=query.offset or None,
+            query=qe.Query.Nearest(query.vector.tolist()),
+            with_payload=qe.PayloadSelector.Include(list(selected))
+            if isinstance(selected, tuple) and selected
+            else bool(selected),
+            filter=query.filter,
             # int8 collections: rescore 2× the candidates with the original vectors (bench/index.py:
             # without oversampling recall@10 stays near 0.94 whatever the ef); ignored without quantization
             params=SEARCH_PARAMS,
@@ -432,45 +385,14 @@ class EdgeStore(RecipeStore):
         }
 
     # -- aliases -----------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _alias_lock(self) -> Iterator[None]:
-        fd = os.open(self.root / "aliases.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
     def aliases(self) -> dict[str, str]:
-        path = self.root / ALIASES_FILE
-        # Two looks: a folder that comes back (remounted) between a failed read and the folder check is read
-        # again before its alias counts as unset.
-        for look in (1, 2):
-            try:
-                data = self._read_json(path)
-                break
-            except FileNotFoundError:
-                if not self.collections_dir.is_dir():  # the folder itself went away (unmounted, moved)
-                    raise StoreError(f"the Qdrant Edge folder {self.root} is not there any more") from None
-                if look == 2:
-                    return {}
-            except (OSError, ValueError) as exc:
-                raise StoreError(f"{path}: unreadable alias file: {exc}") from None
-        return {str(k): str(v) for k, v in dict(data).items()}
+        return self._aliases.read()
 
     def _set_alias(self, alias: str, collection: str) -> str | None:
-        with self._alias_lock():
-            current = self.aliases()
-            previous = current.get(alias)
-            current[alias] = collection
-            write_json_atomic(self.root / ALIASES_FILE, current)
-        return previous
+        return self._aliases.set(alias, collection)
 
     def delete_alias(self, alias: str) -> None:
-        with self._alias_lock():
-            current = self.aliases()
-            if current.pop(alias, None) is not None:
-                write_json_atomic(self.root / ALIASES_FILE, current)
+        self._aliases.delete(alias)
 
     def close(self) -> None:
         with self._lock:

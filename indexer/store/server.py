@@ -11,6 +11,8 @@ which the congruence tests use where no ``QDRANT_URL`` is set.
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
 import uuid
 import warnings
@@ -26,11 +28,10 @@ from indexer.store.base import (
     KEYWORD_INDEXES,
     CollectionInfo,
     CollectionNotFound,
+    PointQuery,
     RecipeMatch,
     RecipePoint,
-    RecipeResults,
     RecipeStore,
-    SearchFilter,
     StoreError,
     StoreHit,
     now_stamp,
@@ -40,6 +41,16 @@ _SCROLL_PAGE = 1024
 # A server's payloads change in place (edits, other writers), so its filter vocabulary is read again
 # after this long rather than keyed on a generation.
 VOCABULARY_TTL_S = 30.0
+# Collection metadata (~80 KB with the match calibration and quality figures) is read once per
+# collection and kept until this process changes that collection (which forgets it at once) or, for
+# changes made by other processes (another writer's points count, a build's completion), this long.
+METADATA_TTL_S = 30.0
+_METADATA_CACHED = 32  # collections come and go (names are per build): keep the cache small
+
+
+def _payload(selected: bool | tuple[str, ...]) -> bool | list[str]:
+    """qdrant-client's ``with_payload`` for a :class:`PointQuery` payload selection."""
+    return list(selected) if isinstance(selected, tuple) and selected else bool(selected)
 
 
 class ServerStore(RecipeStore):
@@ -65,11 +76,38 @@ class ServerStore(RecipeStore):
         else:
             self.client = QdrantClient(url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=timeout_s)
         self._local = location is not None
+        # name → (monotonic time read, metadata, points count); _epoch counts invalidations, so that a
+        # read that raced with a change is not cached after it.
+        self._meta_cache: dict[str, tuple[float, dict[str, Any], int]] = {}
+        self._meta_epoch = 0
+        self._meta_lock = threading.Lock()
 
     def _exists(self, name: str) -> bool:
         return bool(self.client.collection_exists(name))
 
     def _metadata(self, name: str) -> tuple[dict[str, Any], int]:
+        """The collection's metadata (a copy the caller may change) and points count; cached, see above."""
+        now = time.monotonic()
+        with self._meta_lock:
+            cached = self._meta_cache.get(name)
+            epoch = self._meta_epoch
+        if cached is None or now - cached[0] >= METADATA_TTL_S:
+            meta, points = self._read_metadata(name)
+            cached = (now, meta, points)
+            with self._meta_lock:
+                if epoch == self._meta_epoch:
+                    if len(self._meta_cache) >= _METADATA_CACHED:
+                        self._meta_cache.clear()
+                    self._meta_cache[name] = cached
+        return copy.deepcopy(cached[1]), cached[2]
+
+    def _changed(self, name: str) -> None:
+        super()._changed(name)
+        with self._meta_lock:
+            self._meta_cache.pop(name, None)
+            self._meta_epoch += 1
+
+    def _read_metadata(self, name: str) -> tuple[dict[str, Any], int]:
         try:
             info = self.client.get_collection(name)
         except (UnexpectedResponse, ValueError) as exc:
@@ -120,11 +158,13 @@ class ServerStore(RecipeStore):
         meta["complete"] = complete
         meta["completed_at" if complete else "reopened_at"] = now_stamp()
         self.client.update_collection(name, metadata=meta)
+        self._changed(name)
 
     def set_extra(self, name: str, updates: dict[str, Any]) -> None:
         meta, _ = self._metadata(name)
         meta["extra"] = {**dict(meta.get("extra") or {}), **updates}
         self.client.update_collection(name, metadata=meta)
+        self._changed(name)
 
     def _drop(self, name: str) -> None:
         self.client.delete_collection(name)
@@ -145,61 +185,36 @@ class ServerStore(RecipeStore):
     def _delete(self, name: str, ids: list[str]) -> None:
         self.client.delete(name, points_selector=models.PointIdsList(points=list(ids)), wait=True)
 
-    def _query(
-        self,
-        name: str,
-        query: np.ndarray,
-        *,
-        limit: int,
-        offset: int,
-        flt: Any,
-        payload: list[str] | None = None,
-    ) -> list[StoreHit]:
+    def _query(self, name: str, query: PointQuery) -> list[StoreHit]:
         result = self.client.query_points(
             name,
-            query=query.tolist(),
-            limit=limit,
-            offset=offset or None,
-            query_filter=flt,
-            with_payload=(payload or False) if payload is not None else True,
+            query=query.vector.tolist(),
+            limit=query.limit,
+            offset=query.offset or None,
+            query_filter=query.filter,
+            with_payload=_payload(query.payload),
         )
         return [StoreHit(str(p.id), float(p.score), dict(p.payload or {})) for p in result.points]
 
-    def search_recipes(
-        self,
-        name: str,
-        vector: np.ndarray,
-        *,
-        limit: int,
-        offset: int = 0,
-        filter: SearchFilter | None = None,
-        model_version: str,
-    ) -> RecipeResults:
+    def _recipes(self, name: str, query: PointQuery) -> list[RecipeMatch]:
         """Qdrant's query groups (``group_by="recipe_id"``, one photo per group); same answers as the base."""
-        need = int(offset) + int(limit)
+        need = query.offset + query.limit
         if need > GROUP_FETCH_LIMIT:  # deeper than groups are worth: the bounded collapse of the base
-            return super().search_recipes(
-                name, vector, limit=limit, offset=offset, filter=filter, model_version=model_version
-            )
-        query = self.query_vector(name, vector, model_version)
-        resolved = self.resolve_filter(name, filter)
-        if limit <= 0:
-            return RecipeResults([], resolved.warnings)
+            return super()._recipes(name, query)
         result = self.client.query_points_groups(
             name,
-            query=query.tolist(),
+            query=query.vector.tolist(),
             group_by="recipe_id",
             limit=need,
             group_size=1,
-            query_filter=self._native(resolved),
-            with_payload=True,
+            query_filter=query.filter,
+            with_payload=_payload(query.payload),
         )
-        matches = [
+        return [
             RecipeMatch(str(g.id), float(g.hits[0].score), str(g.hits[0].id), dict(g.hits[0].payload or {}))
-            for g in result.groups[int(offset) :]
+            for g in result.groups[query.offset :]
             if g.hits
         ]
-        return RecipeResults(matches, resolved.warnings)
 
     def _facet(self, name: str, key: str) -> list[str]:
         response = self.client.facet(name, key, limit=1 << 30, exact=True)

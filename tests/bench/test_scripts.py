@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.common import machine_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,9 +81,12 @@ def test_search_bench_prints_latency_breakdown_concurrency_and_ceilings(
     twin = _int8_label(tiny_model_dir, tmp_path)
     out = _run(
         "bench/search.py", "--model", str(tiny_model_dir), "--int8", str(twin),
-        "--n", "8", "--repeats", "10", "--clients", "2", "--rounds", "1",
+        "--n", "8", "--repeats", "10", "--clients", "2", "--rounds", "1", "--grouping-points", "300",
     )  # fmt: skip
     ms = rf"-?{NUMBER} ms"
+    assert re.search(
+        rf"^\| distinct recipes \+ verdict vs plain search, p50 at 300 points \| {ms} \|", out, re.M
+    )
     assert re.search(rf"^\| gateway p50 overhead vs bare \| {ms} \| {ms} \| 0 ms \| ≤ 3 ms \|$", out, re.M)
     for part in ("empty gRPC round trip", "alias lookup", "ANN \\+ payload", "rest: thread hops"):
         assert re.search(rf"^\| … {part}.* \| {ms} \| {ms} \|", out, re.M), part
@@ -98,6 +103,32 @@ def test_search_bench_prints_latency_breakdown_concurrency_and_ceilings(
         rf"^\| int8 / fp32 searches/s, 2 clients \| {NUMBER}× \| \| {NUMBER}× .* \| ≥ 1.6× \|$", out, re.M
     )
     assert re.search(rf"^\| cold start to SERVING \(median of 3\) \| {NUMBER} s \|", out, re.M)
+
+
+def test_grouping_bench_prints_the_extra_cost_beside_its_goal() -> None:
+    out = _run("bench/grouping.py", "--points", "400", "--repeats", "20")
+    row = re.search(
+        rf"^\| distinct recipes \+ verdict vs plain search, p50 at 400 points \| (-?{NUMBER}) ms "
+        rf"\| ({NUMBER}) − ({NUMBER}) ms \(verdict alone {NUMBER} µs\) \| ≤ 1 ms \|$",
+        out,
+        re.M,
+    )
+    assert row, out
+    assert float(row[1]) == pytest.approx(float(row[2]) - float(row[3]), abs=0.011)
+    assert float(row[3]) > 0
+
+
+def test_index_bench_prints_the_indexing_ratio_and_the_ann_rows() -> None:
+    out = _run(
+        "bench/index.py", "--n-photos", "16", "--repeats", "1", "--batch", "8",
+        "--n", "2000", "--queries", "10", "--clusters", "20",
+    )  # fmt: skip
+    assert re.search(rf"^\| \*\*indexing / bare\*\* .* \| \*\*{NUMBER}×\*\* \(target ≥ 0.85×", out, re.M)
+    for method in ("numpy brute force", "Qdrant Edge HNSW float32", "Qdrant Edge HNSW \\+ int8 SQ"):
+        assert re.search(rf"^\| {method}.* \| {NUMBER} \| {NUMBER} \| {NUMBER} \| {NUMBER}× \|", out, re.M), (
+            method
+        )
+    assert re.search(r"^\* Qdrant Edge HNSW float32: recall@10", out, re.M)
 
 
 def test_int8_retrieval_bench_prints_both_models_and_the_differences(

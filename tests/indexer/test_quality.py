@@ -14,9 +14,10 @@ from indexer.calibration import (
     calibration_of,
     fit_calibration,
     match_verdict,
+    verdict_rates,
 )
 from indexer.cli import run
-from indexer.quality import QUALITY_KEY, CollectionQuality, gate_failures, quality_of, verdict_rates
+from indexer.quality import QUALITY_KEY, CollectionQuality, gate_failures, quality_of
 from indexer.store.edge import EdgeStore
 from tests.support.tinymodel import write_tiny_model
 

@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from indexer.store import open_store
 from indexer.store.base import (
     MAX_FILTER_TERMS,
     CollectionBusy,
+    CollectionNotFound,
     InvalidFilter,
     ModelVersionMismatch,
     RecipePoint,
@@ -204,6 +206,83 @@ def test_edge_metadata_is_read_again_exactly_when_the_file_changed(
         assert reader.collection_info("a").model_version == "m2"
         (root / "aliases.json").unlink()
         assert reader.resolve_alias("recipes") is None
+
+
+def _metadata_reads(store: RecipeStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The collections whose metadata the server back end fetches from now on (Edge: none to count)."""
+    reads: list[str] = []
+    if isinstance(store, ServerStore):
+        real = store.client.get_collection
+
+        def counting(name: str, *args: Any, **kwargs: Any) -> Any:
+            reads.append(name)
+            return real(name, *args, **kwargs)
+
+        monkeypatch.setattr(store.client, "get_collection", counting)
+    return reads
+
+
+def test_collection_metadata_is_read_once_yet_never_stale_after_a_change(
+    tmp_path: Path, server_stores: list[ServerStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pts = _points()
+    calibration = {"match_calibration": "x" * 80_000}  # the size real metadata has
+    with EdgeStore(tmp_path / "q") as edge:
+        for store in [edge, *server_stores]:
+            kind, name, alias = (
+                type(store).__name__,
+                f"meta-{uuid.uuid4().hex[:8]}",
+                f"a-{uuid.uuid4().hex[:8]}",
+            )
+            store.create_collection(name, dimension=DIM, model_version="m1", extra=calibration)
+            store.upsert(name, pts[:6], model_version="m1")
+            reads = _metadata_reads(store, monkeypatch)
+            for _ in range(5):  # a gateway's searches
+                store.search_recipes(name, pts[0].vector, limit=3, model_version="m1")
+                assert store.collection_info(name).extra == calibration
+            assert len(reads) <= 1, kind  # the server: once per collection, not on every search
+            store.collection_info(name).extra["match_calibration"] = "changed by a caller"
+            assert store.collection_info(name).extra == calibration, kind  # callers get copies
+            # Every change through the store is seen at once.
+            store.set_extra(name, {"quality": {"r1": 0.9}})
+            assert store.collection_info(name).extra == {**calibration, "quality": {"r1": 0.9}}, kind
+            store.upsert(name, pts[6:9], model_version="m1")
+            assert store.collection_info(name).points_count == 9, kind
+            store.delete_points(name, [pts[8].id])
+            assert store.collection_info(name).points_count == 8, kind
+            store.mark_complete(name)
+            assert store.collection_info(name).complete, kind
+            store.swap_alias(alias, name)
+            other = f"{name}-b"
+            store.create_collection(other, dimension=DIM, model_version="m1")
+            store.mark_complete(other)
+            store.swap_alias(alias, other)
+            store.drop_collection(name)
+            with pytest.raises(CollectionNotFound):
+                store.collection_info(name)
+            with pytest.raises(CollectionNotFound):
+                store.search(name, pts[0].vector, limit=1, model_version="m1")
+            store.create_collection(name, dimension=DIM, model_version="m2")  # the same name, another model
+            with pytest.raises(ModelVersionMismatch, match=r"m2.*m1"):
+                store.search(name, pts[0].vector, limit=1, model_version="m1")
+            store.delete_alias(alias)
+            for n in (name, other):
+                store.drop_collection(n)
+
+
+def test_server_metadata_changed_by_another_process_is_seen_within_the_ttl(
+    server_stores: list[ServerStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from indexer.store import server
+
+    store = server_stores[0]
+    store.create_collection("c", dimension=DIM, model_version="m1", extra={"note": "first"})
+    assert store.collection_info("c").extra == {"note": "first"}
+    meta = {**store.client.get_collection("c").config.metadata, "extra": {"note": "second"}}
+    store.client.update_collection("c", metadata=meta)  # what another process's client would do
+    assert store.collection_info("c").extra == {"note": "first"}  # cached: no read per search
+    monkeypatch.setattr(server, "METADATA_TTL_S", 0.0)
+    assert store.collection_info("c").extra == {"note": "second"}
 
 
 def test_int8_quantized_edge_collection_finds_each_point_first(tmp_path: Path) -> None:

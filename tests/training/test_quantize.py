@@ -18,13 +18,8 @@ from embedder.manifest import MODEL_FILE, read_manifest, write_manifest
 from embedder.runtime import EmbeddingModel
 from tests.training.triplet_catalog import CATEGORIES, write_catalog
 from training import model_cli as cli
-from training.quantize import (
-    Int8Settings,
-    QuantizationRefusedError,
-    fold_conv_affine,
-    quantize_model,
-    sample_photos,
-)
+from training.quantize import Int8Settings, QuantizationRefusedError, quantize_model, sample_photos
+from training.quantize_graph import float_head_nodes, fold_conv_affine
 
 SMALL = {"calibration_photos": 8, "evaluation_photos": 16}
 
@@ -97,6 +92,18 @@ def test_fold_moves_the_batchnorm_into_the_conv_and_keeps_the_outputs() -> None:
     np.testing.assert_allclose(_run(model, x), before, atol=1e-5)
 
 
+def test_the_float_head_is_the_leading_convs_with_their_activation_never_every_conv(tmp_path: Path) -> None:
+    model = conv_graph()
+    fold_conv_affine(model)
+    for index, node in enumerate(model.graph.node):
+        node.name = f"{node.op_type}_{index}"
+    path = tmp_path / "folded.onnx"
+    onnx.save(model, str(path))
+    assert float_head_nodes(path, 1) == ["Transpose_0", "Conv_1", "Clip_2"]
+    assert float_head_nodes(path, 3) == float_head_nodes(path, 1)  # two Convs: the last stays quantized
+    assert float_head_nodes(path, 0) == []
+
+
 def test_sample_goes_round_the_categories_and_keeps_evaluation_apart(catalog: Path) -> None:
     sample = sample_photos(catalog, 8, 16)
     assert sample.categories == len(CATEGORIES)
@@ -125,8 +132,12 @@ def test_int8_twin_is_its_own_version_with_numerics_and_agreement(fp32_model: Pa
     assert agreement["queries"] == 16 and agreement["gallery"] == 16
     assert 0.98 <= agreement["cosine_mean"] <= 1 and agreement["cosine_min"] <= agreement["cosine_mean"]
     assert 0 <= agreement["top10_overlap_min"] <= agreement["top10_overlap_mean"] <= 1
-    ops = {n.op_type for n in onnx.load(str(folder / MODEL_FILE)).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    graph = onnx.load(str(folder / MODEL_FILE)).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
+    assert q["float_head_convs"] == 3  # on two Convs: the first (and its Clip) in float, the second int8
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    first, second = (n for n in graph.node if n.op_type == "Conv")
+    assert not set(first.input) & dequantized and set(second.input) & dequantized
     int8, ref = EmbeddingModel(folder, providers=["CPUExecutionProvider"]), EmbeddingModel(fp32_model)
     assert int8.runs_on == "int8 on CPUExecutionProvider"
     x = np.random.default_rng(2).integers(0, 255, (4, 224, 224, 3), dtype=np.uint8)

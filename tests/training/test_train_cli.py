@@ -82,6 +82,18 @@ def test_preset_trains_evaluates_and_exports(
         for metric, level in (("recall@1", "moderate"), ("recall@1", "strong"), ("category_p@5", "clean"))
     }
     assert all(c["low"] <= c["delta"] <= c["high"] for c in report["comparisons"])
+    # The match verdict's rates of raw and the trained model, on a non-food test set of at least 60.
+    verdict = report["match_verdict"]
+    assert set(verdict) == {"raw", preset}
+    for figures in verdict.values():
+        assert 0.0 <= figures["food_not_none"] <= 1.0 and 0.0 <= figures["nonfood_none"] <= 1.0
+        assert (
+            figures["nonfood_queries"] >= 60
+            and figures["food_queries"] == 2 * report["models"]["raw"]["queries"]
+        )
+    assert manifest.metrics["raw/nonfood_none"] == verdict["raw"]["nonfood_none"]
+    assert manifest.metrics["test/food_not_none"] == verdict[preset]["food_not_none"]
+    assert "## Match verdict" in out and "match verdict: raw food not none" in out
     if preset != "raw":
         key = "test/strong/recall@1_vs_raw"
         assert manifest.metrics[f"{key}_low"] <= manifest.metrics[key] <= manifest.metrics[f"{key}_high"]

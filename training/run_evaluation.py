@@ -1,0 +1,162 @@
+"""The evaluation stage of a run: every model row embedded, scored, compared with raw, reported.
+
+Rows: ``raw`` (the frozen backbone), the reference backbone (when the run's differs), the head at
+init and the trained model; the match verdict's rates for raw and the trained model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from training.evaluate import PairedDelta, RetrievalScores, VerdictRates, score, verdict_figures
+from training.features import PretrainedFeatures, Reference, chunks, embed_batches, inference_fn, unit
+from training.run_report import compare_with_raw, plot_embedding_map, targets_line, verdict_line, write_report
+from training.run_state import Run, Training
+
+log = logging.getLogger(__name__)
+
+HEAD_INIT_ROW = "head at init (untrained)"
+
+
+@dataclass
+class Evaluation:
+    """Scores per model row (``name`` or ``name@level``) and the paired comparisons with raw."""
+
+    results: dict[str, RetrievalScores]
+    comparisons: list[PairedDelta]
+    headline: str
+    verdict: dict[str, VerdictRates]  # raw and the trained model
+
+
+@dataclass
+class Embeddings:
+    """Per model row: gallery, queries by distortion level, non-food sets by family (raw and the model)."""
+
+    gallery: dict[str, np.ndarray]
+    queries: dict[str, dict[str, np.ndarray]]
+    nonfood: dict[str, dict[str, np.ndarray]]
+
+
+def _trained_embedder(run: Run, outcome: Training) -> Callable[[np.ndarray, np.ndarray, str], np.ndarray]:
+    """(uint8 pictures, their raw pooled features, what) → the trained model's embeddings of them."""
+    if outcome.backbone_trained:
+        model_fn = inference_fn(run.nets.model)
+        return lambda images, _, what: embed_batches(
+            model_fn, chunks(images), len(images), f"embed {what} (trained)", run.progress
+        )
+    head_fn = inference_fn(run.nets.head)
+    return lambda _, features, __: np.asarray(head_fn(tf.constant(features)))
+
+
+def _embeddings(
+    run: Run, raw: PretrainedFeatures, outcome: Training, reference: Reference | None
+) -> Embeddings:
+    """Embeddings per model row (raw, the reference, the head at init, the model); non-food: raw and model."""
+    config, photos = run.config, run.data.photos
+    emb = Embeddings(
+        {"raw": unit(raw.clean)},
+        {"raw": {k: unit(v) for k, v in raw.query_features.items()}},
+        {"raw": {family: unit(f) for family, (_, f) in raw.nonfood.items()}},
+    )
+    if reference is not None:
+        emb.gallery[reference.row], emb.queries[reference.row] = reference.gallery, reference.queries
+    if outcome.head_init is not None:
+        emb.gallery[HEAD_INIT_ROW], emb.queries[HEAD_INIT_ROW] = outcome.head_init
+    if config.train:
+        embed = _trained_embedder(run, outcome)
+        emb.gallery[config.preset] = embed(photos.images, raw.clean, "gallery")
+        emb.queries[config.preset] = {
+            level: embed(q, raw.query_features[level], f"{level} queries")
+            for level, (q, _) in raw.query_sets.items()
+        }
+        emb.nonfood[config.preset] = {
+            family: embed(pictures, f, f"non-food {family}") for family, (pictures, f) in raw.nonfood.items()
+        }
+    return emb
+
+
+def evaluate_run(
+    run: Run, raw: PretrainedFeatures, outcome: Training, reference: Reference | None = None
+) -> Evaluation:
+    """Raw backbone vs this model on the same distorted queries and gallery; writes the report."""
+    config, data = run.config, run.data
+    photos = data.photos
+    emb = _embeddings(run, raw, outcome, reference)
+    gallery, query_emb = emb.gallery, emb.queries
+    categories = photos.photo_categories() if photos.has_categories else None
+    headline = config.evaluation.distortions[0]
+    results = {
+        (name if level == headline else f"{name}@{level}"): score(
+            queries=query_emb[name][level],
+            query_recipe=photos.photo_recipe[query_photo],
+            gallery=gallery[name],
+            gallery_recipe=photos.photo_recipe,
+            gallery_category=categories,
+            held_out=raw.held_out,
+            distortion=level,
+            query_groups=query_photo,
+        )
+        for level, (_, query_photo) in raw.query_sets.items()
+        for name in gallery
+    }
+    verdict = {
+        name: verdict_figures(
+            gallery[name],
+            photos.photo_recipe,
+            [query_emb[name][level] for level in raw.query_sets],
+            [query_photo for _, query_photo in raw.query_sets.values()],
+            nonfood,
+        )
+        for name, nonfood in emb.nonfood.items()
+    }
+    comparisons = [
+        delta
+        for ref in ["raw", *([reference.row] if reference else [])]
+        for delta in compare_with_raw(
+            gallery,
+            query_emb,
+            raw.query_sets,
+            photos=photos,
+            categories=categories,
+            held_out=raw.held_out,
+            reference=ref,
+        )
+    ]
+    plot_embedding_map(
+        gallery,
+        photos.photo_categories(),
+        photos.categories,
+        run.run_dir / "embedding_map.png",
+        max_points=config.evaluation.map_points,
+        seed=config.seed,
+    )
+    counts = {name: len(ids) for name, ids in data.recipes.items()}
+    write_report(
+        run.run_dir,
+        results,
+        title=f"recipelens evaluation — preset {config.preset}",
+        extra={
+            "preset": config.preset,
+            "catalog": str(run.catalog_path),
+            "split_recipes": counts,
+            "photos": len(photos),
+            "validation": outcome.validation,
+            "timings": run.timer.timings,
+        },
+        verdict=verdict,
+        targets=targets_line(outcome.validation),
+        notes=[
+            f"catalogue {run.catalog_path}: {len(photos)} photos; recipes per split {counts}; "
+            f"queries from the {config.evaluation.split} split"
+        ],
+        comparisons=comparisons,
+    )
+    for name, r in results.items():
+        log.info("%s: %s", name, ", ".join(f"{k} {v:.3f}" for k, v in r.flat().items()))
+    log.info("match verdict: %s", verdict_line(verdict))
+    return Evaluation(results, comparisons, headline, verdict)
