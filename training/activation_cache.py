@@ -11,7 +11,9 @@ augmented views phase 1 uses (:func:`training.data.view_seed`) — and phase 2 t
 triplets looked up in that cache (:func:`activation_triplets`), instead of rendering 3P views and
 running the whole backbone at every step; a batch's slots that show the same (photo, view) — with
 ``query_gallery``, each negative is another row's clean positive — go through the top blocks once
-(:func:`unique_slots`, :func:`build_slot_triplet_model`).
+(:func:`unique_slots`, :func:`build_slot_triplet_model`). With ``phase2_gallery_gradient=false`` the
+slots that are only positives or negatives (the clean gallery side of ``query_gallery``) run forward
+without a gradient (:func:`query_gallery_slots`): the backward pass covers the P query slots only.
 
 Memory: one view of EfficientNet-Lite0 at 224 px with the top 40 layers unfrozen is a 7×7×192 float32
 activation, 36.75 KiB (7×7×208 = 39.8 KiB for Lite2 at 260 px). A cache larger than
@@ -28,6 +30,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from training.data import PhotoSet, TripletSampler, index_dataset, render_views
 from training.features import augmented_view_index, view_outputs
@@ -193,23 +196,63 @@ def unique_slots(photos: np.ndarray, views: np.ndarray) -> tuple[np.ndarray, np.
     return flat_p[first], flat_v[first], index.reshape(photos.shape).astype(np.int32)
 
 
-def _unique_spec(photos: tf.Tensor, views: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    p, v, index = tf.numpy_function(
-        unique_slots, [photos, views], (tf.int32, tf.int32, tf.int32), stateful=False
-    )
-    return tf.ensure_shape(p, (None,)), tf.ensure_shape(v, (None,)), tf.ensure_shape(index, (None, 3))
+def query_gallery_slots(
+    photos: np.ndarray, views: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`unique_slots` with the slots some row anchors first, then the gallery-only ones.
+
+    Returns (photos, views, (P, 3) index into that order, number of query slots).
+    """
+    p, v, index = unique_slots(photos, views)
+    is_query = np.zeros(len(p), bool)
+    is_query[index[:, 0]] = True
+    order = np.concatenate([np.flatnonzero(is_query), np.flatnonzero(~is_query)])
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return p[order], v[order], rank[index].astype(np.int32), np.asarray(is_query.sum(), np.int32)
+
+
+def _unique_spec(
+    photos: tf.Tensor, views: tf.Tensor, gallery_gradient: bool = True
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    if gallery_gradient:
+        p, v, index = tf.numpy_function(
+            unique_slots, [photos, views], (tf.int32, tf.int32, tf.int32), stateful=False
+        )
+        queries = tf.shape(p)[0]
+    else:
+        p, v, index, queries = tf.numpy_function(
+            query_gallery_slots, [photos, views], (tf.int32, tf.int32, tf.int32, tf.int32), stateful=False
+        )
+    p, v = tf.ensure_shape(p, (None,)), tf.ensure_shape(v, (None,))
+    return p, v, tf.ensure_shape(index, (None, 3)), tf.ensure_shape(queries, ())
+
+
+def _slot_inputs(x: tf.Tensor, index: tf.Tensor, queries: tf.Tensor, gallery_gradient: bool) -> Any:
+    """The slot model's inputs: (slots, index), or (query slots, gallery slots, index)."""
+    return (x, index) if gallery_gradient else (x[:queries], x[queries:], index)
 
 
 def activation_triplets(
-    sampler: TripletSampler, cache: ActivationCache, *, training: bool, seed: int = 0
+    sampler: TripletSampler,
+    cache: ActivationCache,
+    *,
+    training: bool,
+    seed: int = 0,
+    gallery_gradient: bool = True,
 ) -> tf.data.Dataset:
-    """Phase 2 on the cache: (((U, *activation) distinct slots, (P, 3) slot index), (P, 3) labels)."""
+    """Phase 2 on the cache: (((U, *activation) distinct slots, (P, 3) slot index), (P, 3) labels).
+
+    ``gallery_gradient=False``: the slots come as (query slots, gallery-only slots, index).
+    """
     shape = cache.values.shape[2:]
 
     def lookup(photos: tf.Tensor, views: tf.Tensor, labels: tf.Tensor) -> tuple[Any, tf.Tensor]:
-        p, v, index = _unique_spec(photos, views)
-        x = tf.numpy_function(cache.gather, [p, v], tf.float32, stateful=False)
-        return (tf.ensure_shape(x, (None, *shape)), index), labels
+        p, v, index, queries = _unique_spec(photos, views, gallery_gradient)
+        x = tf.ensure_shape(
+            tf.numpy_function(cache.gather, [p, v], tf.float32, stateful=False), (None, *shape)
+        )
+        return _slot_inputs(x, index, queries, gallery_gradient), labels
 
     return index_dataset(sampler, training=training, seed=seed).map(lookup).prefetch(2)
 
@@ -220,16 +263,49 @@ def rendered_activation_triplets(
     """The same batches with the distinct views rendered and ``lower`` run at every step (no cache)."""
     images = tf.constant(sampler.photos.images)
 
+    gallery_gradient = config.phase2_gallery_gradient
+
     def compute(photos: tf.Tensor, views: tf.Tensor, labels: tf.Tensor) -> tuple[Any, tf.Tensor]:
-        p, v, index = _unique_spec(photos, views)
+        p, v, index, queries = _unique_spec(photos, views, gallery_gradient)
         rendered = render_views(images, p, v, config.seed, config.augment)
-        return (split.lower(tf.cast(rendered, tf.float32), training=False), index), labels
+        x = split.lower(tf.cast(rendered, tf.float32), training=False)
+        return _slot_inputs(x, index, queries, gallery_gradient), labels
 
     return index_dataset(sampler, training=training, seed=seed).map(compute).prefetch(2)
 
 
-def build_slot_triplet_model(upper: keras.Model, *, name: str = "activation_triplet") -> keras.Model:
-    """``((U, *activation), (P, 3) index)`` → ``(P, 3, D)``: ``upper`` once per distinct slot."""
-    slots = keras.Input(shape=tuple(upper.input_shape[1:]), name=f"{name}_slots")
+class _GatherWithoutGalleryGradient(keras.layers.Layer):
+    """``[(A, D) query embeddings, (G, D) gallery embeddings, (P, 3) index]`` → ``(P, 3, D)``.
+
+    The gallery embeddings enter without a gradient, so the backward pass skips ``upper`` on them.
+    """
+
+    def call(self, inputs: Any) -> Any:
+        queries, gallery, index = inputs
+        both = ops.concatenate([queries, ops.stop_gradient(gallery)], axis=0)
+        return ops.take(both, ops.cast(index, "int32"), axis=0)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        (_, dim), _, (rows, _) = input_shape
+        return (rows, 3, dim)
+
+
+def build_slot_triplet_model(
+    upper: keras.Model, *, name: str = "activation_triplet", gallery_gradient: bool = True
+) -> keras.Model:
+    """``((U, *activation), (P, 3) index)`` → ``(P, 3, D)``: ``upper`` once per distinct slot.
+
+    ``gallery_gradient=False``: ``((A, *activation) query slots, (G, *activation) gallery-only slots,
+    index)``, the gallery slots forward only (no gradient through them).
+    """
+    shape = tuple(upper.input_shape[1:])
     index = keras.Input(shape=(3,), dtype="int32", name=f"{name}_index")
-    return keras.Model([slots, index], GatherSlots(name=f"{name}_gather")([upper(slots), index]), name=name)
+    if gallery_gradient:
+        slots = keras.Input(shape=shape, name=f"{name}_slots")
+        return keras.Model(
+            [slots, index], GatherSlots(name=f"{name}_gather")([upper(slots), index]), name=name
+        )
+    queries = keras.Input(shape=shape, name=f"{name}_queries")
+    gallery = keras.Input(shape=shape, name=f"{name}_gallery")
+    gathered = _GatherWithoutGalleryGradient(name=f"{name}_gather")([upper(queries), upper(gallery), index])
+    return keras.Model([queries, gallery, index], gathered, name=name)

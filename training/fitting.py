@@ -135,7 +135,12 @@ def compile_triplet_model(model: keras.Model, config: TrainConfig, phase: PhaseC
     """AdamW, the triplet loss with the configured mining and margin, the four triplet metrics."""
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate=phase.learning_rate, weight_decay=config.weight_decay),
-        loss=TripletLoss(margin=config.margin, mining=config.mining),
+        loss=TripletLoss(
+            margin=config.margin,
+            mining=config.mining,
+            nce_weight=config.nce_weight,
+            temperature=config.temperature,
+        ),
         metrics=triplet_metrics(config.margin),
     )
 

@@ -108,6 +108,10 @@ class TrainConfig(_Section):
     train: bool = True
     mining: Mining = "random"
     margin: float = Field(default=0.3, gt=0, le=2, description="triplet margin on cosine distance")
+    nce_weight: float = Field(
+        default=0.0, ge=0, description="weight of the temperature-scaled contrastive term (0: triplet only)"
+    )
+    temperature: float = Field(default=0.05, gt=0, le=1, description="nce_weight > 0: softmax temperature")
     label_aware: bool = Field(
         default=False, description="positives may come from any recipe of the same category"
     )
@@ -125,6 +129,9 @@ class TrainConfig(_Section):
         default=True,
         description="phase 2 on activations cached at the unfreeze boundary (false: render the views "
         "and run the frozen layers at every step)",
+    )
+    phase2_gallery_gradient: bool = Field(
+        default=True, description="phase 2: false runs the gallery-only slots forward only (~40 % less work)"
     )
     cache_ram_gib: float = Field(
         default=4.0, gt=0, description="a larger phase-2 cache is a numpy memmap in the run folder"

@@ -174,7 +174,9 @@ def fine_tune(run: Run, split: BoundarySplit, cache: ActivationCache | None, out
     with run.timer("phase2_fit_s"):
         with nets.strategy.scope():
             unfrozen = unfreeze_top(nets.model.get_layer(BACKBONE_LAYER), config.unfreeze_layers)
-            triplet = act.build_slot_triplet_model(split.upper)
+            triplet = act.build_slot_triplet_model(
+                split.upper, gallery_gradient=config.phase2_gallery_gradient
+            )
         log.info(
             "phase 2: %d backbone layers with weights unfrozen (BatchNorm frozen), %s",
             unfrozen,
@@ -183,7 +185,13 @@ def fine_tune(run: Run, split: BoundarySplit, cache: ActivationCache | None, out
 
         def batches(sampler: TripletSampler, training: bool) -> tf.data.Dataset:
             if cache is not None:
-                return act.activation_triplets(sampler, cache, training=training, seed=config.seed)
+                return act.activation_triplets(
+                    sampler,
+                    cache,
+                    training=training,
+                    seed=config.seed,
+                    gallery_gradient=config.phase2_gallery_gradient,
+                )
             return act.rendered_activation_triplets(
                 sampler, split, config, training=training, seed=config.seed
             )

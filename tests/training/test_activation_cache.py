@@ -18,6 +18,7 @@ from training.activation_cache import (
     build_activation_cache,
     build_slot_triplet_model,
     pooled_features_from_cache,
+    query_gallery_slots,
     rendered_activation_triplets,
     split_at_unfreeze_boundary,
     unique_slots,
@@ -67,6 +68,36 @@ def test_unique_slots_maps_every_slot_to_its_distinct_view() -> None:
     np.testing.assert_array_equal(v[index], views)
 
 
+def test_query_gallery_slots_put_anchored_slots_first() -> None:
+    photos = np.array([[0, 0, 1], [1, 1, 2], [2, 2, 0]], np.int32)
+    views = np.array([[3, 0, 0], [5, 0, 0], [0, 0, 0]], np.int32)  # row 2 anchors a clean photo
+    p, v, index, queries = query_gallery_slots(photos, views)
+    np.testing.assert_array_equal(p[index], photos)
+    np.testing.assert_array_equal(v[index], views)
+    assert int(queries) == 3 and (index[:, 0] < 3).all()
+    # (2, 0) is row 2's anchor and row 1's negative: a query slot, so its gradient flows.
+    assert {(int(a), int(b)) for a, b in zip(p[:3], v[:3], strict=True)} == {(0, 3), (1, 5), (2, 0)}
+    assert {(int(a), int(b)) for a, b in zip(p[3:], v[3:], strict=True)} == {(0, 0), (1, 0)}
+
+
+def test_gallery_slots_forward_only_when_asked(photos: PhotoSet) -> None:
+    model = _model()
+    split = split_at_unfreeze_boundary(model, 40)
+    unfreeze_top(model.get_layer(BACKBONE_LAYER), 40)
+    x = split.lower(photos.images[:4].astype(np.float32), training=False)
+    index = tf.constant([[0, 2, 3], [1, 3, 2]], tf.int32)
+    full = build_slot_triplet_model(split.upper)
+    queries_only = build_slot_triplet_model(split.upper, name="q", gallery_gradient=False)
+    np.testing.assert_allclose(
+        queries_only((x[:2], x[2:], index), training=False), full((x, index), training=False), atol=1e-6
+    )
+    for triplet, inputs, moved in ((full, (x, index), True), (queries_only, (x[:2], x[2:], index), False)):
+        with tf.GradientTape() as tape:
+            gallery_side = tf.reduce_sum(triplet(inputs, training=False)[:, 1:] * 0.1)
+        grads = tape.gradient(gallery_side, split.upper.trainable_weights)
+        assert any(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads) == moved
+
+
 def test_boundary_is_a_one_tensor_cut_at_or_below_the_unfrozen_layers(photos: PhotoSet) -> None:
     model = _model()
     split = split_at_unfreeze_boundary(model, 40)
@@ -114,7 +145,11 @@ def test_cache_holds_every_view_in_ram_or_memmapped(photos: PhotoSet, tmp_path: 
     )
 
 
-def test_phase2_on_the_cache_equals_phase2_without_it(photos: PhotoSet, tmp_path: Path) -> None:
+@pytest.mark.parametrize("gallery_gradient", [True, False])
+def test_phase2_on_the_cache_equals_phase2_without_it(
+    photos: PhotoSet, tmp_path: Path, gallery_gradient: bool
+) -> None:
+    config = CONFIG.overridden([f"phase2_gallery_gradient={str(gallery_gradient).lower()}"])
     recipes = {"train": np.arange(6, dtype=np.int32), "validation": np.array([6, 7], np.int32)}
     settings = PhaseConfig(epochs=2, learning_rate=1e-3, batch_recipes=4, steps_per_epoch=2)
     outcomes = []
@@ -126,7 +161,7 @@ def test_phase2_on_the_cache_equals_phase2_without_it(photos: PhotoSet, tmp_path
         )
         unfreeze_top(model.get_layer(BACKBONE_LAYER), 40)
         before = [w.numpy() for w in model.trainable_weights]
-        triplet = build_slot_triplet_model(split.upper)
+        triplet = build_slot_triplet_model(split.upper, gallery_gradient=gallery_gradient)
 
         def batches(
             sampler: TripletSampler,
@@ -136,15 +171,17 @@ def test_phase2_on_the_cache_equals_phase2_without_it(photos: PhotoSet, tmp_path
             cached: bool = cached,
         ) -> tf.data.Dataset:
             if cached:
-                return activation_triplets(sampler, cache, training=training, seed=1)
-            return rendered_activation_triplets(sampler, split, CONFIG, training=training, seed=1)
+                return activation_triplets(
+                    sampler, cache, training=training, seed=1, gallery_gradient=gallery_gradient
+                )
+            return rendered_activation_triplets(sampler, split, config, training=training, seed=1)
 
         keras.utils.set_random_seed(99)  # the same dropout masks in both runs
         history, _ = fit_phase(
             "phase2",
             triplet,
             batches,
-            config=CONFIG,
+            config=config,
             settings=settings,
             photos=photos,
             recipes=recipes,

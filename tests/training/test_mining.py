@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training.losses import TripletLoss, triplet_distances
+from training.losses import TripletLoss, contrastive_term, triplet_distances
 from training.mining import select_negatives
 from training.triplet_metrics import triplet_metrics
 
@@ -108,3 +108,30 @@ def test_metrics_serialise() -> None:
         rebuilt = type(metric).from_config(metric.get_config())
         assert rebuilt.name == metric.name and rebuilt.get_config() == metric.get_config()
     assert triplet_metrics(margin=0.4)[1].get_config()["margin"] == 0.4
+
+
+def test_contrastive_term_is_supervised_infonce_over_the_batch() -> None:
+    emb, labels = _batch()
+    tau = 0.1
+    flat_angles = [a for row in ANGLES for a in row]
+    flat_labels = [x for row in LABELS for x in row]
+    expected = []
+    for r, row in enumerate(ANGLES):
+        others = [i for i in range(9) if i != 3 * r]
+        sims = {i: math.cos(math.radians(flat_angles[i] - row[0])) / tau for i in others}
+        same = [i for i in others if flat_labels[i] == LABELS[r][0]]
+        expected.append(
+            math.log(sum(math.exp(s) for s in sims.values())) - math.log(sum(math.exp(sims[i]) for i in same))
+        )
+    np.testing.assert_allclose(contrastive_term(labels, emb, tau).numpy(), expected, rtol=1e-5)
+    # An anchor with no other embedding of its label in the batch contributes 0 (rows 0 and 1 here).
+    lonely = tf.constant([[0, 5, 6], [1, 7, 8], [2, 9, 2]], tf.int32)
+    got = contrastive_term(lonely, emb, tau).numpy()
+    np.testing.assert_allclose(got[:2], [0.0, 0.0])
+    assert got[2] > 0
+    loss = TripletLoss(margin=0.3, mining="batch-hard", nce_weight=0.5, temperature=tau)
+    hinge = TripletLoss(margin=0.3, mining="batch-hard").call(labels, emb).numpy()
+    np.testing.assert_allclose(loss.call(labels, emb).numpy(), hinge + 0.5 * np.array(expected), rtol=1e-5)
+    assert TripletLoss.from_config(loss.get_config()).get_config() == loss.get_config()
+    with pytest.raises(ValueError, match="temperature"):
+        TripletLoss(temperature=0.0)
