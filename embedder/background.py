@@ -1,11 +1,13 @@
-"""Lifetime plumbing shared by the services and their clients: stop-on-signal, an event loop in a background
-thread, the one harness that runs a service on it (:class:`RunningService`, for tests, benchmarks and
-tools), and :class:`Closeable`, the context manager that ends in ``close`` (the harness, both clients)."""
+"""Lifetime plumbing shared by the services and their clients: stop-on-signal and the console scripts'
+serve loop (:func:`serve_until_signalled`), an event loop in a background thread, the one harness that runs
+a service on it (:class:`RunningService`, for tests, benchmarks and tools), and :class:`Closeable`, the
+context manager that ends in ``close`` (the harness, both clients)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Coroutine
@@ -44,6 +46,40 @@ def stop_on_signals() -> asyncio.Event:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     return stop
+
+
+async def serve_until_signalled(
+    server: Service,
+    start: Coroutine[Any, Any, Any],
+    log: logging.Logger,
+    *,
+    alongside: Coroutine[Any, Any, Any] | None = None,
+) -> None:
+    """Run ``start``, serve until SIGTERM or SIGINT, then stop ``server`` gracefully (its own grace period).
+
+    ``alongside`` is a step that runs while the service already answers (the embedder loads its models
+    this way, NOT_SERVING meanwhile): a signal cancels it; its error stops the service and propagates.
+    """
+    stop = stop_on_signals()
+    try:
+        try:
+            await start
+        except BaseException:
+            if alongside is not None:
+                alongside.close()  # never started
+            raise
+        signalled = asyncio.create_task(stop.wait())
+        if alongside is not None:
+            side = asyncio.create_task(alongside)
+            await asyncio.wait({side, signalled}, return_when=asyncio.FIRST_COMPLETED)
+            if side.done():
+                side.result()  # raises what the step raised
+            else:
+                side.cancel()
+        await signalled
+        log.info("stop signal received")
+    finally:
+        await server.stop()
 
 
 class BackgroundLoop:

@@ -25,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from recipelens.v1 import embedder_pb2_grpc
 
-from embedder.background import RunningService, stop_on_signals
+from embedder.background import RunningService, serve_until_signalled
 from embedder.inprocess import InProcessEmbedder
 from embedder.logs import configure_logging
 from embedder.memory import configure_decoding, tune_allocator
@@ -204,22 +204,9 @@ class EmbedderServer:
 
 
 async def serve(settings: EmbedderSettings) -> None:
-    """Run the embedder until SIGTERM or SIGINT, then stop gracefully."""
-    stop = stop_on_signals()
+    """Run the embedder until SIGTERM or SIGINT, then stop gracefully (models load while it answers)."""
     server = EmbedderServer(settings)
-    try:
-        await server.start()
-        loading = asyncio.create_task(server.load_models())
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if loading.done():
-            loading.result()  # raises ServerStartError when no model could be loaded
-            await stopping
-        else:
-            loading.cancel()
-        log.info("stop signal received")
-    finally:
-        await server.stop(settings.grace_period_s)
+    await serve_until_signalled(server, server.start(), log, alongside=server.load_models())
 
 
 class RunningServer(RunningService[EmbedderServer]):

@@ -17,8 +17,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from embedder.manifest import ModelIntegrityError
+from gateway.checks import search_filter, sniff_image
 from gateway.errors import ErrorKind, GatewayError
-from gateway.pipeline import SearchGateway, search_filter, sniff_image
+from gateway.pipeline import SearchGateway
 from gateway.search import SearchResult, check_paging
 from gateway.server import build_embedder
 from gateway.settings import GatewaySettings

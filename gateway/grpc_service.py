@@ -20,9 +20,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from recipelens.v1 import search_pb2, search_pb2_grpc
 
+from gateway.checks import search_filter
 from gateway.errors import ErrorKind, GatewayError
 from gateway.images import public_image_url
-from gateway.pipeline import SearchGateway, search_filter
+from gateway.pipeline import SearchGateway
 from gateway.search import RecipeHit
 from protos.services import RECIPE_SEARCH_SERVICE
 

@@ -28,6 +28,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.checks import search_filter
 from gateway.errors import ErrorKind, GatewayError
 from gateway.http_edges import (
     SEARCH_PATH,
@@ -39,7 +40,7 @@ from gateway.http_edges import (
     legacy_timestamp,
 )
 from gateway.images import public_image_url, read_raster, safe_join
-from gateway.pipeline import SearchGateway, search_filter
+from gateway.pipeline import SearchGateway
 from gateway.search import RecipeHit
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import grpc
 import uvicorn
 from prometheus_client import start_http_server
 
-from embedder.background import RunningService, stop_on_signals
+from embedder.background import RunningService, serve_until_signalled
 from embedder.embedding import Embedder
 from embedder.factory import open_embedder
 from embedder.logs import configure_logging
@@ -189,14 +189,8 @@ class GatewayServer:
 
 async def serve(settings: GatewaySettings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    stop = stop_on_signals()
     server = GatewayServer(settings)
-    try:
-        await server.start()
-        await stop.wait()
-        log.info("stop signal received")
-    finally:
-        await server.stop()
+    await serve_until_signalled(server, server.start(), log)
 
 
 class RunningGateway(RunningService[GatewayServer]):

@@ -21,7 +21,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 import numpy as np
 
@@ -77,6 +77,7 @@ __all__ = [
     "RecipeResults",
     "RecipeStore",
     "ResolvedFilter",
+    "SearchArgs",
     "SearchFilter",
     "StoreError",
     "StoreHit",
@@ -90,6 +91,20 @@ __all__ = [
 ]
 
 log = logging.getLogger("indexer.store")
+
+
+class SearchArgs(TypedDict, total=False):
+    """The keywords of :meth:`RecipeStore.search` and :meth:`RecipeStore.search_recipes`, declared once.
+
+    ``limit`` (and ``offset``) count photos for ``search`` and recipes for ``search_recipes``;
+    ``model_version`` is the version of the model that made the query vector (checked against the
+    collection's); ``filter`` narrows by category and ingredient keywords.
+    """
+
+    limit: Required[int]
+    offset: int
+    filter: SearchFilter | None
+    model_version: Required[str]
 
 
 class RecipeStore(ABC):
@@ -198,47 +213,30 @@ class RecipeStore(ABC):
             self._delete(name, list(ids))
             self._changed(name)
 
-    def search(
-        self,
-        name: str,
-        vector: np.ndarray,
-        *,
-        limit: int,
-        offset: int = 0,
-        filter: SearchFilter | None = None,
-        model_version: str,
-    ) -> list[StoreHit]:
+    def search(self, name: str, vector: np.ndarray, **query: Unpack[SearchArgs]) -> list[StoreHit]:
         """The nearest photos (points), best first; see :meth:`search_recipes` for one hit per recipe."""
-        query, _ = self._point_query(name, vector, filter, model_version, limit=limit, offset=offset)
-        return self._query(name, query)
+        point_query, _ = self._point_query(name, vector, query)
+        return self._query(name, point_query)
 
-    def search_recipes(
-        self,
-        name: str,
-        vector: np.ndarray,
-        *,
-        limit: int,
-        offset: int = 0,
-        filter: SearchFilter | None = None,
-        model_version: str,
-    ) -> RecipeResults:
+    def search_recipes(self, name: str, vector: np.ndarray, **query: Unpack[SearchArgs]) -> RecipeResults:
         """Distinct recipes, best first: each once, at the rank and score of its best photo.
 
         ``limit`` and ``offset`` count recipes. The result carries the filter's warnings (terms that
         match nothing in the collection). How a back end groups is its :meth:`_recipes`.
         """
-        query, resolved = self._point_query(name, vector, filter, model_version, limit=limit, offset=offset)
-        if query.limit <= 0:
+        point_query, resolved = self._point_query(name, vector, query)
+        if point_query.limit <= 0:
             return RecipeResults([], resolved.warnings)
-        return RecipeResults(self._recipes(name, query), resolved.warnings)
+        return RecipeResults(self._recipes(name, point_query), resolved.warnings)
 
     def _point_query(
-        self, name: str, vector: np.ndarray, flt: SearchFilter | None, model: str, *, limit: int, offset: int
+        self, name: str, vector: np.ndarray, args: SearchArgs
     ) -> tuple[PointQuery, ResolvedFilter]:
         """A search's arguments checked against ``name`` (model, dimension, filter terms)."""
-        query = self.query_vector(name, vector, model)
-        resolved = self.resolve_filter(name, flt)
-        return PointQuery(query, int(limit), int(offset), self._native(resolved)), resolved
+        query = self.query_vector(name, vector, args["model_version"])
+        resolved = self.resolve_filter(name, args.get("filter"))
+        limit, offset = int(args["limit"]), int(args.get("offset", 0))
+        return PointQuery(query, limit, offset, self._native(resolved)), resolved
 
     def _recipes(self, name: str, query: PointQuery) -> list[RecipeMatch]:
         """The page of distinct recipes ``query`` asks for (its limit and offset count recipes).

@@ -16,13 +16,12 @@ from embedder.factory import open_embedder
 from embedder.inprocess import InProcessEmbedder
 from embedder.runtime import EmbeddingModel
 from gateway.errors import ErrorKind, GatewayError
-from gateway.pipeline import SearchGateway, bearer_token, key_matches, sniff_image
+from gateway.pipeline import SearchGateway
 from gateway.settings import GatewaySettings
 from indexer.calibration import CALIBRATION_KEY, MatchCalibration, match_verdict
 from indexer.store.base import RecipePoint, SearchFilter, point_id
 from indexer.store.edge import EdgeStore
 from tests.gateway.conftest import N_RECIPES, World, gateway_settings, recipe_payload
-from tests.support.imagegen import encode, synthetic_photo
 
 
 async def _gateway(world: World, **overrides: object) -> SearchGateway:
@@ -124,25 +123,6 @@ def test_authorize_takes_only_a_configured_bearer_key(world: World) -> None:
         gw.authorize("bearer  key-one ")
     finally:
         gw.store.close()
-    assert bearer_token("Bearer abc") == "abc" and bearer_token("Token abc") is None
-    assert key_matches("a", [SecretStr("b"), SecretStr("a")]) and not key_matches(None, [SecretStr("a")])
-
-
-def test_sniff_image_checks_size_format_and_pixels() -> None:
-    photo = encode(synthetic_photo(1, (160, 120)), "PNG")
-    assert sniff_image(photo, max_bytes=1 << 20, max_pixels=20_000) == ("PNG", 160, 120)
-    cases = [
-        (b"", ErrorKind.INVALID_ARGUMENT, "empty"),
-        (b"plain text", ErrorKind.INVALID_ARGUMENT, "not a picture"),
-        (photo, ErrorKind.RESOURCE_EXHAUSTED, "pixels"),
-    ]
-    for data, kind, words in cases:
-        with pytest.raises(GatewayError, match=words) as info:
-            sniff_image(data, max_bytes=1 << 20, max_pixels=1000)
-        assert _kind(info) is kind
-    with pytest.raises(GatewayError, match="bytes") as info:
-        sniff_image(photo, max_bytes=100, max_pixels=20_000)
-    assert _kind(info) is ErrorKind.RESOURCE_EXHAUSTED
 
 
 async def test_a_lone_search_runs_the_model_in_its_worker_and_concurrent_ones_share_a_run(
