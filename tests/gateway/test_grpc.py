@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -19,6 +17,7 @@ from gateway.client import RecipeSearchClient, search_filter
 from gateway.server import RunningGateway, start_gateway
 from tests.gateway.conftest import World, gateway_settings
 from tests.support.imagegen import encode, synthetic_photo
+from tests.support.tls import NEEDS_OPENSSL, self_signed
 
 
 @pytest.fixture(scope="module")
@@ -172,16 +171,9 @@ def test_empty_filter_message_is_no_filter(client: RecipeSearchClient, query_pho
     assert response.hits[0].recipe.id == "r002"
 
 
-@pytest.mark.skipif(
-    shutil.which("openssl") is None, reason="needs the openssl command to make a test certificate"
-)
+@NEEDS_OPENSSL
 def test_tls(world: World, tmp_path: Path, query_photos: list[bytes]) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path)
     with start_gateway(gateway_settings(world, tls_cert=cert, tls_key=key)) as running:
         with RecipeSearchClient(running.grpc_address, root_certificates=cert) as c:
             assert c.search(query_photos[0]).hits[0].recipe.id == "r000"

@@ -2,44 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gateway.server import RunningGateway
 from tests.gateway.conftest import XSS_TITLE, World
+from tests.support.browser import NEEDS_CHROMIUM, headless_chrome
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (dev extra)")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs Debian packages: apt-get install -y chromium chromium-driver",
-)
-
-
-def _chrome(tmp_path: Path) -> Any:
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+pytest.importorskip("selenium.webdriver", reason="selenium is not installed (dev extra)")
+pytestmark = NEEDS_CHROMIUM
 
 
 def test_upload_shows_cards_and_escapes_titles(gateway: RunningGateway, world: World, tmp_path: Path) -> None:
@@ -47,7 +19,7 @@ def test_upload_shows_cards_and_escapes_titles(gateway: RunningGateway, world: W
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver = _chrome(tmp_path)
+    driver = headless_chrome(tmp_path)
     try:
         driver.set_page_load_timeout(30)
         driver.get(gateway.http_url + "/")
@@ -85,7 +57,7 @@ def test_filters_on_the_page_and_the_matched_photo(
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver = _chrome(tmp_path)
+    driver = headless_chrome(tmp_path)
     try:
         driver.set_page_load_timeout(30)
         driver.get(gateway.http_url + "/")

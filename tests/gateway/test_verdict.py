@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,7 @@ from indexer.store.base import RecipePoint, point_id
 from indexer.store.edge import EdgeStore
 from tests.gateway.conftest import N_RECIPES, World, gateway_settings, recipe_payload
 from tests.indexer.conftest import write_kaggle_catalog
+from tests.support.browser import HAVE_CHROMIUM, headless_chrome
 from tests.support.imagegen import distorted, synthetic_photo
 from tests.support.tinymodel import write_tiny_model
 
@@ -117,13 +119,12 @@ def test_no_close_match_over_grpc_http_cli_and_page(
 
 
 def _page_shows_no_close_match(url: str, world: World, tmp_path: Path) -> None:
-    page = pytest.importorskip("tests.gateway.test_page")
-    if page.CHROMIUM is None or page.CHROMEDRIVER is None:
-        return  # the page half needs headless Chromium (Debian packages); the API halves ran
+    if not HAVE_CHROMIUM or importlib.util.find_spec("selenium") is None:
+        return  # the page half needs headless Chromium (Debian packages) and Selenium; the API halves ran
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver = page._chrome(tmp_path)
+    driver = headless_chrome(tmp_path)
     try:
         driver.set_page_load_timeout(30)
         driver.get(url + "/")

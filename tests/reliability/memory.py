@@ -31,7 +31,7 @@ from embedder.memory import DEFAULT_BUDGET_BYTES
 from embedder.preprocess import IMAGE_SIZE, decode_cost, open_image
 from tests.reliability.bigimages import HEIGHT, KINDS, WIDTH, big_upload
 from tests.reliability.stack import Service, World, free_port, make_world, query_photos, wait_serving
-from tests.support.load import rss_kib, run_load
+from tests.support.load import rss_kib, run_load, status_kib
 
 PEAK_LIMIT_MB = 600
 SETTLED_LIMIT_MB = 100
@@ -42,15 +42,25 @@ MB = 1_000_000
 
 def hwm_kib(pid: int) -> int:
     """The peak resident memory since the last reset (``VmHWM``), in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmHWM for pid {pid}")
+    return status_kib(pid, "VmHWM")
 
 
 def reset_hwm(pid: int) -> None:
     """Start a new high-water mark at the current resident size (``echo 5 > /proc/<pid>/clear_refs``)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _settled_mb(service: Service, baseline_kib: int) -> float:
+    """Resident growth over ``baseline_kib`` after :data:`SETTLE_S` seconds without load, in MB."""
+    time.sleep(SETTLE_S)
+    return (rss_kib(service.pid) - baseline_kib) * 1024 / MB
+
+
+def _stop_without_traceback(service: Service, what: str) -> None:
+    service.stop()
+    log = service.log()
+    if "Traceback" in log:
+        raise AssertionError(f"{what} logged a traceback:\n{log[-3000:]}")
 
 
 def _cost(data: bytes) -> int:
@@ -183,14 +193,10 @@ def gateway_figure(world: World, bursts: dict[str, list[bytes]], log_dir: Path) 
             burst.peak_mb = _growth_mb(service.pid, baseline)
             burst.outcomes = Counter(o.status for report in reports for o in report.outcomes)
             figure.bursts.append(burst)
-        time.sleep(SETTLE_S)
-        figure.settled_mb = (rss_kib(service.pid) - baseline) * 1024 / MB
+        figure.settled_mb = _settled_mb(service, baseline)
         return figure
     finally:
-        service.stop()
-        figure_log = service.log()
-        if "Traceback" in figure_log:
-            raise AssertionError(f"gateway logged a traceback:\n{figure_log[-3000:]}")
+        _stop_without_traceback(service, "gateway")
 
 
 def _mixed(uploads: dict[str, bytes], n: int) -> list[bytes]:
@@ -264,13 +270,10 @@ def embedder_figure(
             burst.peak_mb = _growth_mb(service.pid, baseline)
             burst.outcomes = outcomes
             figure.bursts.append(burst)
-            time.sleep(SETTLE_S)
-            figure.settled_mb = (rss_kib(service.pid) - baseline) * 1024 / MB
+            figure.settled_mb = _settled_mb(service, baseline)
             return figure
     finally:
-        service.stop()
-        if "Traceback" in service.log():
-            raise AssertionError(f"embedder logged a traceback:\n{service.log()[-3000:]}")
+        _stop_without_traceback(service, "embedder")
 
 
 def main() -> None:

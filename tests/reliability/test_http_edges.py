@@ -11,7 +11,6 @@ import base64
 import http.client
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -27,8 +26,10 @@ from gateway.client import RecipeSearchClient
 from gateway.server import RunningGateway, start_gateway
 from gateway.settings import GatewaySettings
 from tests.reliability.stack import REPO, World
+from tests.support.browser import NEEDS_CHROMIUM, headless_chrome
 from tests.support.imagegen import encode, synthetic_photo
 from tests.support.load import SEARCH_PATH, multipart_body
+from tests.support.tls import NEEDS_OPENSSL, self_signed
 
 pytestmark = pytest.mark.reliability
 
@@ -341,16 +342,11 @@ def test_metrics_on_their_own_port(world: World) -> None:
 # -- 9. TLS on HTTP ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+@NEEDS_OPENSSL
 def test_tls_pair_serves_https_and_refuses_plaintext(
     world: World, tmp_path: Path, photos: list[bytes]
 ) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path)
     with start_gateway(settings(world, tls_cert=cert, tls_key=key, api_keys=[KEY])) as running:
         assert running.http_url.startswith("https://")
         context = ssl.create_default_context(cafile=str(cert))
@@ -401,35 +397,14 @@ def test_keys_over_plaintext_beyond_loopback_refuse_to_start(world: World) -> No
     assert settings(world, api_keys=[KEY], http_host="127.0.0.1").api_keys
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-
-@pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None, reason="needs Debian packages chromium and chromium-driver"
-)
+@NEEDS_CHROMIUM
 def test_docs_render_in_a_browser_without_internet(plain_gateway: RunningGateway, tmp_path: Path) -> None:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (dev extra)")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        # Anything not on loopback fails at once, as it would offline: only the gateway's own assets load.
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    # Anything not on loopback fails at once, as it would offline: only the gateway's own assets load.
+    driver = headless_chrome(tmp_path, "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
     try:
         driver.set_page_load_timeout(30)
         driver.get(plain_gateway.http_url + "/docs")

@@ -120,12 +120,17 @@ def table(reports: Sequence[LoadReport]) -> str:
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process in KiB (``VmRSS`` in ``/proc/<pid>/status``)."""
+def status_kib(pid: int, field: str) -> int:
+    """One memory figure of a process in KiB, by its name in ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process in KiB (``VmRSS``)."""
+    return status_kib(pid, "VmRSS")
 
 
 def require_loopback(host: str) -> None:
