@@ -1,5 +1,8 @@
 """The images proven on a Docker engine: built offline from the wheelhouse, run, health-checked, searched.
 
+One module (over 450 lines) on purpose: every test here shares the module-scoped engine, wheelhouse,
+images and running stack, which take minutes to make; split into files they would be made once per file.
+
 Needs a Docker engine (one answering, or root with Debian's docker.io and debootstrap to start one here —
 see tests/deploy/engine.py); skipped with the reason otherwise, or with RECIPELENS_SKIP_IMAGES=1. Marker
 ``images``; ``make images-test`` runs it alone. Steps:

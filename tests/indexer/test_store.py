@@ -11,13 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexer.keywords import ingredient_keywords, normal, query_keywords
+from indexer.keywords import ingredient_keywords
 from indexer.store import open_store
 from indexer.store.base import (
-    MAX_FILTER_TERMS,
     CollectionBusy,
     CollectionNotFound,
-    InvalidFilter,
     ModelVersionMismatch,
     RecipePoint,
     RecipeStore,
@@ -285,26 +283,6 @@ def test_server_metadata_changed_by_another_process_is_seen_within_the_ttl(
     assert store.collection_info("c").extra == {"note": "second"}
 
 
-def test_int8_quantized_edge_collection_finds_each_point_first(tmp_path: Path) -> None:
-    from indexer.store.base import RecipePoint, point_id
-    from indexer.store.edge import EdgeStore
-
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((300, 32)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    with EdgeStore(tmp_path / "q") as store:
-        store.create_collection("q8", dimension=32, model_version="m", quantization="int8")
-        points = [
-            RecipePoint(point_id(str(i), "a.jpg"), vectors[i], {"recipe_id": str(i)}) for i in range(300)
-        ]
-        store.upsert("q8", points, model_version="m")
-        store.mark_complete("q8")
-        for i in range(0, 300, 37):  # rescored with the original vectors: exact self-match on top
-            hits = store.search("q8", vectors[i], limit=3, model_version="m")
-            assert hits[0].payload["recipe_id"] == str(i)
-            assert hits[0].score == pytest.approx(1.0, abs=1e-5)
-
-
 # -- distinct recipes and honest filters ------------------------------------------------------------
 def _multi_photo_catalogue(seed: int = 7) -> tuple[list[RecipePoint], np.ndarray]:
     """12 recipes of 1–4 photos each around their own centre, plus "big": 40 photos near recipe 0.
@@ -430,33 +408,6 @@ def test_grouping_is_bounded_and_says_so_by_a_short_page(
         store.upsert("c", points, model_version="m1")
         hits = store.search_recipes("c", query, limit=3, model_version="m1").hits
     assert [h.recipe_id for h in hits] == ["big"]
-
-
-def test_filters_are_capped_with_a_clear_error() -> None:
-    SearchFilter(must_exclude=tuple(f"term{i}" for i in range(MAX_FILTER_TERMS)))
-    with pytest.raises(InvalidFilter, match=r"filter of 65 terms \(at most 64\)"):
-        SearchFilter(categories=("a",), must_exclude=tuple(f"term{i}" for i in range(MAX_FILTER_TERMS)))
-    with pytest.raises(InvalidFilter, match="at most 100"):
-        SearchFilter(must_exclude=("x" * 101,))
-    with pytest.raises(InvalidFilter, match=r"bytes \(at most 4096\)"):
-        SearchFilter(must_exclude=tuple("é" * 50 for _ in range(50)))
-    with pytest.raises(InvalidFilter, match="list of strings"):
-        SearchFilter(categories="Soups")  # type: ignore[arg-type]
-    assert isinstance(InvalidFilter("x"), ValueError)  # callers map it to INVALID_ARGUMENT / 400
-    assert SearchFilter(categories=[" Soups ", ""]).categories == ("Soups",)  # type: ignore[arg-type]
-
-
-def test_one_normal_form_for_index_and_query() -> None:
-    for spellings in (
-        ["chilli", "chillies", "Chilli", "chilly"],
-        ["berry", "berries"],
-        ["tomato", "tomatoes"],
-    ):
-        assert len({normal(s) for s in spellings}) == 1, spellings
-    assert normal("cookie") == normal("cookies") and normal("egg") == normal("eggs")
-    assert normal("hummus") == "hummus" and normal("glass") == normal("glasses")
-    assert query_keywords("Red CHILLIES") == ["red", "chilli"]
-    assert set(ingredient_keywords(["2 chillies"])) == {"chillies", "chilli"}
 
 
 def test_a_vocabulary_read_before_a_write_never_makes_a_filter_wrong(
