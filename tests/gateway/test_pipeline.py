@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
 from collections.abc import AsyncIterator
@@ -24,18 +25,23 @@ from indexer.store.edge import EdgeStore
 from tests.gateway.conftest import N_RECIPES, World, gateway_settings, recipe_payload
 
 
-async def _gateway(world: World, **overrides: object) -> SearchGateway:
+@contextlib.asynccontextmanager
+async def _opened(world: World, **overrides: object) -> AsyncIterator[SearchGateway]:
+    """A SearchGateway over the world's store and models (settings overridden), closed with its store."""
     settings = gateway_settings(world, **overrides)
     embedder = open_embedder(None, settings.model_dir, watch_model_dir=True)
-    return SearchGateway(EdgeStore(world.store_path), embedder, settings, workers=2)
+    gw = SearchGateway(EdgeStore(world.store_path), embedder, settings, workers=2)
+    try:
+        yield gw
+    finally:
+        await gw.aclose()
+        gw.store.close()
 
 
 @pytest.fixture
 async def gateway(world: World) -> AsyncIterator[SearchGateway]:
-    gw = await _gateway(world)
-    yield gw
-    await gw.aclose()
-    gw.store.close()
+    async with _opened(world) as gw:
+        yield gw
 
 
 def _kind(exc: pytest.ExceptionInfo[GatewayError]) -> ErrorKind:
@@ -67,8 +73,7 @@ async def test_paging_is_checked_before_anything_else(
 
 
 async def test_missing_alias_fails_search_readiness_and_wait(world: World, query_photos: list[bytes]) -> None:
-    gw = await _gateway(world, alias="absent")
-    try:
+    async with _opened(world, alias="absent") as gw:
         with pytest.raises(GatewayError) as info:
             await gw.search(query_photos[0])
         assert _kind(info) is ErrorKind.FAILED_PRECONDITION and "'absent'" in str(info.value)
@@ -77,9 +82,6 @@ async def test_missing_alias_fails_search_readiness_and_wait(world: World, query
         assert readiness.checks["embedder"].startswith("ok")
         with pytest.raises(TimeoutError, match="absent"):
             await gw.wait_ready(0.3, period_s=0.05)
-    finally:
-        await gw.aclose()
-        gw.store.close()
 
 
 async def test_embedder_without_the_collection_model(
@@ -88,16 +90,12 @@ async def test_embedder_without_the_collection_model(
     only_b = tmp_path / "models"
     only_b.mkdir()
     (only_b / "tiny-b").symlink_to(world.models / "tiny-b", target_is_directory=True)
-    gw = await _gateway(world, model_dir=only_b)
-    try:
+    async with _opened(world, model_dir=only_b) as gw:
         with pytest.raises(GatewayError) as info:
             await gw.search(query_photos[0])
         assert _kind(info) is ErrorKind.FAILED_PRECONDITION and world.version_a in str(info.value)
         readiness = await gw.readiness()
         assert not readiness.ready and world.version_a in readiness.checks["versions"]
-    finally:
-        await gw.aclose()
-        gw.store.close()
 
 
 async def test_get_recipe(gateway: SearchGateway) -> None:
@@ -191,8 +189,7 @@ async def test_a_query_has_one_verdict_on_every_page(
     paged_world: tuple[World, np.ndarray], query_photos: list[bytes]
 ) -> None:
     world, _ = paged_world
-    gw = await _gateway(world)
-    try:
+    async with _opened(world) as gw:
         photo = query_photos[3]
         first = await gw.search(photo, top_k=7)
         assert first.match == "strong" and first.hits[0].recipe_id == "r003"
@@ -206,17 +203,13 @@ async def test_a_query_has_one_verdict_on_every_page(
         assert kept.match == "strong" and [h.rank for h in kept.hits] == [5]  # weaker hits still dropped
         beyond = await gw.search(photo, top_k=5, offset=N_RECIPES)  # past the last recipe: no hits
         assert beyond.hits == [] and beyond.match == "strong"
-    finally:
-        await gw.aclose()
-        gw.store.close()
 
 
 async def test_with_a_filter_the_verdict_is_about_the_filtered_recipes(
     paged_world: tuple[World, np.ndarray], query_photos: list[bytes]
 ) -> None:
     world, query = paged_world
-    gw = await _gateway(world)
-    try:
+    async with _opened(world) as gw:
         mains = SearchFilter(categories=("main",))  # query 3's own recipe is a dessert
         first = await gw.search(query_photos[3], top_k=2, search_filter=mains)
         assert first.hits and all(h.category == "main" for h in first.hits)
@@ -226,9 +219,6 @@ async def test_with_a_filter_the_verdict_is_about_the_filtered_recipes(
         assert first.match == expected != "strong"
         later = await gw.search(query_photos[3], top_k=2, offset=3, search_filter=mains)
         assert later.match == first.match and [h.rank for h in later.hits] == [4, 5]
-    finally:
-        await gw.aclose()
-        gw.store.close()
 
 
 async def test_a_deadline_passing_while_the_model_runs_in_the_worker_names_the_stage(
