@@ -21,7 +21,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Required, TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
@@ -93,18 +93,33 @@ __all__ = [
 log = logging.getLogger("indexer.store")
 
 
-class SearchArgs(TypedDict, total=False):
+class _SearchArgsNeeded(TypedDict):
+    limit: int
+    model_version: str
+
+
+class SearchArgs(_SearchArgsNeeded, total=False):
     """The keywords of :meth:`RecipeStore.search` and :meth:`RecipeStore.search_recipes`, declared once.
 
     ``limit`` (and ``offset``) count photos for ``search`` and recipes for ``search_recipes``;
     ``model_version`` is the version of the model that made the query vector (checked against the
-    collection's); ``filter`` narrows by category and ingredient keywords.
+    collection's); ``filter`` narrows by category and ingredient keywords. ``limit`` and
+    ``model_version`` are required (the base class says so at run time too, where ``Required[...]``
+    under postponed annotations would not).
     """
 
-    limit: Required[int]
     offset: int
     filter: SearchFilter | None
-    model_version: Required[str]
+
+
+def _check_search_args(args: SearchArgs) -> None:
+    """A keyword missing or unknown is a TypeError, as with an explicit signature (``**`` accepts any)."""
+    missing = SearchArgs.__required_keys__ - args.keys()
+    unknown = args.keys() - SearchArgs.__required_keys__ - SearchArgs.__optional_keys__
+    if missing or unknown:
+        problems = [f"missing {', '.join(sorted(missing))}"] if missing else []
+        problems += [f"unexpected {', '.join(sorted(unknown))}"] if unknown else []
+        raise TypeError(f"store search keywords: {'; '.join(problems)}")
 
 
 class RecipeStore(ABC):
@@ -233,6 +248,7 @@ class RecipeStore(ABC):
         self, name: str, vector: np.ndarray, args: SearchArgs
     ) -> tuple[PointQuery, ResolvedFilter]:
         """A search's arguments checked against ``name`` (model, dimension, filter terms)."""
+        _check_search_args(args)
         query = self.query_vector(name, vector, args["model_version"])
         resolved = self.resolve_filter(name, args.get("filter"))
         limit, offset = int(args["limit"]), int(args.get("offset", 0))

@@ -115,6 +115,23 @@ def test_edge_and_server_agree(tmp_path: Path, server_stores: list[ServerStore])
         assert got == expected, server.url
 
 
+def test_search_keywords_are_checked_like_a_signature(tmp_path: Path) -> None:
+    pts = _points()
+    with EdgeStore(tmp_path / "q") as store:
+        store.create_collection("c", dimension=DIM, model_version="m1")
+        store.upsert("c", pts, model_version="m1")
+        bad: list[dict[str, Any]] = [
+            {"limit": 3},  # no model_version
+            {"model_version": "m1"},  # no limit
+            {"limit": 3, "model_version": "m1", "ofset": 2},  # a misspelt keyword is not ignored
+        ]
+        for kwargs in bad:
+            for search in (store.search, store.search_recipes):
+                with pytest.raises(TypeError, match="store search keywords"):
+                    search("c", pts[0].vector, **kwargs)
+        assert len(store.search("c", pts[0].vector, limit=3, offset=1, filter=None, model_version="m1")) == 3
+
+
 def test_edge_persists_and_guards_versions(tmp_path: Path) -> None:
     pts = _points()
     with open_store(StoreSettings(path=tmp_path / "q")) as store:
