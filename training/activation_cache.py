@@ -33,7 +33,7 @@ import tensorflow as tf
 from keras import ops
 
 from training.data import PhotoSet, TripletSampler, index_dataset, render_views
-from training.features import augmented_view_index, view_outputs
+from training.features import Stage, augmented_view_index, frozen_fn, no_stage, view_outputs
 from training.fitting import BACKBONE_LAYER, POOL_LAYERS
 from training.layers import GatherSlots
 from training.presets import TrainConfig
@@ -134,8 +134,13 @@ def build_activation_cache(
     views: int,
     run_dir: Path,
     progress: bool,
+    stage: Stage = no_stage,
 ) -> ActivationCache:
-    """``lower`` on views 0 … ``views − 1`` of each ``cached`` photo, once; memmapped above the budget."""
+    """``lower`` on views 0 … ``views − 1`` of each ``cached`` photo, once; memmapped above the budget.
+
+    ``stage`` times the conversion of ``lower`` for its runtime (``frozen_convert_s``, a fixed cost) and
+    the pass over the views (``phase2_cache_s``).
+    """
     shape = (len(cached), views, *split.activation_shape)
     size = int(np.prod(shape)) * 4
     budget = int(config.cache_ram_gib * 2**30)
@@ -154,16 +159,20 @@ def build_activation_cache(
     else:
         values = np.lib.format.open_memmap(run_dir / CACHE_FILE, mode="w+", dtype=np.float32, shape=shape)
     flat = values.reshape(len(cached) * views, *split.activation_shape)
-    view_outputs(
-        split.lower,
-        photos,
-        np.repeat(cached, views),
-        np.tile(np.arange(views), len(cached)),
-        config,
-        desc=f"activations: {views} views per photo at {split.boundary}",
-        progress=progress,
-        out=flat,
-    )
+    with stage("frozen_convert_s"):
+        fn = frozen_fn(split.lower, config)
+    with stage("phase2_cache_s"):
+        view_outputs(
+            split.lower,
+            photos,
+            np.repeat(cached, views),
+            np.tile(np.arange(views), len(cached)),
+            config,
+            desc=f"activations: {views} views per photo at {split.boundary}",
+            progress=progress,
+            out=flat,
+            fn=fn,
+        )
     row = np.full(len(photos), -1, np.int64)
     row[cached] = np.arange(len(cached))
     return ActivationCache(values, row)

@@ -133,6 +133,11 @@ class TrainConfig(_Section):
     phase2_gallery_gradient: bool = Field(
         default=True, description="phase 2: false runs the gallery-only slots forward only (~40 % less work)"
     )
+    phase2_depthwise: bool = Field(
+        default=True,
+        description="phase 2 trains the unfrozen blocks' depthwise kernels (false: frozen, ~25 % less "
+        "work per step)",
+    )
     cache_ram_gib: float = Field(
         default=4.0, gt=0, description="a larger phase-2 cache is a numpy memmap in the run folder"
     )
@@ -142,6 +147,11 @@ class TrainConfig(_Section):
     early_stopping_patience: int = Field(default=5, ge=1)
     unfreeze_layers: int = Field(
         default=40, ge=1, description="top backbone layers trained in phase 2 (BatchNorm stays frozen)"
+    )
+    frozen_runtime: Literal["auto", "keras", "onnxruntime"] = Field(
+        default="auto",
+        description="what runs the frozen passes (phase-2 cache, pooled features, raw queries): auto is "
+        "onnxruntime without a GPU (about 2× Keras on a CPU), Keras with one",
     )
     mixed_precision: bool = Field(default=True, description="mixed_float16 when a GPU is visible")
     head_init: Literal["pca", "whitened", "random"] = Field(
@@ -236,12 +246,17 @@ PRESETS: dict[str, TrainConfig] = {
         "tl-hard", mining="batch-hard", margin=0.8, phase1={"epochs": 15, "learning_rate": 3e-5}, **QUERY_LIKE
     ),
     # 004-ft: tl-hard for 6 epochs, then the top 40 backbone layers unfrozen for 20 more.
+    # Chosen on validation queries (README, "Backbone × preset"): GeM pooling (strong R@1 +6.7 over raw
+    # Lite0 against +4.3 with average pooling), and the unfrozen blocks' depthwise kernels frozen (the
+    # same figure, 96.1 against 95.9, for ~25 % less work per phase-2 step).
     "ft": _preset(
         "ft",
         **QUERY_LIKE,
         mining="batch-hard",
         margin=0.8,
         unfreeze_layers=40,
+        pooling="gem",
+        phase2_depthwise=False,
         phase1={"epochs": 6, "learning_rate": 3e-5},
         phase2={"epochs": 20, "learning_rate": 1e-5, "batch_recipes": 16},
     ),

@@ -173,13 +173,18 @@ def fine_tune(run: Run, split: BoundarySplit, cache: ActivationCache | None, out
     config, nets = run.config, run.nets
     with run.timer("phase2_fit_s"):
         with nets.strategy.scope():
-            unfrozen = unfreeze_top(nets.model.get_layer(BACKBONE_LAYER), config.unfreeze_layers)
+            unfrozen = unfreeze_top(
+                nets.model.get_layer(BACKBONE_LAYER),
+                config.unfreeze_layers,
+                depthwise=config.phase2_depthwise,
+            )
             triplet = act.build_slot_triplet_model(
                 split.upper, gallery_gradient=config.phase2_gallery_gradient
             )
         log.info(
-            "phase 2: %d backbone layers with weights unfrozen (BatchNorm frozen), %s",
+            "phase 2: %d backbone layers with weights unfrozen (BatchNorm%s frozen), %s",
             unfrozen,
+            "" if config.phase2_depthwise else " and depthwise convolutions",
             "on the activation cache" if cache is not None else "rendering views at every step",
         )
 
@@ -257,23 +262,24 @@ def run(
         data = prepare_data(config, catalog_path, run_dir, progress=progress)
     ctx = Run(config, catalog_path, out_dir, run_dir, data, build_networks(config), timer, progress)
     held_out = data.photos_of(config.evaluation.split)
-    with timer("raw_features_s"):
-        raw = pretrained_features(config, ctx.nets.features, data.photos, held_out, progress=progress)
+    raw = pretrained_features(
+        config, ctx.nets.features, data.photos, held_out, progress=progress, stage=timer
+    )
     outcome = Training()
     split, activations = None, None
     if config.train and config.phase2.epochs > 0:
         split = act.split_at_unfreeze_boundary(ctx.nets.model, config.unfreeze_layers)
         if config.phase2_cache:
-            with timer("phase2_cache_s"):
-                activations = act.build_activation_cache(
-                    split,
-                    config,
-                    data.photos,
-                    data.photos_of("train", "validation"),
-                    views=config.phase2_views,
-                    run_dir=run_dir,
-                    progress=progress,
-                )
+            activations = act.build_activation_cache(
+                split,
+                config,
+                data.photos,
+                data.photos_of("train", "validation"),
+                views=config.phase2_views,
+                run_dir=run_dir,
+                progress=progress,
+                stage=timer,
+            )
     if config.train and config.phase1.epochs > 0:
         train_head(ctx, raw, outcome, (split, activations) if split and activations else None)
     if split is not None:

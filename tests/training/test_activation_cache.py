@@ -149,7 +149,11 @@ def test_cache_holds_every_view_in_ram_or_memmapped(photos: PhotoSet, tmp_path: 
 def test_phase2_on_the_cache_equals_phase2_without_it(
     photos: PhotoSet, tmp_path: Path, gallery_gradient: bool
 ) -> None:
-    config = CONFIG.overridden([f"phase2_gallery_gradient={str(gallery_gradient).lower()}"])
+    # Keras computes the cache here as it computes the rendered path's activations, so the two runs see
+    # the same numbers; onnxruntime's agreement with Keras is the next test's.
+    config = CONFIG.overridden(
+        [f"phase2_gallery_gradient={str(gallery_gradient).lower()}", "frozen_runtime=keras"]
+    )
     recipes = {"train": np.arange(6, dtype=np.int32), "validation": np.array([6, 7], np.int32)}
     settings = PhaseConfig(epochs=2, learning_rate=1e-3, batch_recipes=4, steps_per_epoch=2)
     outcomes = []
@@ -157,7 +161,7 @@ def test_phase2_on_the_cache_equals_phase2_without_it(
         model = _model(seed=11)
         split = split_at_unfreeze_boundary(model, 40)
         cache = build_activation_cache(
-            split, CONFIG, photos, np.arange(8), views=3, run_dir=tmp_path, progress=False
+            split, config, photos, np.arange(8), views=3, run_dir=tmp_path, progress=False
         )
         unfreeze_top(model.get_layer(BACKBONE_LAYER), 40)
         before = [w.numpy() for w in model.trainable_weights]
@@ -203,3 +207,65 @@ def test_phase2_on_the_cache_equals_phase2_without_it(
     for a, b in zip(w_cache, w_plain, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
     np.testing.assert_allclose(e_cache, e_plain, atol=1e-5)
+
+
+def test_phase2_with_frozen_depthwise_kernels_trains_only_the_rest(photos: PhotoSet, tmp_path: Path) -> None:
+    model = _model(seed=5)
+    split = split_at_unfreeze_boundary(model, 40)
+    cache = build_activation_cache(
+        split, CONFIG, photos, np.arange(8), views=3, run_dir=tmp_path, progress=False
+    )
+    backbone = model.get_layer(BACKBONE_LAYER)
+    all_unfrozen = unfreeze_top(backbone, 40)
+    unfrozen = unfreeze_top(backbone, 40, depthwise=False)
+    top = backbone.layers[-40:]
+    depthwise = [layer for layer in top if isinstance(layer, keras.layers.DepthwiseConv2D)]
+    assert depthwise and unfrozen == all_unfrozen - len(depthwise)
+    assert not any(layer.trainable for layer in depthwise)
+    trainable = [layer for layer in top if layer.trainable and layer.weights]
+    assert trainable
+    frozen_before = [layer.get_weights()[0].copy() for layer in depthwise]
+    trained_before = [layer.get_weights()[0].copy() for layer in trainable]
+    triplet = build_slot_triplet_model(split.upper)
+    fit_phase(
+        "phase2",
+        triplet,
+        lambda sampler, training: activation_triplets(sampler, cache, training=training, seed=1),
+        config=CONFIG,
+        settings=PhaseConfig(epochs=1, learning_rate=1e-3, batch_recipes=4, steps_per_epoch=2),
+        photos=photos,
+        recipes={"train": np.arange(6, dtype=np.int32), "validation": np.array([6, 7], np.int32)},
+        views=3,
+        run_dir=tmp_path / "fit",
+        strategy=tf.distribute.get_strategy(),
+        progress=False,
+    )
+    for layer, kernel in zip(depthwise, frozen_before, strict=True):
+        np.testing.assert_array_equal(layer.get_weights()[0], kernel)
+    moved = sum(
+        not np.allclose(layer.get_weights()[0], k) for layer, k in zip(trainable, trained_before, strict=True)
+    )
+    assert moved == len(trainable)
+
+
+def test_the_cache_from_onnxruntime_agrees_with_keras(photos: PhotoSet, tmp_path: Path) -> None:
+    split = split_at_unfreeze_boundary(_model(seed=7), 40)
+    caches = {
+        runtime: build_activation_cache(
+            split,
+            CONFIG.overridden([f"frozen_runtime={runtime}"]),
+            photos,
+            np.arange(5),
+            views=3,
+            run_dir=tmp_path / runtime,
+            progress=False,
+        ).values
+        for runtime in ("keras", "onnxruntime")
+    }
+    keras_values, ort_values = caches["keras"], caches["onnxruntime"]
+    assert keras_values.shape == ort_values.shape == (5, 3, *split.activation_shape)
+    assert np.abs(keras_values).max() > 1.0  # real activations, not zeros
+    # Augmented views differ from the clean one, and the two runtimes see the same rendered views.
+    assert not np.allclose(keras_values[:, 0], keras_values[:, 1], atol=1e-2)
+    scale = float(np.abs(keras_values).max())
+    np.testing.assert_allclose(ort_values, keras_values, atol=1e-5 * scale)

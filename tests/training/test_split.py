@@ -78,6 +78,8 @@ def test_presets_reproduce_the_seed_notebooks() -> None:
     assert (hard.mining, hard.margin, hard.phase1.epochs, hard.phase2.epochs) == ("batch-hard", 0.8, 15, 0)
     assert (ft.mining, ft.margin, ft.phase1.epochs, ft.phase2.epochs) == ("batch-hard", 0.8, 6, 20)
     assert ft.unfreeze_layers == 40 and ft.phase2.learning_rate < ft.phase1.learning_rate
+    # Chosen on validation queries: GeM, and the unfrozen blocks' depthwise kernels kept frozen.
+    assert (ft.pooling, ft.phase2_depthwise) == ("gem", False) and hard.pooling == "avg"
     assert hard.weight_decay == 1e-4 and hard.lr_patience == 3 and hard.early_stopping_patience == 5
     # What the seed left open (presets.QUERY_LIKE): ft's first phase is tl-hard's.
     assert hard.head_init == ft.head_init == "whitened" and tl.head_init == "pca"

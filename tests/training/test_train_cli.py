@@ -65,6 +65,12 @@ def test_preset_trains_evaluates_and_exports(
 
     run_dir = next((tmp_path / "models" / "runs").iterdir())
     assert json.loads((run_dir / "config.json").read_text())["preset"] == preset
+    # Seconds per stage (bench/train.py extrapolates them): the frozen parts' conversion for onnxruntime
+    # apart, as a fixed cost, and the evaluation's queries apart from the clean photos training needs.
+    timings = json.loads((run_dir / "timings.json").read_text())
+    stages = {"decode_s", "frozen_convert_s", "raw_features_s", "query_features_s", "evaluate_s", "export_s"}
+    assert stages <= set(timings) and all(timings[k] > 0 for k in stages)
+    assert ("phase2_cache_s" in timings and "phase2_fit_s" in timings) == (preset == "ft")
     with (run_dir / "bad_images.csv").open() as fh:
         bad = list(csv.DictReader(fh))
     assert {row["id"] for row in bad} == {"r999"} and any("broken.jpg" in row["file"] for row in bad)
