@@ -78,13 +78,18 @@ def test_preset_trains_evaluates_and_exports(
     assert len(split) == 24 and set(split.values()) == {"train", "validation", "test"}
     report = json.loads((run_dir / "evaluation.json").read_text())
     rows = {"raw"} if preset == "raw" else {"raw", preset, HEAD_INIT_ROW}
-    assert set(report["models"]) == rows | {f"{row}@strong" for row in rows}
+    # ft pools with GeM: raw Lite0 with average pooling is scored beside it, and every row against it too.
+    references = {"raw"} | ({"raw efficientnet_lite0"} if preset == "ft" else set())
+    scored = rows | references
+    assert set(report["models"]) == scored | {f"{row}@strong" for row in scored}
     assert {m["distortion"] for m in report["models"].values()} == {"moderate", "strong"}
     # Each trained row against raw on the same queries, with an interval: R@1 per level, cat P@5 once.
-    compared = {(c["model"], c["metric"], c["distortion"]) for c in report["comparisons"]}
+    compared = {(c["model"], c["reference"], c["metric"], c["distortion"]) for c in report["comparisons"]}
     assert compared == {
-        (row, metric, level)
-        for row in rows - {"raw"}
+        (row, ref, metric, level)
+        for ref in references
+        for row in scored - {ref}
+        if preset != "raw"
         for metric, level in (("recall@1", "moderate"), ("recall@1", "strong"), ("category_p@5", "clean"))
     }
     assert all(c["low"] <= c["delta"] <= c["high"] for c in report["comparisons"])
