@@ -251,10 +251,13 @@ class TripletSampler:
         batch_recipes: int,
         label_aware: bool = False,
         query_gallery: bool = False,
+        anchors_per_recipe: int = 1,
         seed: int = 0,
     ) -> None:
         if views < 2:
             raise ValueError("at least 2 views per photo are needed (view 0 is the clean photo)")
+        if anchors_per_recipe < 1:
+            raise ValueError("anchors_per_recipe must be at least 1")
         self.photos = photos
         self.recipes = np.asarray(sorted(set(recipes)), np.int32)
         if len(self.recipes) < 2:
@@ -262,6 +265,9 @@ class TripletSampler:
         self.views = views
         self.batch_recipes = min(batch_recipes, len(self.recipes))
         self.query_gallery = query_gallery
+        # K rows per drawn recipe in training batches (P/K recipes, each with K anchors): several augmented
+        # queries of one recipe against its one clean photo in the same batch.
+        self.anchors_per_recipe = min(anchors_per_recipe, max(1, self.batch_recipes // 2))
         self.label_aware = label_aware and photos.has_categories
         if label_aware and not self.label_aware:
             log.warning("label-aware sampling asked for, but the catalogue has no categories: using recipes")
@@ -312,11 +318,18 @@ class TripletSampler:
     def batch(
         self, rng: np.random.Generator | None = None, *, recipes: np.ndarray | None = None
     ) -> TripletBatch:
-        """One batch of P distinct recipes; ``recipes`` fixes which ones (else drawn at random)."""
+        """One batch of P rows; ``recipes`` fixes which ones (else drawn at random).
+
+        Drawn at random: ``ceil(P / K)`` distinct recipes, each anchoring ``K = anchors_per_recipe`` rows
+        (each row its own anchor view; K = 1: P distinct recipes). Fixed: one row per given recipe.
+        """
         rng = rng or self.rng
-        chosen = (
-            recipes if recipes is not None else rng.choice(self.recipes, self.batch_recipes, replace=False)
-        )
+        if recipes is not None:
+            chosen = recipes
+        else:
+            k = self.anchors_per_recipe
+            drawn = rng.choice(self.recipes, -(-self.batch_recipes // k), replace=False)
+            chosen = np.repeat(drawn, k)[: self.batch_recipes]
         rows = len(chosen)
         photos = np.zeros((rows, 3), np.int32)
         views = np.zeros((rows, 3), np.int32)

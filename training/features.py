@@ -35,6 +35,8 @@ class PretrainedFeatures:
     query_features: dict[str, np.ndarray]  # level → (Q, F)
     held_out: np.ndarray  # photo indices of the test recipes
     nonfood: dict[str, tuple[np.ndarray, np.ndarray]]  # verdict family → (uint8 pictures, (M, F))
+    # The raw backbone as frozen_fn ran it: for phase 1 only (phase 2 then trains its top layers).
+    frozen: Callable[[Any], np.ndarray] | None = None
 
 
 def embed_batches(
@@ -181,7 +183,7 @@ def pretrained_features(
             )
             for family, pictures in nonfood_sets(size).items()
         }
-    return PretrainedFeatures(clean, query_sets, query_features, held_out, nonfood)
+    return PretrainedFeatures(clean, query_sets, query_features, held_out, nonfood, feature_fn)
 
 
 def evaluation_queries(
@@ -247,8 +249,12 @@ def pooled_feature_cache(
     clean: np.ndarray,
     *,
     progress: bool,
+    fn: Callable[[Any], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """(N, V, F) pooled features: view 0 the clean photo, views 1… augmented for the ``cached`` photos."""
+    """(N, V, F) pooled features: view 0 the clean photo, views 1… augmented for the ``cached`` photos.
+
+    ``fn``: the frozen ``features`` as :func:`frozen_fn` made it already (else it is made here).
+    """
     views = config.cache_views
     rep_p, rep_v = augmented_view_index(cached, views)
     augmented = view_outputs(
@@ -259,6 +265,7 @@ def pooled_feature_cache(
         config,
         desc=f"features: {views - 1} augmented views per photo",
         progress=progress,
+        fn=fn,
     )
     cache = np.zeros((len(photos), views, clean.shape[1]), np.float32)
     cache[:, 0] = clean

@@ -207,6 +207,7 @@ def fit_phase(
             batch_recipes=settings.batch_recipes,
             label_aware=config.label_aware,
             query_gallery=config.query_gallery,
+            anchors_per_recipe=config.anchors_per_recipe,
             seed=config.seed + offset,
         )
         for offset, split in enumerate(("train", "validation"))

@@ -119,6 +119,12 @@ class TrainConfig(_Section):
         default=False,
         description="training anchors are augmented views, positives and negatives clean photos (a search)",
     )
+    anchors_per_recipe: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="training batches: rows (augmented anchors) per drawn recipe; P/K recipes per batch",
+    )
     cache_views: int = Field(
         default=6, ge=2, description="views per photo in the phase-1 feature cache; view 0 is clean"
     )

@@ -145,6 +145,7 @@ def train_head(
                 data.photos_of("train", "validation"),
                 raw.clean,
                 progress=run.progress,
+                fn=raw.frozen,
             )
     with run.timer("phase1_fit_s"):
         train_cache = cache[data.photos_of("train")]

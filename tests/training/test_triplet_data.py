@@ -124,6 +124,31 @@ def test_query_gallery_triplets_look_like_a_search() -> None:
         assert (batch.views[:, 0] == 0).all()
 
 
+def test_several_anchors_per_recipe_share_their_clean_positive() -> None:
+    photos = _photo_set([1] * 12)
+    sampler = TripletSampler(
+        photos, range(12), views=8, batch_recipes=6, query_gallery=True, anchors_per_recipe=2, seed=4
+    )
+    distinct_views = 0
+    for _ in range(20):
+        b = sampler.batch()
+        assert b.photos.shape == (6, 3)
+        owners = photos.photo_recipe[b.photos]
+        # 3 recipes, 2 rows each: augmented anchors of one recipe, its clean photo as the positive.
+        assert len(set(owners[:, 0].tolist())) == 3
+        assert (np.bincount(owners[:, 0], minlength=12) % 2 == 0).all()
+        assert (owners[:, 0] == owners[:, 1]).all() and (owners[:, 0] != owners[:, 2]).all()
+        assert (b.views[:, 0] >= 1).all() and (b.views[:, 1:] == 0).all()
+        assert (b.labels[:, 0] != b.labels[:, 2]).all()  # no row's negative is its own recipe
+        distinct_views += int(b.views[0, 0] != b.views[1, 0])
+    assert distinct_views > 10  # a recipe's rows are different views of it, not copies
+    # Validation batches still hold one row per recipe; K = 1 draws P distinct recipes.
+    anchors = np.concatenate([b.photos[:, 0] for b in sampler.fixed_batches(1)])
+    assert sorted(anchors.tolist()) == list(range(12))
+    single = TripletSampler(photos, range(12), views=8, batch_recipes=6, seed=4).batch()
+    assert len(set(photos.photo_recipe[single.photos[:, 0]].tolist())) == 6
+
+
 def test_several_photo_recipes_pair_different_photos() -> None:
     photos = _photo_set([3, 2, 4, 2])
     sampler = TripletSampler(photos, range(4), views=3, batch_recipes=4, seed=1)
