@@ -125,6 +125,9 @@ def convert_to_onnx(keras_model: keras.Model, image_size: int = IMAGE_SIZE) -> o
         proto, _ = tf2onnx.convert.from_keras(keras_model, input_signature=spec, opset=ONNX_OPSET)
     except Exception as exc:
         raise ExportError(f"tf2onnx could not convert {keras_model.name}: {exc}") from exc
+    unknown = sorted({n.op_type for n in proto.graph.node if not onnx.defs.has(n.op_type, n.domain)})
+    if unknown:  # tf2onnx keeps what it cannot convert as the TensorFlow op, and warns only
+        raise ExportError(f"tf2onnx could not convert {keras_model.name}: ops {', '.join(unknown)}")
     initializers = {init.name for init in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializers]
     if len(inputs) != 1:

@@ -81,7 +81,13 @@ def frozen_fn(model: keras.Model, config: TrainConfig) -> Callable[[Any], np.nda
     from training.export import convert_to_onnx
     from training.models import INPUT_NAME
 
-    proto = convert_to_onnx(model, int(model.input_shape[1]))
+    try:
+        proto = convert_to_onnx(model, int(model.input_shape[1]))
+    except Exception as exc:  # tf2onnx fails in many ways on what it cannot convert
+        if config.frozen_runtime == "onnxruntime":
+            raise
+        log.warning("%s stays in Keras (frozen_runtime=auto; it did not convert: %r)", model.name, exc)
+        return frozen_fn(model, config.overridden(["frozen_runtime=keras"]))
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     log.info("%s runs in onnxruntime (frozen; %s)", model.name, session.get_providers()[0])
     return lambda x: np.asarray(session.run(None, {INPUT_NAME: np.asarray(x, np.float32)})[0], np.float32)

@@ -7,15 +7,17 @@ config, the data, the networks, the run folder, the timer):
 2. :func:`~training.fitting.build_networks` — the model and its halves around the pooling layer;
 3. :func:`~training.features.pretrained_features` — the frozen backbone's pooled features of the clean
    photos, of the evaluation's distorted queries and of the match verdict's non-food pictures, before
-   any training (the raw backbone's row);
+   any training (the raw backbone's row); frozen passes like these run in onnxruntime on a CPU
+   (:func:`~training.features.frozen_fn`);
 4. :func:`train_head` (phase 1) — ``cache_views − 1`` augmented views per training photo join the
    feature cache, the head starts as a linear map fitted to it (``head_init``, :mod:`training.heads`),
    and trains on triplets of cached features, so an epoch costs a few dense layers instead of 3P
    backbone passes;
 5. :func:`fine_tune` (phase 2, ``phase2.epochs > 0``) — the top ``unfreeze_layers`` backbone layers
-   (BatchNorm kept frozen) train with the head at a lower learning rate on activations cached at the
-   unfreeze boundary (:mod:`training.activation_cache`; computed before phase 1, whose pooled-feature
-   cache then comes from the same backbone pass);
+   (BatchNorm, and with ``phase2_depthwise=false`` the depthwise kernels, kept frozen) train with the
+   head at a lower learning rate on activations cached at the unfreeze boundary
+   (:mod:`training.activation_cache`; computed before phase 1, whose pooled-feature cache then comes
+   from the same backbone pass);
 6. :func:`~training.run_evaluation.evaluate_run` — raw backbone, the head at init and the trained model
    on the same queries, each compared with raw query by query
    (:func:`training.run_report.compare_with_raw`), and the match verdict's rates of raw and the model;
