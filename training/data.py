@@ -266,7 +266,8 @@ class TripletSampler:
         self.batch_recipes = min(batch_recipes, len(self.recipes))
         self.query_gallery = query_gallery
         # K rows per drawn recipe in training batches (P/K recipes, each with K anchors): several augmented
-        # queries of one recipe against its one clean photo in the same batch.
+        # queries of one recipe against its one clean photo in the same batch. At most P/2, so that a
+        # batch always holds two recipes (a negative for every row).
         self.anchors_per_recipe = min(anchors_per_recipe, max(1, self.batch_recipes // 2))
         self.label_aware = label_aware and photos.has_categories
         if label_aware and not self.label_aware:

@@ -74,8 +74,7 @@ def frozen_fn(model: keras.Model, config: TrainConfig) -> Callable[[Any], np.nda
     if runtime == "auto":
         runtime = "keras" if tf.config.list_physical_devices("GPU") else "onnxruntime"
     if runtime == "keras":
-        fn = inference_fn(model)
-        return lambda x: np.asarray(fn(tf.cast(x, tf.float32)), np.float32)
+        return _in_keras(model)
     import onnxruntime as ort
 
     from training.export import convert_to_onnx
@@ -83,14 +82,19 @@ def frozen_fn(model: keras.Model, config: TrainConfig) -> Callable[[Any], np.nda
 
     try:
         proto = convert_to_onnx(model, int(model.input_shape[1]))
-    except Exception as exc:  # tf2onnx fails in many ways on what it cannot convert
+    except Exception as exc:  # ExportError for what tf2onnx cannot convert; anything else as well
         if config.frozen_runtime == "onnxruntime":
             raise
         log.warning("%s stays in Keras (frozen_runtime=auto; it did not convert: %r)", model.name, exc)
-        return frozen_fn(model, config.overridden(["frozen_runtime=keras"]))
+        return _in_keras(model)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     log.info("%s runs in onnxruntime (frozen; %s)", model.name, session.get_providers()[0])
     return lambda x: np.asarray(session.run(None, {INPUT_NAME: np.asarray(x, np.float32)})[0], np.float32)
+
+
+def _in_keras(model: keras.Model) -> Callable[[Any], np.ndarray]:
+    fn = inference_fn(model)
+    return lambda x: np.asarray(fn(tf.cast(x, tf.float32)), np.float32)
 
 
 def chunks(images: np.ndarray, size: int = 32) -> Iterable[np.ndarray]:
