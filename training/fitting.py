@@ -148,6 +148,11 @@ def compile_triplet_model(model: keras.Model, config: TrainConfig, phase: PhaseC
             mining=config.mining,
             nce_weight=config.nce_weight,
             temperature=config.temperature,
+            ms_weight=config.ms_weight,
+            ms_alpha=config.ms_alpha,
+            ms_beta=config.ms_beta,
+            ms_base=config.ms_base,
+            ms_epsilon=config.ms_epsilon,
         ),
         metrics=triplet_metrics(config.margin),
     )

@@ -5,6 +5,12 @@ supervised form): each anchor against every other embedding of the batch, softma
 similarities / ``temperature``, minus the log of the probability mass on its own label. Where the
 hinge looks at one mined negative, this term pushes against all of them at once, weighted by how close
 they are.
+
+Optionally (``ms_weight > 0``) the multi-similarity loss of Wang et al. (CVPR 2019) next to it: each
+anchor's pairs with the rest of the batch, mined by the paper's rule (a negative counts when it is
+closer than the anchor's hardest positive + ε, a positive when it is farther than the hardest negative
+− ε), weighted by a soft-plus over all of them at once — ``(1/α) log(1 + Σ_pos exp(−α(s − λ)))`` pulls
+the positives above λ, ``(1/β) log(1 + Σ_neg exp(β(s − λ)))`` pushes the negatives below it.
 """
 
 from __future__ import annotations
@@ -50,6 +56,43 @@ def contrastive_term(labels: tf.Tensor, embeddings: tf.Tensor, temperature: floa
     return tf.where(tf.reduce_any(same, axis=1), everything - positives, 0.0)
 
 
+def multi_similarity_term(
+    labels: tf.Tensor,
+    embeddings: tf.Tensor,
+    *,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+    epsilon: float = 0.1,
+) -> tf.Tensor:
+    """(P, 3) labels + (P, 3, D) unit embeddings → (P,) multi-similarity loss of each row's anchor.
+
+    The anchor against the other 3P − 1 embeddings of the batch, pairs mined as in the paper; a row
+    whose anchor has no positive or no negative in the batch contributes 0.
+    """
+    embeddings = tf.cast(embeddings, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    rows = tf.shape(embeddings)[0]
+    pool = tf.reshape(embeddings, (-1, tf.shape(embeddings)[-1]))
+    pool_labels = tf.reshape(labels, (-1,))
+    sims = tf.matmul(embeddings[:, 0], pool, transpose_b=True)  # (P, 3P)
+    not_self = tf.logical_not(tf.one_hot(tf.range(rows) * 3, 3 * rows, on_value=True, off_value=False))
+    same_label = tf.equal(labels[:, :1], pool_labels[None, :])
+    positive = tf.logical_and(same_label, not_self)
+    negative = tf.logical_not(same_label)
+    big = tf.constant(1e9, sims.dtype)
+    hardest_positive = tf.reduce_min(tf.where(positive, sims, big), axis=1, keepdims=True)
+    hardest_negative = tf.reduce_max(tf.where(negative, sims, -big), axis=1, keepdims=True)
+    kept_negative = tf.logical_and(negative, sims + epsilon > hardest_positive)
+    kept_positive = tf.logical_and(positive, sims - epsilon < hardest_negative)
+    zero = tf.zeros_like(sims)
+    pull = tf.reduce_sum(tf.where(kept_positive, tf.exp(-alpha * (sims - base)), zero), axis=1)
+    push = tf.reduce_sum(tf.where(kept_negative, tf.exp(beta * (sims - base)), zero), axis=1)
+    loss = tf.math.log1p(pull) / alpha + tf.math.log1p(push) / beta
+    has_both = tf.logical_and(tf.reduce_any(positive, axis=1), tf.reduce_any(negative, axis=1))
+    return tf.where(has_both, loss, 0.0)
+
+
 @keras.saving.register_keras_serializable(package="recipelens")
 class TripletLoss(keras.losses.Loss):
     """Per-row hinge on cosine distance; ``y_true`` is the (P, 3) label array of the batch."""
@@ -61,6 +104,12 @@ class TripletLoss(keras.losses.Loss):
         name: str = "triplet_loss",
         nce_weight: float = 0.0,
         temperature: float = 0.05,
+        *,
+        ms_weight: float = 0.0,
+        ms_alpha: float = 2.0,
+        ms_beta: float = 50.0,
+        ms_base: float = 0.5,
+        ms_epsilon: float = 0.1,
         **kwargs: Any,
     ):
         super().__init__(name=name, **kwargs)
@@ -74,13 +123,29 @@ class TripletLoss(keras.losses.Loss):
         self.mining: Mining = mining
         self.nce_weight = float(nce_weight)
         self.temperature = float(temperature)
+        if ms_alpha <= 0 or ms_beta <= 0:
+            raise ValueError(f"ms_alpha and ms_beta must be > 0, got {ms_alpha} and {ms_beta}")
+        self.ms_weight = float(ms_weight)
+        self.ms_alpha = float(ms_alpha)
+        self.ms_beta = float(ms_beta)
+        self.ms_base = float(ms_base)
+        self.ms_epsilon = float(ms_epsilon)
 
     def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         d_ap, d_an = triplet_distances(y_true, y_pred, self.mining)
-        hinge = tf.maximum(d_ap - d_an + self.margin, 0.0)
-        if self.nce_weight == 0:
-            return hinge
-        return hinge + self.nce_weight * contrastive_term(y_true, y_pred, self.temperature)
+        loss = tf.maximum(d_ap - d_an + self.margin, 0.0)
+        if self.nce_weight:
+            loss += self.nce_weight * contrastive_term(y_true, y_pred, self.temperature)
+        if self.ms_weight:
+            loss += self.ms_weight * multi_similarity_term(
+                y_true,
+                y_pred,
+                alpha=self.ms_alpha,
+                beta=self.ms_beta,
+                base=self.ms_base,
+                epsilon=self.ms_epsilon,
+            )
+        return loss
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -89,4 +154,9 @@ class TripletLoss(keras.losses.Loss):
             "mining": self.mining,
             "nce_weight": self.nce_weight,
             "temperature": self.temperature,
+            "ms_weight": self.ms_weight,
+            "ms_alpha": self.ms_alpha,
+            "ms_beta": self.ms_beta,
+            "ms_base": self.ms_base,
+            "ms_epsilon": self.ms_epsilon,
         }

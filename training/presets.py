@@ -112,6 +112,13 @@ class TrainConfig(_Section):
         default=0.0, ge=0, description="weight of the temperature-scaled contrastive term (0: triplet only)"
     )
     temperature: float = Field(default=0.05, gt=0, le=1, description="nce_weight > 0: softmax temperature")
+    ms_weight: float = Field(
+        default=0.0, ge=0, description="weight of the multi-similarity term (Wang et al. 2019; 0: none)"
+    )
+    ms_alpha: float = Field(default=2.0, gt=0, description="multi-similarity: positives' scale α")
+    ms_beta: float = Field(default=50.0, gt=0, description="multi-similarity: negatives' scale β")
+    ms_base: float = Field(default=0.5, ge=-1, le=1, description="multi-similarity: similarity base λ")
+    ms_epsilon: float = Field(default=0.1, ge=0, le=2, description="multi-similarity: pair-mining margin ε")
     label_aware: bool = Field(
         default=False, description="positives may come from any recipe of the same category"
     )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training.losses import TripletLoss, contrastive_term, triplet_distances
+from training.losses import TripletLoss, contrastive_term, multi_similarity_term, triplet_distances
 from training.mining import select_negatives
 from training.triplet_metrics import triplet_metrics
 
@@ -135,3 +135,38 @@ def test_contrastive_term_is_supervised_infonce_over_the_batch() -> None:
     assert TripletLoss.from_config(loss.get_config()).get_config() == loss.get_config()
     with pytest.raises(ValueError, match="temperature"):
         TripletLoss(temperature=0.0)
+
+
+def test_multi_similarity_term_mines_pairs_and_weights_them_as_the_paper() -> None:
+    emb, labels = _batch()
+    alpha, beta, base, eps = 2.0, 10.0, 0.5, 0.1
+    flat_angles = [a for row in ANGLES for a in row]
+    flat_labels = [x for row in LABELS for x in row]
+    expected, kept_counts = [], []
+    for r, row in enumerate(ANGLES):
+        others = [i for i in range(9) if i != 3 * r]
+        sims = {i: math.cos(math.radians(flat_angles[i] - row[0])) for i in others}
+        pos = [i for i in others if flat_labels[i] == LABELS[r][0]]
+        neg = [i for i in others if flat_labels[i] != LABELS[r][0]]
+        kept_neg = [i for i in neg if sims[i] + eps > min(sims[p] for p in pos)]
+        kept_pos = [i for i in pos if sims[i] - eps < max(sims[n] for n in neg)]
+        kept_counts.append((len(kept_pos), len(kept_neg)))
+        pull = sum(math.exp(-alpha * (sims[i] - base)) for i in kept_pos)
+        push = sum(math.exp(beta * (sims[i] - base)) for i in kept_neg)
+        expected.append(math.log1p(pull) / alpha + math.log1p(push) / beta)
+    # The mining rule drops pairs: row 0 keeps one of its six negatives (20°, within ε of its hardest
+    # positive at 30°), row 2 drops its easy positive (100°, farther from every negative than ε).
+    assert kept_counts == [(2, 1), (2, 6), (1, 6)]
+    got = multi_similarity_term(labels, emb, alpha=alpha, beta=beta, base=base, epsilon=eps).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # No positive in the batch (rows 0 and 1 here): the row contributes 0.
+    lonely = tf.constant([[0, 5, 6], [1, 7, 8], [2, 9, 2]], tf.int32)
+    got = multi_similarity_term(lonely, emb, alpha=alpha, beta=beta, base=base, epsilon=eps).numpy()
+    np.testing.assert_allclose(got[:2], [0.0, 0.0])
+    assert got[2] > 0
+    loss = TripletLoss(margin=0.3, mining="batch-hard", ms_weight=0.5, ms_beta=beta)
+    hinge = TripletLoss(margin=0.3, mining="batch-hard").call(labels, emb).numpy()
+    np.testing.assert_allclose(loss.call(labels, emb).numpy(), hinge + 0.5 * np.array(expected), rtol=1e-5)
+    assert TripletLoss.from_config(loss.get_config()).get_config() == loss.get_config()
+    with pytest.raises(ValueError, match="ms_alpha"):
+        TripletLoss(ms_alpha=0.0)
