@@ -177,30 +177,24 @@ class SearchGateway:
         """The collection behind the alias and the model version that filled it."""
         return await self._bounded(self._blocking(self._looked_up), deadline, "alias lookup")
 
-    def _timed(self, stage: str, fn: Callable[[], T | None]) -> T | None:
-        """``fn()``, its time observed as ``stage`` when it did the work (returned something)."""
-        began = time.perf_counter()
-        result = fn()
-        if result is not None:
-            self.metrics.stage.labels(stage).observe(time.perf_counter() - began)
-        return result
-
     def _search_here(self, leg: _Leg, image: bytes, page: _Page) -> None:
         """As much of one search as one worker thread can do, in order: the image's header, the alias,
         decoding, the model when this search is alone and the model idle (caller-runs), and the store.
         What is left (company for the batcher, a remote embedder, a store failure to retry) the event
         loop finishes (:meth:`search`)."""
-        with self.metrics.time_stage("decode"):
+        with self.metrics.time_stage("check"):
             sniff_image(image, max_bytes=self.settings.max_upload_bytes, max_pixels=self.settings.max_pixels)
         leg.stage = "alias lookup"
         leg.collection, leg.model_version = self._looked_up()
         leg.stage = "decoding"
         try:
-            leg.prepared = self._timed("decode", lambda: self.embedder.prepare_here(image, leg.model_version))
+            leg.prepared = self.metrics.time_if_done(
+                "decode", lambda: self.embedder.prepare_here(image, leg.model_version)
+            )
             if leg.prepared is None or self._searching > 1:  # others in flight: meet them in the batcher
                 return
             leg.stage = "embedding"
-            leg.vector = self._timed(
+            leg.vector = self.metrics.time_if_done(
                 "embed", lambda: self.embedder.embed_here(leg.prepared, leg.model_version)
             )
         except Exception as exc:

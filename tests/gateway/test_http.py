@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 import httpx
@@ -117,6 +118,11 @@ def test_image_paths_cannot_escape(http: httpx.Client, path: str) -> None:
     assert "outside the image folder" not in response.text and "root:" not in response.text
 
 
+def _stage_counts(metrics: str) -> dict[str, float]:
+    found = re.findall(r'^recipelens_gateway_stage_seconds_count\{stage="([a-z]+)"\} (\S+)$', metrics, re.M)
+    return {stage: float(count) for stage, count in found}
+
+
 def test_probes_metrics_docs_page(http: httpx.Client, query_photos: list[bytes]) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
     ready = http.get("/readyz")
@@ -124,8 +130,18 @@ def test_probes_metrics_docs_page(http: httpx.Client, query_photos: list[bytes])
     _search(http, query_photos[0])
     _search(http, b"")
     metrics = http.get("/metrics").text
-    for stage in ("decode", "embed", "search"):
+    for stage in ("check", "decode", "embed", "search"):
         assert f'recipelens_gateway_stage_seconds_count{{stage="{stage}"}}' in metrics
+    # One observation per stage and search (the header check is its own stage, not a second "decode").
+    before = _stage_counts(metrics)
+    _search(http, query_photos[0])
+    after = _stage_counts(http.get("/metrics").text)
+    assert {stage: after[stage] - before.get(stage, 0) for stage in after} == {
+        "check": 1,
+        "decode": 1,
+        "embed": 1,
+        "search": 1,
+    }
     assert 'recipelens_gateway_requests_total{api="http",code="200",method="search"}' in metrics
     assert 'recipelens_gateway_errors_total{api="http",kind="INVALID_ARGUMENT",method="search"}' in metrics
     spec = http.get("/openapi.json").json()
