@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -110,44 +111,53 @@ def test_metrics_serialise() -> None:
     assert triplet_metrics(margin=0.4)[1].get_config()["margin"] == 0.4
 
 
-def test_contrastive_term_is_supervised_infonce_over_the_batch() -> None:
+def _anchor_pairs(row: int) -> tuple[dict[int, float], list[int], list[int]]:
+    """Row ``row``'s anchor against the other 8 slots: cosine similarities, same-label and other slots."""
+    flat_angles = [a for r in ANGLES for a in r]
+    flat_labels = [x for r in LABELS for x in r]
+    others = [i for i in range(9) if i != 3 * row]
+    sims = {i: math.cos(math.radians(flat_angles[i] - ANGLES[row][0])) for i in others}
+    same = [i for i in others if flat_labels[i] == LABELS[row][0]]
+    return sims, same, [i for i in others if i not in same]
+
+
+def _check_term(
+    term: Callable[[tf.Tensor, tf.Tensor], tf.Tensor], expected: list[float], loss: TripletLoss, weight: float
+) -> None:
+    """``term`` per row as ``expected``; 0 for a row without positives; ``loss`` = hinge + weight × term."""
     emb, labels = _batch()
-    tau = 0.1
-    flat_angles = [a for row in ANGLES for a in row]
-    flat_labels = [x for row in LABELS for x in row]
-    expected = []
-    for r, row in enumerate(ANGLES):
-        others = [i for i in range(9) if i != 3 * r]
-        sims = {i: math.cos(math.radians(flat_angles[i] - row[0])) / tau for i in others}
-        same = [i for i in others if flat_labels[i] == LABELS[r][0]]
-        expected.append(
-            math.log(sum(math.exp(s) for s in sims.values())) - math.log(sum(math.exp(sims[i]) for i in same))
-        )
-    np.testing.assert_allclose(contrastive_term(labels, emb, tau).numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(term(labels, emb).numpy(), expected, rtol=1e-5)
     # An anchor with no other embedding of its label in the batch contributes 0 (rows 0 and 1 here).
     lonely = tf.constant([[0, 5, 6], [1, 7, 8], [2, 9, 2]], tf.int32)
-    got = contrastive_term(lonely, emb, tau).numpy()
+    got = term(lonely, emb).numpy()
     np.testing.assert_allclose(got[:2], [0.0, 0.0])
     assert got[2] > 0
-    loss = TripletLoss(margin=0.3, mining="batch-hard", nce_weight=0.5, temperature=tau)
     hinge = TripletLoss(margin=0.3, mining="batch-hard").call(labels, emb).numpy()
-    np.testing.assert_allclose(loss.call(labels, emb).numpy(), hinge + 0.5 * np.array(expected), rtol=1e-5)
+    np.testing.assert_allclose(loss.call(labels, emb).numpy(), hinge + weight * np.array(expected), rtol=1e-5)
     assert TripletLoss.from_config(loss.get_config()).get_config() == loss.get_config()
+
+
+def test_contrastive_term_is_supervised_infonce_over_the_batch() -> None:
+    tau = 0.1
+    expected = []
+    for r in range(len(ANGLES)):
+        sims, same, _ = _anchor_pairs(r)
+        logits = {i: s / tau for i, s in sims.items()}
+        expected.append(
+            math.log(sum(math.exp(v) for v in logits.values()))
+            - math.log(sum(math.exp(logits[i]) for i in same))
+        )
+    loss = TripletLoss(margin=0.3, mining="batch-hard", nce_weight=0.5, temperature=tau)
+    _check_term(lambda labels, emb: contrastive_term(labels, emb, tau), expected, loss, 0.5)
     with pytest.raises(ValueError, match="temperature"):
         TripletLoss(temperature=0.0)
 
 
 def test_multi_similarity_term_mines_pairs_and_weights_them_as_the_paper() -> None:
-    emb, labels = _batch()
     alpha, beta, base, eps = 2.0, 10.0, 0.5, 0.1
-    flat_angles = [a for row in ANGLES for a in row]
-    flat_labels = [x for row in LABELS for x in row]
     expected, kept_counts = [], []
-    for r, row in enumerate(ANGLES):
-        others = [i for i in range(9) if i != 3 * r]
-        sims = {i: math.cos(math.radians(flat_angles[i] - row[0])) for i in others}
-        pos = [i for i in others if flat_labels[i] == LABELS[r][0]]
-        neg = [i for i in others if flat_labels[i] != LABELS[r][0]]
+    for r in range(len(ANGLES)):
+        sims, pos, neg = _anchor_pairs(r)
         kept_neg = [i for i in neg if sims[i] + eps > min(sims[p] for p in pos)]
         kept_pos = [i for i in pos if sims[i] - eps < max(sims[n] for n in neg)]
         kept_counts.append((len(kept_pos), len(kept_neg)))
@@ -157,16 +167,14 @@ def test_multi_similarity_term_mines_pairs_and_weights_them_as_the_paper() -> No
     # The mining rule drops pairs: row 0 keeps one of its six negatives (20°, within ε of its hardest
     # positive at 30°), row 2 drops its easy positive (100°, farther from every negative than ε).
     assert kept_counts == [(2, 1), (2, 6), (1, 6)]
-    got = multi_similarity_term(labels, emb, alpha=alpha, beta=beta, base=base, epsilon=eps).numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-5)
-    # No positive in the batch (rows 0 and 1 here): the row contributes 0.
-    lonely = tf.constant([[0, 5, 6], [1, 7, 8], [2, 9, 2]], tf.int32)
-    got = multi_similarity_term(lonely, emb, alpha=alpha, beta=beta, base=base, epsilon=eps).numpy()
-    np.testing.assert_allclose(got[:2], [0.0, 0.0])
-    assert got[2] > 0
     loss = TripletLoss(margin=0.3, mining="batch-hard", ms_weight=0.5, ms_beta=beta)
-    hinge = TripletLoss(margin=0.3, mining="batch-hard").call(labels, emb).numpy()
-    np.testing.assert_allclose(loss.call(labels, emb).numpy(), hinge + 0.5 * np.array(expected), rtol=1e-5)
-    assert TripletLoss.from_config(loss.get_config()).get_config() == loss.get_config()
+    _check_term(
+        lambda labels, emb: multi_similarity_term(
+            labels, emb, alpha=alpha, beta=beta, base=base, epsilon=eps
+        ),
+        expected,
+        loss,
+        0.5,
+    )
     with pytest.raises(ValueError, match="ms_alpha"):
         TripletLoss(ms_alpha=0.0)
