@@ -148,6 +148,7 @@ def compile_triplet_model(model: keras.Model, config: TrainConfig, phase: PhaseC
             mining=config.mining,
             nce_weight=config.nce_weight,
             temperature=config.temperature,
+            mine_gallery_only=config.mine_gallery_only,
             ms_weight=config.ms_weight,
             ms_alpha=config.ms_alpha,
             ms_beta=config.ms_beta,

@@ -25,14 +25,14 @@ from training.presets import Mining
 
 
 def triplet_distances(
-    labels: tf.Tensor, embeddings: tf.Tensor, mining: Mining
+    labels: tf.Tensor, embeddings: tf.Tensor, mining: Mining, *, gallery_only: bool = False
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """(P, 3) labels + (P, 3, D) embeddings → d(a,p) and d(a,n) per row, the negative mined."""
     embeddings = tf.cast(embeddings, tf.float32)
     labels = tf.cast(labels, tf.int32)
     anchors, positives = embeddings[:, 0], embeddings[:, 1]
     pool = tf.reshape(embeddings, (-1, tf.shape(embeddings)[-1]))
-    negatives = tf.gather(pool, select_negatives(embeddings, labels, mining))
+    negatives = tf.gather(pool, select_negatives(embeddings, labels, mining, gallery_only=gallery_only))
     return cosine_distance(anchors, positives), cosine_distance(anchors, negatives)
 
 
@@ -105,6 +105,7 @@ class TripletLoss(keras.losses.Loss):
         nce_weight: float = 0.0,
         temperature: float = 0.05,
         *,
+        mine_gallery_only: bool = False,
         ms_weight: float = 0.0,
         ms_alpha: float = 2.0,
         ms_beta: float = 50.0,
@@ -125,6 +126,7 @@ class TripletLoss(keras.losses.Loss):
         self.temperature = float(temperature)
         if ms_alpha <= 0 or ms_beta <= 0:
             raise ValueError(f"ms_alpha and ms_beta must be > 0, got {ms_alpha} and {ms_beta}")
+        self.mine_gallery_only = bool(mine_gallery_only)
         self.ms_weight = float(ms_weight)
         self.ms_alpha = float(ms_alpha)
         self.ms_beta = float(ms_beta)
@@ -132,7 +134,7 @@ class TripletLoss(keras.losses.Loss):
         self.ms_epsilon = float(ms_epsilon)
 
     def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
-        d_ap, d_an = triplet_distances(y_true, y_pred, self.mining)
+        d_ap, d_an = triplet_distances(y_true, y_pred, self.mining, gallery_only=self.mine_gallery_only)
         loss = tf.maximum(d_ap - d_an + self.margin, 0.0)
         if self.nce_weight:
             loss += self.nce_weight * contrastive_term(y_true, y_pred, self.temperature)
@@ -154,6 +156,7 @@ class TripletLoss(keras.losses.Loss):
             "mining": self.mining,
             "nce_weight": self.nce_weight,
             "temperature": self.temperature,
+            "mine_gallery_only": self.mine_gallery_only,
             "ms_weight": self.ms_weight,
             "ms_alpha": self.ms_alpha,
             "ms_beta": self.ms_beta,

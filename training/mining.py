@@ -10,6 +10,10 @@ embeddings whose label differs from the anchor's:
   ``d(a,p) < d(a,n)``; when every negative is closer than the positive, the farthest one.
 
 A row whose anchor has no negative anywhere in the pool keeps its own negative slot.
+
+``gallery_only``: the pool is the positive and negative slots alone (with ``query_gallery``, the clean
+photos), so an anchor — an augmented query — is never pushed away from another row's augmented query:
+a search compares a query with gallery photos only.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ def cosine_distance(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     return 1.0 - tf.reduce_sum(a * b, axis=-1)
 
 
-def select_negatives(embeddings: tf.Tensor, labels: tf.Tensor, strategy: Mining) -> tf.Tensor:
+def select_negatives(
+    embeddings: tf.Tensor, labels: tf.Tensor, strategy: Mining, *, gallery_only: bool = False
+) -> tf.Tensor:
     """(P, 3, D) unit embeddings + (P, 3) labels → (P,) index into the flattened (3P, D) pool."""
     if strategy not in MINING_STRATEGIES:
         raise ValueError(
@@ -41,6 +47,8 @@ def select_negatives(embeddings: tf.Tensor, labels: tf.Tensor, strategy: Mining)
     anchors, positives = embeddings[:, 0], embeddings[:, 1]
     dist = 1.0 - tf.matmul(anchors, pool, transpose_b=True)  # (P, 3P)
     is_negative = tf.not_equal(labels[:, :1], pool_labels[None, :])
+    if gallery_only:
+        is_negative = tf.logical_and(is_negative, (tf.range(3 * rows) % 3 != 0)[None, :])
     inf = tf.constant(float("inf"), dist.dtype)
     if strategy == "batch-hard":
         chosen = tf.argmin(tf.where(is_negative, dist, inf), axis=1, output_type=tf.int32)

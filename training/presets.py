@@ -108,6 +108,11 @@ class TrainConfig(_Section):
     train: bool = True
     mining: Mining = "random"
     margin: float = Field(default=0.3, gt=0, le=2, description="triplet margin on cosine distance")
+    mine_gallery_only: bool = Field(
+        default=False,
+        description="batch-hard / semi-hard negatives from the positive and negative slots only (with "
+        "query_gallery: clean photos, never another row's augmented query)",
+    )
     nce_weight: float = Field(
         default=0.0, ge=0, description="weight of the temperature-scaled contrastive term (0: triplet only)"
     )

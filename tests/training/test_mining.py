@@ -45,6 +45,18 @@ def test_batch_hard_picks_the_closest_negative_of_another_label() -> None:
     assert chosen == [3, 1, 4]
 
 
+def test_gallery_only_mining_never_picks_another_rows_anchor() -> None:
+    emb, labels = _batch()
+    chosen = select_negatives(emb, labels, "batch-hard", gallery_only=True).numpy().tolist()
+    # Row 0's closest negative in the whole batch is row 1's anchor (20°, index 3); among the positive
+    # and negative slots it is 45° (index 4). Rows 1 and 2 already picked gallery slots (1 and 4).
+    assert chosen == [4, 1, 4]
+    _, d_an = triplet_distances(labels, emb, "batch-hard", gallery_only=True)
+    np.testing.assert_allclose(d_an.numpy()[0], 1 - math.cos(math.radians(45)), rtol=1e-6)
+    loss = TripletLoss(margin=0.3, mining="batch-hard", mine_gallery_only=True)
+    assert TripletLoss.from_config(loss.get_config()).mine_gallery_only is True
+
+
 def test_semi_hard_takes_the_closest_negative_beyond_the_positive() -> None:
     emb, labels = _batch()
     chosen = select_negatives(emb, labels, "semi-hard").numpy().tolist()
