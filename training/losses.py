@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from training.mining import MINING_STRATEGIES, cosine_distance, select_negatives
+from training.mining import MINING_STRATEGIES, anchor_pairs, cosine_distance, select_negatives
 from training.presets import Mining
 
 
@@ -42,16 +42,10 @@ def contrastive_term(labels: tf.Tensor, embeddings: tf.Tensor, temperature: floa
     ``−log Σ_same exp(s/τ) / Σ_all exp(s/τ)`` over the other 3P − 1 embeddings of the batch; a row
     whose anchor has no other embedding of its label contributes 0.
     """
-    embeddings = tf.cast(embeddings, tf.float32)
-    labels = tf.cast(labels, tf.int32)
-    rows = tf.shape(embeddings)[0]
-    pool = tf.reshape(embeddings, (-1, tf.shape(embeddings)[-1]))
-    pool_labels = tf.reshape(labels, (-1,))
-    logits = tf.matmul(embeddings[:, 0], pool, transpose_b=True) / temperature  # (P, 3P)
-    not_self = tf.logical_not(tf.one_hot(tf.range(rows) * 3, 3 * rows, on_value=True, off_value=False))
-    same = tf.logical_and(tf.equal(labels[:, :1], pool_labels[None, :]), not_self)
+    sims, same, other = anchor_pairs(tf.cast(embeddings, tf.float32), tf.cast(labels, tf.int32))
+    logits = sims / temperature  # (P, 3P)
     neg_inf = tf.constant(-1e9, logits.dtype)
-    everything = tf.reduce_logsumexp(tf.where(not_self, logits, neg_inf), axis=1)
+    everything = tf.reduce_logsumexp(tf.where(tf.logical_or(same, other), logits, neg_inf), axis=1)
     positives = tf.reduce_logsumexp(tf.where(same, logits, neg_inf), axis=1)
     return tf.where(tf.reduce_any(same, axis=1), everything - positives, 0.0)
 
@@ -70,16 +64,7 @@ def multi_similarity_term(
     The anchor against the other 3P − 1 embeddings of the batch, pairs mined as in the paper; a row
     whose anchor has no positive or no negative in the batch contributes 0.
     """
-    embeddings = tf.cast(embeddings, tf.float32)
-    labels = tf.cast(labels, tf.int32)
-    rows = tf.shape(embeddings)[0]
-    pool = tf.reshape(embeddings, (-1, tf.shape(embeddings)[-1]))
-    pool_labels = tf.reshape(labels, (-1,))
-    sims = tf.matmul(embeddings[:, 0], pool, transpose_b=True)  # (P, 3P)
-    not_self = tf.logical_not(tf.one_hot(tf.range(rows) * 3, 3 * rows, on_value=True, off_value=False))
-    same_label = tf.equal(labels[:, :1], pool_labels[None, :])
-    positive = tf.logical_and(same_label, not_self)
-    negative = tf.logical_not(same_label)
+    sims, positive, negative = anchor_pairs(tf.cast(embeddings, tf.float32), tf.cast(labels, tf.int32))
     big = tf.constant(1e9, sims.dtype)
     hardest_positive = tf.reduce_min(tf.where(positive, sims, big), axis=1, keepdims=True)
     hardest_negative = tf.reduce_max(tf.where(negative, sims, -big), axis=1, keepdims=True)

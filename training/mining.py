@@ -30,6 +30,18 @@ def cosine_distance(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     return 1.0 - tf.reduce_sum(a * b, axis=-1)
 
 
+def anchor_pairs(embeddings: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Each row's anchor against every slot of the batch, as (P, 3P): cosine similarity, positives
+    (the anchor's label, the anchor itself left out) and negatives (any other label)."""
+    rows = tf.shape(embeddings)[0]
+    pool = tf.reshape(embeddings, (-1, tf.shape(embeddings)[-1]))
+    pool_labels = tf.reshape(labels, (-1,))
+    sims = tf.matmul(embeddings[:, 0], pool, transpose_b=True)
+    same_label = tf.equal(labels[:, :1], pool_labels[None, :])
+    not_self = tf.logical_not(tf.one_hot(tf.range(rows) * 3, 3 * rows, on_value=True, off_value=False))
+    return sims, tf.logical_and(same_label, not_self), tf.logical_not(same_label)
+
+
 def select_negatives(
     embeddings: tf.Tensor, labels: tf.Tensor, strategy: Mining, *, gallery_only: bool = False
 ) -> tf.Tensor:
@@ -42,18 +54,15 @@ def select_negatives(
     own_slot = tf.range(rows) * 3 + 2
     if strategy == "random":
         return own_slot
-    pool = tf.reshape(embeddings, (-1, tf.shape(embeddings)[-1]))
-    pool_labels = tf.reshape(labels, (-1,))
-    anchors, positives = embeddings[:, 0], embeddings[:, 1]
-    dist = 1.0 - tf.matmul(anchors, pool, transpose_b=True)  # (P, 3P)
-    is_negative = tf.not_equal(labels[:, :1], pool_labels[None, :])
+    sims, _, is_negative = anchor_pairs(embeddings, labels)
+    dist = 1.0 - sims  # (P, 3P)
     if gallery_only:
         is_negative = tf.logical_and(is_negative, (tf.range(3 * rows) % 3 != 0)[None, :])
     inf = tf.constant(float("inf"), dist.dtype)
     if strategy == "batch-hard":
         chosen = tf.argmin(tf.where(is_negative, dist, inf), axis=1, output_type=tf.int32)
     else:
-        d_ap = cosine_distance(anchors, positives)[:, None]
+        d_ap = cosine_distance(embeddings[:, 0], embeddings[:, 1])[:, None]
         semi_hard = tf.logical_and(is_negative, dist > d_ap)
         closest_semi_hard = tf.argmin(tf.where(semi_hard, dist, inf), axis=1, output_type=tf.int32)
         farthest = tf.argmax(tf.where(is_negative, dist, -inf), axis=1, output_type=tf.int32)
