@@ -114,8 +114,13 @@ class EmbedderClient(Closeable):
 
     # -- API ------------------------------------------------------------------------------------------
 
-    def embed(self, images: Sequence[bytes], model_version: str | None = None) -> EmbedResult:
-        """One vector per image; large lists go in several requests, all to the same model version."""
+    def embed(
+        self, images: Sequence[bytes], model_version: str | None = None, *, gallery: bool = False
+    ) -> EmbedResult:
+        """One vector per image; large lists go in several requests, all to the same model version.
+
+        ``gallery``: catalogue photos, embedded at each of the model's gallery sizes and combined.
+        """
         images = list(images)
         if not images:
             raise ValueError("embed() needs at least one image")
@@ -123,7 +128,7 @@ class EmbedderClient(Closeable):
         parts: list[np.ndarray] = []
         for start in range(0, len(images), self.max_images_per_request):
             chunk = images[start : start + self.max_images_per_request]
-            request = embedder_pb2.EmbedRequest(images=chunk, model_version=version)
+            request = embedder_pb2.EmbedRequest(images=chunk, model_version=version, gallery=gallery)
             try:
                 response = self._call(self._stub.Embed, request, "Embed")
             except EmbedderError as exc:

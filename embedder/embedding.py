@@ -10,6 +10,10 @@ micro-batcher per model version) and :class:`embedder.remote.RemoteEmbedder` (th
 cannot be decoded).
 
 :class:`SyncEmbedder` drives one on a background event loop for command-line tools (the indexer's build).
+
+Catalogue (gallery) photos go through :meth:`Embedder.embed_gallery`: a model with several
+``gallery_sizes`` sees each one at every size and :func:`combine_views` sums the unit vectors (a query
+photo is embedded at the model's own size alone, so a search costs the same).
 """
 
 from __future__ import annotations
@@ -39,6 +43,21 @@ class ModelSummary:
     version: str
     dimension: int
     image_size: int
+    gallery_sizes: tuple[int, ...] = ()  # the model's own size first; () or one size: no extra views
+
+    @property
+    def gallery_views(self) -> tuple[int, ...]:
+        return self.gallery_sizes or (self.image_size,)
+
+
+def combine_views(views: Sequence[np.ndarray]) -> np.ndarray:
+    """One gallery vector per photo from its ``(N, D)`` unit vectors at each gallery size: the sum,
+    re-normalised. (Multi-scale descriptors of instance retrieval; one view returns it as it is.)"""
+    if len(views) == 1:
+        return np.asarray(views[0], dtype=np.float32)
+    total = np.sum([np.asarray(v, dtype=np.float32) for v in views], axis=0)
+    norms = np.linalg.norm(total, axis=1, keepdims=True)
+    return (total / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -104,6 +123,17 @@ class Embedder(ABC):
         The remote embedder streams over one ``EmbedStream`` call; ``batches`` is read lazily.
         """
         return None
+
+    @abstractmethod
+    async def embed_gallery(
+        self,
+        photos: Sequence[DecodedPhoto],
+        model_version: str,
+        timeout_s: float | None = None,
+        executor: Executor | None = None,
+    ) -> np.ndarray:
+        """``(N, D)`` gallery vectors: each photo at every gallery size of the model, :func:`combine_views`
+        (``executor`` decodes the other sizes, in-process)."""
 
     @abstractmethod
     async def status(self, timeout_s: float = 10.0) -> EmbedderStatus:
@@ -199,6 +229,7 @@ class SyncEmbedder(LoopDriven):
         self.version = model.version
         self.dimension = model.dimension
         self.image_size = model.image_size
+        self.gallery_views = model.gallery_views
 
     def embed(self, images: Sequence[bytes]) -> np.ndarray:
         """Encoded photos → ``(N, D)`` vectors of the pinned version."""
@@ -206,16 +237,33 @@ class SyncEmbedder(LoopDriven):
         return vectors
 
     def embed_batches(self, batches: Iterable[Sequence[DecodedPhoto]]) -> Iterator[np.ndarray]:
-        """One ``(N, D)`` array per batch, in order, with up to ``max_in_flight`` batches being embedded."""
+        """One ``(N, D)`` array of query vectors per batch, in order, ``max_in_flight`` batches at once."""
         prepared = ([self.embedder.prepared(photo) for photo in batch] for batch in batches)
         streamed = self.embedder.stream(prepared, self.version, self.max_in_flight)
         if streamed is not None:
             yield from streamed
             return
+        yield from self._in_flight(
+            self.embedder.embed_prepared(items, self.version, self.timeout_s) for items in prepared
+        )
+
+    def embed_gallery_batches(self, batches: Iterable[Sequence[DecodedPhoto]]) -> Iterator[np.ndarray]:
+        """:meth:`embed_batches` for catalogue photos: each batch's gallery vectors (:func:`combine_views`).
+
+        A model with one gallery size embeds them as queries (the same vectors, streamed).
+        """
+        if len(self.gallery_views) == 1:
+            yield from self.embed_batches(batches)
+            return
+        yield from self._in_flight(
+            self.embedder.embed_gallery(list(batch), self.version, self.timeout_s) for batch in batches
+        )
+
+    def _in_flight(self, calls: Iterable[Coroutine[Any, Any, np.ndarray]]) -> Iterator[np.ndarray]:
+        """The calls' results in order, with up to ``max_in_flight`` of them running on the loop."""
         running: deque[Future[np.ndarray]] = deque()
         try:
-            for items in prepared:
-                coro = self.embedder.embed_prepared(items, self.version, self.timeout_s)
+            for coro in calls:
                 running.append(asyncio.run_coroutine_threadsafe(coro, self._loop.loop))
                 if len(running) >= self.max_in_flight:
                     yield running.popleft().result()

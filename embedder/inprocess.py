@@ -20,10 +20,11 @@ import grpc
 import numpy as np
 
 from embedder.batcher import DEFAULT_MAX_QUEUE_DELAY_S, BatcherClosedError, BatchStats, MicroBatcher
-from embedder.embedding import DecodedPhoto, Embedder, EmbedderStatus, ModelSummary
+from embedder.embedding import DecodedPhoto, Embedder, EmbedderStatus, ModelSummary, combine_views
 from embedder.errors import EmbedderError
+from embedder.memory import DecodeBudgetBusy
 from embedder.metrics import EmbedderMetrics
-from embedder.preprocess import DEFAULT_MAX_PIXELS, preprocess
+from embedder.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, preprocess
 from embedder.repository import ModelRepository, UnknownModelError
 from embedder.runtime import EmbeddingModel
 
@@ -39,7 +40,16 @@ class ServedModel:
 
 
 def _run_model(model: EmbeddingModel, arrays: list[np.ndarray]) -> list[np.ndarray]:
-    return list(model.embed_arrays(np.stack(arrays)))
+    """One run per input size in the batch (gallery photos at a model's other sizes may share one)."""
+    shapes = {a.shape for a in arrays}
+    if len(shapes) == 1:
+        return list(model.embed_arrays(np.stack(arrays)))
+    out: list[np.ndarray] = [np.empty(0, np.float32)] * len(arrays)
+    for shape in shapes:
+        picked = [i for i, a in enumerate(arrays) if a.shape == shape]
+        for i, vector in zip(picked, model.embed_arrays(np.stack([arrays[i] for i in picked])), strict=True):
+            out[i] = vector
+    return out
 
 
 class InProcessEmbedder(Embedder):
@@ -204,13 +214,47 @@ class InProcessEmbedder(Embedder):
             return np.zeros((0, served.model.dimension), dtype=np.float32)
         return np.stack(vectors)
 
+    async def embed_gallery(
+        self,
+        photos: Sequence[DecodedPhoto],
+        model_version: str,
+        timeout_s: float | None = None,
+        executor: Executor | None = None,
+    ) -> np.ndarray:
+        """Each photo at every gallery size (its decoded array at the model's size, its bytes decoded
+        again at the others), one batch per size, :func:`~embedder.embedding.combine_views`."""
+        served = await self._resolve(model_version)
+        model = served.model
+        views = []
+        for size in model.gallery_views:
+            arrays = await asyncio.gather(
+                *(self._at_size(i, photo, size, executor) for i, photo in enumerate(photos))
+            )
+            views.append(await self.embed_prepared(arrays, model.version, timeout_s))
+        return combine_views(views)
+
+    async def _at_size(
+        self, index: int, photo: DecodedPhoto, size: int, executor: Executor | None
+    ) -> np.ndarray:
+        if photo.array.shape[:2] == (size, size):
+            return photo.array
+        work = functools.partial(preprocess, photo.data, size=size, max_pixels=self.max_pixels)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, work)
+        except ImageDecodeError as exc:
+            raise EmbedderError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"image {index} at {size} px: {exc}"
+            ) from None
+        except DecodeBudgetBusy as exc:
+            raise EmbedderError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"image {index}: {exc}") from None
+
     async def status(self, timeout_s: float = 10.0) -> EmbedderStatus:
         if self.refresh_on_miss:
             await self.refresh()
         elif not self._synced:
             self._sync_now()
         models = [
-            ModelSummary(s.model.version, s.model.dimension, s.model.image_size)
+            ModelSummary(s.model.version, s.model.dimension, s.model.image_size, s.model.gallery_views)
             for s in self._served.values()
         ]
         where = self.repository.model_dir if self.repository is not None else "(no model directory yet)"

@@ -2,6 +2,12 @@
 
 The manifest's ``version`` is derived from the content hash of ``model.onnx``, so two folders with the
 same version hold the same network, and a folder whose ONNX file changed after export is refused.
+
+``gallery_sizes``: the sizes a catalogue photo is embedded at (the model's own size first; the unit vectors
+are summed and re-normalised by :func:`embedder.embedding.combine_views`), while a query photo is embedded
+at the model's size alone. A model with more than one has a graph with free height and width, and the
+sizes are also in its ONNX metadata (:data:`GALLERY_SIZES_KEY`), so the content hash — the version —
+covers them.
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 VERSION_HEX_CHARS = 16
+GALLERY_SIZES_KEY = "recipelens.gallery_sizes"  # ONNX metadata_props key: "224,288"
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 
 
 class ModelIntegrityError(RuntimeError):
@@ -64,6 +72,26 @@ class ModelManifest(BaseModel):
     # "fp32", or "int8" for a QDQ twin: its method, calibration and agreement with fp32 in quantization.
     numerics: str = "fp32"
     quantization: dict[str, Any] = Field(default_factory=dict)
+    # Sizes a catalogue photo is embedded at, the model's own first; empty: its own size alone.
+    gallery_sizes: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_gallery_sizes(self) -> ModelManifest:
+        sizes = self.gallery_sizes
+        if not sizes:
+            return self
+        if sizes[0] != self.input.image_size:
+            raise ValueError(f"gallery_sizes {sizes} must start with the input size {self.input.image_size}")
+        if len(set(sizes)) != len(sizes) or not all(MIN_IMAGE_SIZE <= s <= MAX_IMAGE_SIZE for s in sizes):
+            raise ValueError(
+                f"gallery_sizes {sizes} must be distinct sizes of {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} px"
+            )
+        return self
+
+    @property
+    def gallery_views(self) -> tuple[int, ...]:
+        """The sizes a catalogue photo is embedded at (``(image_size,)`` for most models)."""
+        return tuple(self.gallery_sizes) or (self.input.image_size,)
 
 
 def file_sha256(path: Path) -> str:

@@ -45,9 +45,24 @@ class RemoteEmbedder(Embedder):
     async def embed_prepared(
         self, prepared: Sequence[bytes], model_version: str, timeout_s: float | None = None
     ) -> np.ndarray:
+        return await self._embed(prepared, model_version, timeout_s, gallery=False)
+
+    async def embed_gallery(
+        self,
+        photos: Sequence[DecodedPhoto],
+        model_version: str,
+        timeout_s: float | None = None,
+        executor: Executor | None = None,
+    ) -> np.ndarray:
+        """The service embeds the bytes at each gallery size and combines them (``gallery`` requests)."""
+        return await self._embed([p.data for p in photos], model_version, timeout_s, gallery=True)
+
+    async def _embed(
+        self, images: Sequence[bytes], model_version: str, timeout_s: float | None, *, gallery: bool
+    ) -> np.ndarray:
         try:
             result = await asyncio.wait_for(
-                asyncio.to_thread(self.client.embed, list(prepared), model_version), timeout_s
+                asyncio.to_thread(self.client.embed, list(images), model_version, gallery=gallery), timeout_s
             )
         except TimeoutError:
             raise self._late(timeout_s) from None
@@ -75,7 +90,9 @@ class RemoteEmbedder(Embedder):
             info = await asyncio.wait_for(asyncio.to_thread(self.client.model_info), timeout_s)
         except TimeoutError:
             raise self._late(timeout_s) from None
-        models = [ModelSummary(m.version, m.dimension, m.image_size) for m in info.models]
+        models = [
+            ModelSummary(m.version, m.dimension, m.image_size, tuple(m.gallery_sizes)) for m in info.models
+        ]
         runs = ", ".join(f"{m.version} {m.name} on {m.provider}" for m in info.models)
         description = f"embedder service at {self.address} ({runs or 'no model'})"
         return EmbedderStatus(models, info.default_version or None, description)

@@ -10,7 +10,7 @@ from typing import TypedDict
 import numpy as np
 import onnxruntime as ort
 
-from embedder.manifest import MODEL_FILE, ModelManifest, read_manifest
+from embedder.manifest import GALLERY_SIZES_KEY, MODEL_FILE, ModelIntegrityError, ModelManifest, read_manifest
 from embedder.preprocess import DEFAULT_MAX_PIXELS, preprocess
 from embedder.providers import CPU, DEFAULT_PROVIDERS, OPENVINO, TENSORRT
 
@@ -82,6 +82,8 @@ class EmbeddingModel:
         self.numerics: str = self.manifest.numerics
         self.dimension: int = self.manifest.embedding_dim
         self.image_size: int = self.manifest.input.image_size
+        # Sizes catalogue photos are embedded at (``embed_arrays`` takes batches of any of them).
+        self.gallery_views: tuple[int, ...] = self.manifest.gallery_views
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads > 0:
@@ -104,25 +106,42 @@ class EmbeddingModel:
                 f"{self.folder}: the ONNX graph must have exactly one input, found {len(inputs)}"
             )
         self.input_name: str = inputs[0].name
+        self._check_gallery_metadata()
         self.provider: str = self.session.get_providers()[0]
         # What runs, in words: ``int8 on OpenVINOExecutionProvider``.
         self.runs_on = f"{numerics} on {self.provider}"
         log.info(
-            "loaded model %s (%s, %s-D, %s) from %s on %s",
+            "loaded model %s (%s, %s-D, %s, queries at %d px, gallery at %s px) from %s on %s",
             self.version,
             self.manifest.backbone,
             self.dimension,
             numerics,
+            self.image_size,
+            "+".join(map(str, self.gallery_views)),
             self.folder,
             self.provider,
         )
 
-    def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """``(N, H, W, 3)`` uint8 (or float 0..255) → ``(N, D)`` float32, re-normalised to unit length."""
-        if batch.ndim != 4 or batch.shape[1:] != (self.image_size, self.image_size, 3):
-            raise ValueError(
-                f"expected a (N, {self.image_size}, {self.image_size}, 3) batch, got {tuple(batch.shape)}"
+    def _check_gallery_metadata(self) -> None:
+        """The manifest's gallery sizes must be the graph's own (its metadata), which the version covers."""
+        recorded = self.session.get_modelmeta().custom_metadata_map.get(GALLERY_SIZES_KEY, "")
+        expected = ",".join(map(str, self.manifest.gallery_sizes)) if len(self.gallery_views) > 1 else ""
+        if recorded != expected:
+            raise ModelIntegrityError(
+                f"{self.folder}: the manifest's gallery sizes ({expected or 'none'}) are not the ones "
+                f"recorded in {MODEL_FILE} ({recorded or 'none'}); the manifest was edited"
             )
+
+    def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """``(N, S, S, 3)`` uint8 (or float 0..255) → ``(N, D)`` float32, re-normalised to unit length.
+
+        ``S`` is the model's size or, for gallery photos, one of its other ``gallery_views``.
+        """
+        if batch.ndim != 4 or batch.shape[3] != 3 or batch.shape[1] != batch.shape[2]:
+            raise ValueError(f"expected a (N, S, S, 3) batch, got {tuple(batch.shape)}")
+        if batch.shape[1] not in self.gallery_views:
+            sizes = " or ".join(map(str, self.gallery_views))
+            raise ValueError(f"expected a (N, S, S, 3) batch with S = {sizes}, got {tuple(batch.shape)}")
         if len(batch) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
         (out,) = self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})

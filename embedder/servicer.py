@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import NoReturn
 
 import grpc
@@ -29,6 +30,14 @@ from embedder.settings import EmbedderSettings
 log = logging.getLogger(__name__)
 
 STREAM_MAX_IN_FLIGHT = 8  # requests of one EmbedStream being worked on at once
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """A request's photo: its bytes and its array at the model's size (a ``DecodedPhoto``)."""
+
+    data: bytes
+    array: np.ndarray
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -91,7 +100,11 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             )
         model = self.embedder.resolve(request.model_version).model
         arrays = await self._decode(request.images, model.version)
-        vectors = await self.embedder.embed_prepared(arrays, model.version)
+        if request.gallery and len(model.gallery_views) > 1:
+            photos = [_Decoded(data, array) for data, array in zip(request.images, arrays, strict=True)]
+            vectors = await self.embedder.embed_gallery(photos, model.version, executor=self._pool)
+        else:
+            vectors = await self.embedder.embed_prepared(arrays, model.version)
         return embedder_pb2.EmbedResponse(
             embeddings=[embedder_pb2.Embedding(values=v.tolist()) for v in vectors],
             model_version=model.version,
@@ -204,6 +217,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
                     image_size=m.image_size,
                     created_at=m.manifest.created_at,
                     provider=m.provider,
+                    gallery_sizes=list(m.gallery_views),
                 )
                 for m in models
             ],

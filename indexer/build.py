@@ -374,7 +374,7 @@ def build_index(
                     yield batch
 
             writing: Future[int] | None = None
-            for vectors in embedder.embed_batches(remembered()):
+            for vectors in embedder.embed_gallery_batches(remembered()):
                 batch = seen.popleft()
                 if len(vectors) != len(batch):
                     raise BuildError(f"embedder returned {len(vectors)} vectors for {len(batch)} photos")
@@ -448,7 +448,8 @@ def _verify_sample(
     sample: int,
     image_size: int,
 ) -> None:
-    """Each sampled photo must find its own recipe at rank 1 (ties with identical photos count)."""
+    """Each sampled photo, embedded as it was stored, must find its own recipe at rank 1 (ties with
+    identical photos count): a stored vector that is not the model's for its photo fails."""
     if sample <= 0 or not good:
         return
     chosen = random.Random(0).sample(  # noqa: S311 - a reproducible sample, not a secret
@@ -458,7 +459,7 @@ def _verify_sample(
     for recipe, image, pid in chosen:
         data, array = load_photo(image, size=image_size, min_side=1)
         photos.append(Photo(recipe, image, pid, data, array))
-    vectors = next(iter(embedder.embed_batches([photos])))
+    vectors = next(iter(embedder.embed_gallery_batches([photos])))
     failures = []
     for photo, vector in zip(photos, vectors, strict=True):
         hits = store.search(name, vector, limit=5, model_version=embedder.version)

@@ -123,11 +123,11 @@ def upsert_recipe(
     photos = []
     for image in recipe.images:
         try:
-            data, array = load_photo(image, min_side=min_side)
+            data, array = load_photo(image, size=embedder.image_size, min_side=min_side)
         except ImageDecodeError as exc:
             raise BuildError(f"recipe {recipe.id}: {image}: {exc}") from None
         photos.append(Photo(recipe, image, point_id(recipe.id, _stored_name(root, image)), data, array))
-    vectors = next(iter(embedder.embed_batches([photos])))
+    vectors = next(iter(embedder.embed_gallery_batches([photos])))
     live, target, copied = _target(store, alias, embedder.version)
     try:
         new_ids = {p.id for p in photos}

@@ -220,7 +220,7 @@ def load_lite_state_dict(
 
 
 def _build_lite(
-    name: str, weights: str | Path | None, input_shape: tuple[int, int, int], include_top: bool
+    name: str, weights: str | Path | None, input_shape: tuple[int | None, int | None, int], include_top: bool
 ) -> keras.Model:
     variant = LITE[name]
     model = keras_efficientnet.EfficientNet(
@@ -246,7 +246,7 @@ def _build_lite(
 
 
 def _build_b0(
-    weights: str | Path | None, input_shape: tuple[int, int, int], include_top: bool
+    weights: str | Path | None, input_shape: tuple[int | None, int | None, int], include_top: bool
 ) -> keras.Model:
     if weights is not None and weights != "imagenet":
         path = Path(weights)
@@ -272,7 +272,7 @@ def _build_b0(
 def build_backbone(
     name: str = "efficientnet_lite0",
     weights: str | Path | None = "imagenet",
-    input_shape: tuple[int, int, int] | None = None,
+    input_shape: tuple[int | None, int | None, int] | None = None,
     *,
     include_top: bool = False,
 ) -> keras.Model:

@@ -165,12 +165,19 @@ def _same_category(
 
 
 def _held_out_same_category(
-    gallery: np.ndarray, gallery_recipe: np.ndarray, gallery_category: np.ndarray, held_out: np.ndarray
+    gallery: np.ndarray,
+    gallery_recipe: np.ndarray,
+    gallery_category: np.ndarray,
+    held_out: np.ndarray,
+    clean: np.ndarray | None = None,
 ) -> np.ndarray:
-    """:func:`_same_category` of the clean held-out photos that have a category, as queries."""
+    """:func:`_same_category` of the clean held-out photos that have a category, as queries.
+
+    ``clean``: the photos' query vectors where a model embeds gallery photos otherwise (gallery sizes).
+    """
     usable = held_out[gallery_category[held_out] >= 0]
     return _same_category(
-        gallery[usable],
+        (gallery if clean is None else clean)[usable],
         gallery,
         (gallery_recipe[usable], gallery_recipe),
         (gallery_category[usable], gallery_category),
@@ -183,9 +190,12 @@ def category_hits(
     gallery_category: np.ndarray,
     held_out: np.ndarray,
     k: int = 5,
+    *,
+    clean: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per held-out photo with a category: the share of its k nearest other-recipe photos in its category."""
-    return _held_out_same_category(gallery, gallery_recipe, gallery_category, held_out)[:, :k].mean(axis=1)
+    same = _held_out_same_category(gallery, gallery_recipe, gallery_category, held_out, clean)
+    return same[:, :k].mean(axis=1)
 
 
 def _group_sums(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -286,10 +296,12 @@ def score(
     held_out: np.ndarray,
     distortion: str = "moderate",
     query_groups: np.ndarray | None = None,
+    clean: np.ndarray | None = None,
 ) -> RetrievalScores:
     """All figures for one model. ``held_out``: gallery indices of the held-out (test) photos.
 
-    ``query_groups`` (the source photo of each query) adds a bootstrap interval to Recall@1.
+    ``query_groups`` (the source photo of each query) adds a bootstrap interval to Recall@1; ``clean``:
+    the query vectors of the gallery photos, for same-category precision, where they are not ``gallery``.
     """
     recall, mean_ap = instance_retrieval(queries, query_recipe, gallery, gallery_recipe)
     interval = None
@@ -299,7 +311,7 @@ def score(
     precision = None
     cat_queries = 0
     if gallery_category is not None:
-        same = _held_out_same_category(gallery, gallery_recipe, gallery_category, held_out)
+        same = _held_out_same_category(gallery, gallery_recipe, gallery_category, held_out, clean)
         cat_queries = len(same)
         if cat_queries:
             precision = {k: float(np.mean(same[:, :k])) for k in PRECISION_AT}

@@ -8,6 +8,9 @@ not on Keras' layer-name counters. Every export is checked: Keras and onnxruntim
 photos (batch of all of them and batch of one) and must agree within ``tolerance`` with unit-norm
 outputs, or :class:`ExportParityError` is raised and no folder is left.
 
+With ``gallery_sizes`` (the model's own size first) the graph takes any height and width, records the
+sizes in its metadata (so the version covers them) and is checked at every one of them.
+
 The folder is assembled under a temporary name in ``out_dir`` and renamed into place as
 ``<out_dir>/<name>-<version>``; a folder of that version already there is kept as it is.
 """
@@ -28,7 +31,7 @@ import tensorflow as tf
 import tf2onnx
 from PIL import Image
 
-from embedder.manifest import MODEL_FILE, InputSpec, ModelManifest, write_manifest
+from embedder.manifest import GALLERY_SIZES_KEY, MODEL_FILE, InputSpec, ModelManifest, write_manifest
 from embedder.preprocess import IMAGE_SIZE, preprocess, preprocess_file
 from training.models import INPUT_NAME, keras_path
 from training.onnx_fold import fold_input_scaling
@@ -114,13 +117,21 @@ def _canonicalise(model: onnx.ModelProto, output_name: str) -> None:
     for value in list(graph.input) + list(graph.output):
         value.name = rename(value.name)
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    for value in graph.input:  # free height and width (gallery sizes) get names of their own too
+        for dim, dim_name in zip(value.type.tensor_type.shape.dim[1:3], ("height", "width"), strict=False):
+            if not dim.HasField("dim_value"):
+                dim.dim_param = dim_name
     graph.name = "recipelens"
     model.doc_string = ""
 
 
-def convert_to_onnx(keras_model: keras.Model, image_size: int = IMAGE_SIZE) -> onnx.ModelProto:
-    """tf2onnx conversion; the graph gets exactly one input ``image`` (N, H, W, 3) float32."""
-    spec = [tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name=INPUT_NAME)]
+def convert_to_onnx(
+    keras_model: keras.Model, image_size: int = IMAGE_SIZE, *, free_size: bool = False
+) -> onnx.ModelProto:
+    """tf2onnx conversion; the graph gets exactly one input ``image`` (N, S, S, 3) float32 — with
+    ``free_size`` (a model built for any height and width) ``(N, height, width, 3)``."""
+    side = None if free_size else image_size
+    spec = [tf.TensorSpec((None, side, side, 3), tf.float32, name=INPUT_NAME)]
     try:
         proto, _ = tf2onnx.convert.from_keras(keras_model, input_signature=spec, opset=ONNX_OPSET)
     except Exception as exc:
@@ -133,13 +144,11 @@ def convert_to_onnx(keras_model: keras.Model, image_size: int = IMAGE_SIZE) -> o
     if len(inputs) != 1:
         raise ExportError(f"the ONNX graph must have exactly one input, found {[i.name for i in inputs]}")
     dims = inputs[0].type.tensor_type.shape.dim
-    if (
-        len(dims) != 4
-        or dims[0].HasField("dim_value")
-        or [d.dim_value for d in dims[1:]] != [image_size, image_size, 3]
-    ):
+    want = [0, 0, 3] if free_size else [image_size, image_size, 3]
+    if len(dims) != 4 or dims[0].HasField("dim_value") or [d.dim_value for d in dims[1:]] != want:
         shape = [d.dim_param or d.dim_value for d in dims]
-        raise ExportError(f"unexpected input shape {shape} (want [N, {image_size}, {image_size}, 3])")
+        wanted = "[N, H, W, 3]" if free_size else f"[N, {image_size}, {image_size}, 3]"
+        raise ExportError(f"unexpected input shape {shape} (want {wanted})")
     if inputs[0].name != INPUT_NAME:
         raise ExportError(f"the ONNX input is named {inputs[0].name!r}, expected {INPUT_NAME!r}")
     fold_input_scaling(proto, INPUT_NAME)
@@ -193,19 +202,40 @@ def export_model(
     metrics: dict[str, Any] | None = None,
     parity_images: Sequence[Path] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    gallery_sizes: Sequence[int] = (),
 ) -> Path:
-    """Convert, verify and publish ``keras_model`` as ``<out_dir>/<name>-<version>``; return that folder."""
+    """Convert, verify and publish ``keras_model`` as ``<out_dir>/<name>-<version>``; return that folder.
+
+    ``gallery_sizes`` (the input size first, then the others): ``keras_model`` must take any height and
+    width (``free_size``); parity is checked at each size.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    image_size = int(keras_model.input_shape[1])  # the manifest records it; every consumer reads it there
+    sizes = list(gallery_sizes) if len(gallery_sizes) > 1 else []
+    free = keras_model.input_shape[1] is None
+    if free != bool(sizes):
+        raise ExportError(
+            "a model with gallery sizes must take any height and width, and only such a model"
+            f" (gallery sizes {sizes or 'none'}, input {keras_model.input_shape})"
+        )
+    image_size = sizes[0] if sizes else int(keras_model.input_shape[1])  # the manifest records it
     # Fail on a bad parity image before the slow conversion.
-    photos = parity_photos(parity_images, size=image_size)
+    photos = {size: parity_photos(parity_images, size=size) for size in sizes or [image_size]}
     embedding_dim = int(keras_model.output_shape[-1])
     with staging_folder(out_dir, f"{name}-export") as staging:
-        proto = convert_to_onnx(keras_model, image_size)
+        proto = convert_to_onnx(keras_model, image_size, free_size=free)
+        if sizes:
+            onnx.helper.set_model_props(proto, {GALLERY_SIZES_KEY: ",".join(map(str, sizes))})
         onnx_path = staging / MODEL_FILE
         onnx_path.write_bytes(proto.SerializeToString())
-        parity = check_parity(keras_model, onnx_path, photos, tolerance=tolerance)
+        checks = {
+            size: check_parity(keras_model, onnx_path, p, tolerance=tolerance) for size, p in photos.items()
+        }
+        parity = checks[image_size]
+        if sizes:
+            parity["max_abs_diff"] = max(c["max_abs_diff"] for c in checks.values())
+            parity["max_norm_error"] = max(c["max_norm_error"] for c in checks.values())
+            parity["sizes"] = sizes
         keras_file = keras_path(staging)
         keras_file.parent.mkdir()
         keras_model.save(keras_file)
@@ -218,6 +248,7 @@ def export_model(
             source=dict(source),
             metrics=dict(metrics or {}),
             parity=parity,
+            gallery_sizes=sizes,
         )
         final, new = publish_folder(staging, out_dir, manifest)
     if new:
@@ -227,7 +258,7 @@ def export_model(
             manifest.version,
             embedding_dim,
             parity["max_abs_diff"],
-            len(photos),
+            len(photos[image_size]),
             final,
         )
     return final

@@ -88,12 +88,14 @@ class Networks:
     strategy: tf.distribute.Strategy
 
 
-def build_model(config: TrainConfig, weights: str | None) -> keras.Model:
+def build_model(config: TrainConfig, weights: str | None, *, free_size: bool = False) -> keras.Model:
     """The preset's Keras model: backbone + pooling (+ head when it trains) + L2 norm."""
     from training.models import build_embedding_model, build_raw_model
 
     if not config.train:
-        return build_raw_model(config.backbone, weights, pooling=config.pooling, gem_p=config.gem_p)
+        return build_raw_model(
+            config.backbone, weights, pooling=config.pooling, gem_p=config.gem_p, free_size=free_size
+        )
     return build_embedding_model(
         config.backbone,
         weights,
@@ -101,15 +103,27 @@ def build_model(config: TrainConfig, weights: str | None) -> keras.Model:
         dropout=config.dropout,
         pooling=config.pooling,
         gem_p=config.gem_p,
+        free_size=free_size,
     )
 
 
-def float32_twin(model: keras.Model, config: TrainConfig) -> keras.Model:
-    """A float32 copy of a mixed-precision model, for export (ONNX parity is checked in float32)."""
+def float32_twin(model: keras.Model, config: TrainConfig, *, free_size: bool = False) -> keras.Model:
+    """A float32 copy of ``model`` (ONNX parity is checked in float32); ``free_size``: one that takes any
+    height and width, for the gallery sizes (:func:`gallery_sizes`)."""
     keras.mixed_precision.set_global_policy("float32")
-    twin = build_model(config, None)
+    twin = build_model(config, None, free_size=free_size)
     twin.set_weights(model.get_weights())
     return twin
+
+
+def gallery_sizes(config: TrainConfig) -> list[int]:
+    """The sizes catalogue photos are embedded at: the input size, then each ``gallery_zoom`` multiple of
+    it rounded to 32 px (the backbone's stride); empty when that is the input size alone."""
+    from training.backbones import backbone_image_size
+
+    size = backbone_image_size(config.backbone)
+    sizes = list(dict.fromkeys([size, *(32 * max(1, round(size * z / 32)) for z in config.gallery_zoom)]))
+    return sizes if len(sizes) > 1 else []
 
 
 def build_networks(config: TrainConfig) -> Networks:

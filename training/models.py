@@ -20,8 +20,18 @@ KERAS_SUBDIR = "keras"
 KERAS_FILE = "model.keras"
 
 
-def image_input(size: int) -> keras.KerasTensor:
+def image_input(size: int | None) -> keras.KerasTensor:
+    """The model's input: ``(None, size, size, 3)``, or any height and width with ``size=None``."""
     return keras.Input(shape=(size, size, 3), dtype="float32", name=INPUT_NAME)
+
+
+def _backbone_and_input(
+    backbone: str, weights: str | Path | None, free_size: bool
+) -> tuple[keras.Model, keras.KerasTensor]:
+    size = None if free_size else backbone_image_size(backbone)
+    features = build_backbone(backbone, weights, None if size else (None, None, 3))
+    features.name = "backbone"
+    return features, image_input(size)
 
 
 def pooling_layer(pooling: str = "avg", gem_p: float = 3.0) -> keras.layers.Layer:
@@ -39,14 +49,14 @@ def build_raw_model(
     *,
     pooling: str = "avg",
     gem_p: float = 3.0,
+    free_size: bool = False,
 ) -> keras.Model:
     """Backbone → global pooling (average or GeM) → L2Normalization: the pretrained 1280-D embedding.
 
-    The backbone is one nested layer named ``backbone`` (as in :func:`build_embedding_model`).
+    The backbone is one nested layer named ``backbone`` (as in :func:`build_embedding_model`);
+    ``free_size`` takes any height and width instead of the backbone's size (the same weights).
     """
-    features = build_backbone(backbone, weights)
-    features.name = "backbone"
-    inputs = image_input(backbone_image_size(backbone))
+    features, inputs = _backbone_and_input(backbone, weights, free_size)
     x = pooling_layer(pooling, gem_p)(features(inputs))
     outputs = L2Normalization(name="embedding")(x)
     return keras.Model(inputs, outputs, name=f"{backbone}_raw")
@@ -61,14 +71,14 @@ def build_embedding_model(
     dropout: float = 0.3,
     pooling: str = "avg",
     gem_p: float = 3.0,
+    free_size: bool = False,
 ) -> keras.Model:
     """Backbone → pooling → Dense(hidden, relu) → Dropout → Dense(embedding_dim) → L2Normalization.
 
-    The backbone is one nested layer named ``backbone`` so training can freeze or unfreeze it whole.
+    The backbone is one nested layer named ``backbone`` so training can freeze or unfreeze it whole;
+    ``free_size`` as in :func:`build_raw_model`.
     """
-    features = build_backbone(backbone, weights)
-    features.name = "backbone"
-    inputs = image_input(backbone_image_size(backbone))
+    features, inputs = _backbone_and_input(backbone, weights, free_size)
     x = pooling_layer(pooling, gem_p)(features(inputs))
     x = keras.layers.Dense(hidden, activation="relu", name="projection_hidden")(x)
     x = keras.layers.Dropout(dropout, name="projection_dropout")(x)

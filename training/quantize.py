@@ -36,7 +36,8 @@ import onnxruntime as ort
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from embedder.manifest import MODEL_FILE, ModelManifest, read_manifest, write_manifest
+from embedder.embedding import combine_views
+from embedder.manifest import GALLERY_SIZES_KEY, MODEL_FILE, ModelManifest, read_manifest, write_manifest
 from embedder.preprocess import ImageDecodeError, preprocess_file
 from training.publish import publish_folder, staging_folder
 from training.quantize_graph import float_head_nodes, float_tail_nodes, fold_conv_affine
@@ -185,6 +186,21 @@ class _Batches:
         return None if batch is None else {self.input_name: batch}
 
 
+def _copy_gallery_sizes(fp32_path: Path, int8_path: Path) -> None:
+    """The fp32 graph's gallery sizes (its metadata) onto the int8 graph, so that its version covers them."""
+    import onnx
+
+    recorded = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
+    if GALLERY_SIZES_KEY not in recorded:
+        return
+    proto = onnx.load(str(int8_path))
+    onnx.helper.set_model_props(
+        proto,
+        {**{p.key: p.value for p in proto.metadata_props}, GALLERY_SIZES_KEY: recorded[GALLERY_SIZES_KEY]},
+    )
+    onnx.save(proto, str(int8_path))
+
+
 def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -305,6 +321,10 @@ def quantize_model(
     calibration, _ = _decode_all(sample.calibration, size)
     gallery_images, evaluation_files = _decode_all(sample.evaluation, size)
     queries = _query_views(evaluation_files, size, settings.seed)
+    # The gallery side as the indexer stores it: each photo at every gallery size, combined.
+    gallery_views = [gallery_images] + [
+        np.stack([preprocess_file(path, size=s) for path in evaluation_files]) for s in fp32.gallery_views[1:]
+    ]
     log.info(
         "int8: calibrating %s on %d photos from %d categories (%s), agreement on %d others",
         fp32.version,
@@ -316,12 +336,13 @@ def quantize_model(
     out.mkdir(parents=True, exist_ok=True)
     with staging_folder(out, f"{fp32.name}-int8") as staging:
         numerics = quantize_onnx(fp32_folder / MODEL_FILE, staging / MODEL_FILE, calibration, settings)
+        _copy_gallery_sizes(fp32_folder / MODEL_FILE, staging / MODEL_FILE)
         ref, cand = _session(fp32_folder / MODEL_FILE), _session(staging / MODEL_FILE)
         agreement = measure_agreement(
             _embed(ref, queries),
             _embed(cand, queries),
-            _embed(ref, gallery_images),
-            _embed(cand, gallery_images),
+            combine_views([_embed(ref, views) for views in gallery_views]),
+            combine_views([_embed(cand, views) for views in gallery_views]),
         )
         failures = agreement.failures(settings)
         if failures:
@@ -337,6 +358,7 @@ def quantize_model(
             output_name=fp32.output_name,
             embedding_dim=fp32.embedding_dim,
             numerics="int8",
+            gallery_sizes=fp32.gallery_sizes,
             source={**fp32.source, "fp32_version": fp32.version, "fp32_name": fp32.name},
             quantization={
                 **numerics,

@@ -1,20 +1,27 @@
 """The evaluation stage of a run: every model row embedded, scored, compared with raw, reported.
 
 Rows: ``raw`` (the frozen backbone), the reference backbone (when the run's differs), the head at
-init and the trained model; the match verdict's rates for raw and the trained model.
+init and the trained model; the match verdict's rates for raw and the trained model. With gallery sizes
+(``gallery_zoom``) the trained model's gallery is what the indexer will store — each photo at every
+size, :func:`embedder.embedding.combine_views` — while its queries, and the clean photos as queries of
+same-category precision, stay at the input size.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
 
+from embedder.embedding import combine_views
+from embedder.preprocess import preprocess_file
 from training.evaluate import PairedDelta, RetrievalScores, VerdictRates, score, verdict_figures
 from training.features import PretrainedFeatures, Reference, chunks, embed_batches, inference_fn, unit
+from training.fitting import float32_twin, gallery_sizes
+from training.presets import TrainConfig
 from training.run_report import compare_with_raw, plot_embedding_map, targets_line, verdict_line, write_report
 from training.run_state import Run, Training
 
@@ -40,6 +47,8 @@ class Embeddings:
     gallery: dict[str, np.ndarray]
     queries: dict[str, dict[str, np.ndarray]]
     nonfood: dict[str, dict[str, np.ndarray]]
+    # Query vectors of the gallery photos, for a row whose gallery vectors differ (gallery sizes).
+    clean: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _trained_embedder(run: Run, outcome: Training) -> Callable[[np.ndarray, np.ndarray, str], np.ndarray]:
@@ -51,6 +60,32 @@ def _trained_embedder(run: Run, outcome: Training) -> Callable[[np.ndarray, np.n
         )
     head_fn = inference_fn(run.nets.head)
     return lambda _, features, __: np.asarray(head_fn(tf.constant(features)))
+
+
+def _at_sizes(run: Run, sizes: list[int]) -> list[np.ndarray]:
+    """The trained model's unit vectors of every catalogue photo at each of ``sizes`` (its free-size twin)."""
+    twin_fn = inference_fn(float32_twin(run.nets.model, run.config, free_size=True))
+    out = []
+    for size in sizes:
+        images = np.stack([preprocess_file(path, size=size) for path in run.data.photos.files])
+        out.append(
+            unit(
+                embed_batches(
+                    twin_fn, chunks(images), len(images), f"embed gallery at {size} px", run.progress
+                )
+            )
+        )
+    return out
+
+
+def _gallery_note(config: TrainConfig) -> list[str]:
+    sizes = gallery_sizes(config)
+    if not sizes:
+        return []
+    return [
+        f"{config.preset}: catalogue photos embedded at {' + '.join(map(str, sizes))} px and combined "
+        f"(gallery_zoom {config.gallery_zoom}), queries at {sizes[0]} px; the other rows: one size"
+    ]
 
 
 def _embeddings(
@@ -69,7 +104,12 @@ def _embeddings(
         emb.gallery[HEAD_INIT_ROW], emb.queries[HEAD_INIT_ROW] = outcome.head_init
     if config.train:
         embed = _trained_embedder(run, outcome)
-        emb.gallery[config.preset] = embed(photos.images, raw.clean, "gallery")
+        clean = embed(photos.images, raw.clean, "gallery")
+        sizes = gallery_sizes(config)
+        emb.gallery[config.preset] = clean
+        if sizes:  # as the indexer will store them: each photo at every gallery size, combined
+            emb.clean[config.preset] = clean
+            emb.gallery[config.preset] = combine_views([unit(clean), *_at_sizes(run, sizes[1:])])
         emb.queries[config.preset] = {
             level: embed(q, raw.query_features[level], f"{level} queries")
             for level, (q, _) in raw.query_sets.items()
@@ -100,6 +140,7 @@ def evaluate_run(
             held_out=raw.held_out,
             distortion=level,
             query_groups=query_photo,
+            clean=emb.clean.get(name),
         )
         for level, (_, query_photo) in raw.query_sets.items()
         for name in gallery
@@ -125,6 +166,7 @@ def evaluate_run(
             categories=categories,
             held_out=raw.held_out,
             reference=ref,
+            clean=emb.clean,
         )
     ]
     plot_embedding_map(
@@ -152,7 +194,8 @@ def evaluate_run(
         targets=targets_line(outcome.validation),
         notes=[
             f"catalogue {run.catalog_path}: {len(photos)} photos; recipes per split {counts}; "
-            f"queries from the {config.evaluation.split} split"
+            f"queries from the {config.evaluation.split} split",
+            *_gallery_note(config),
         ],
         comparisons=comparisons,
     )

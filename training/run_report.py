@@ -93,8 +93,10 @@ def compare_with_raw(
     categories: np.ndarray | None,
     held_out: np.ndarray,
     reference: str = "raw",
+    clean: dict[str, np.ndarray] | None = None,
 ) -> list[PairedDelta]:
-    """Every model minus ``reference`` on the same queries: R@1 per query level, cat P@5 once."""
+    """Every model minus ``reference`` on the same queries: R@1 per query level, cat P@5 once (``clean``:
+    a model's query vectors of the gallery photos where they are not its gallery vectors)."""
     models = [name for name in gallery if name != reference]
 
     def against_reference(
@@ -118,7 +120,10 @@ def compare_with_raw(
         out += against_reference(hits, query_photo, "recall@1", level)
     if categories is not None and (categories[held_out] >= 0).any():
         shares = {
-            name: category_hits(gallery[name], photos.photo_recipe, categories, held_out) for name in gallery
+            name: category_hits(
+                gallery[name], photos.photo_recipe, categories, held_out, clean=(clean or {}).get(name)
+            )
+            for name in gallery
         }
         out += against_reference(shares, held_out[categories[held_out] >= 0], "category_p@5", "clean")
     return out

@@ -61,6 +61,7 @@ from training.fitting import (
     build_triplet_model,
     fit_phase,
     float32_twin,
+    gallery_sizes,
     unfreeze_top,
 )
 from training.heads import init_head
@@ -214,8 +215,9 @@ def export_run(run: Run, evaluation: Evaluation, outcome: Training, *, parity_co
 
     config, photos = run.config, run.data.photos
     model = run.nets.model
-    if keras.mixed_precision.global_policy().name != "float32":
-        model = float32_twin(model, config)
+    sizes = gallery_sizes(config)
+    if sizes or keras.mixed_precision.global_policy().name != "float32":
+        model = float32_twin(model, config, free_size=bool(sizes))
     metrics = manifest_metrics(
         evaluation.results,
         evaluation.comparisons,
@@ -239,6 +241,7 @@ def export_run(run: Run, evaluation: Evaluation, outcome: Training, *, parity_co
         metrics=metrics,
         parity_images=[photos.files[i] for i in sorted(set(picks.tolist()))],
         tolerance=1e-4,
+        gallery_sizes=sizes,
     )
 
 

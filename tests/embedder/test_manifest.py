@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedder.manifest import MANIFEST_FILE, MODEL_FILE, ModelIntegrityError, read_manifest
+from embedder.manifest import MANIFEST_FILE, MODEL_FILE, ModelIntegrityError, read_manifest, write_manifest
 from embedder.preprocess import preprocess
 from embedder.providers import DEFAULT_PROVIDERS
 from embedder.runtime import EmbeddingModel, select_providers
@@ -66,3 +66,22 @@ def test_embedding_model_gives_unit_vectors_of_the_manifest_dimension(
     np.testing.assert_array_equal(vectors, direct)
     with pytest.raises(ValueError, match="batch"):
         model.embed_arrays(np.zeros((1, 100, 100, 3), dtype=np.uint8))
+
+
+def test_gallery_sizes_start_with_the_input_size_and_are_covered_by_the_version(tmp_path: Path) -> None:
+    plain = write_tiny_model(tmp_path / "plain")
+    zoomed = write_tiny_model(tmp_path / "zoomed", gallery_sizes=(224, 288))
+    assert plain != zoomed  # the sizes are in the graph's metadata, so in the content hash
+    assert read_manifest(tmp_path / "zoomed").gallery_views == (224, 288)
+    assert read_manifest(tmp_path / "plain").gallery_views == (224,)
+    fields = read_manifest(tmp_path / "zoomed").model_dump(exclude={"version", "sha256", "format_version"})
+    for bad, message in (([288, 224], "must start with the input size 224"), ([224, 224], "distinct")):
+        with pytest.raises(ValueError, match=message):
+            write_manifest(tmp_path / "zoomed", **{**fields, "gallery_sizes": bad})
+    # A manifest edited to other sizes than its graph's (the version unchanged) is refused at load.
+    write_manifest(tmp_path / "zoomed", **{**fields, "gallery_sizes": [224, 320]})
+    with pytest.raises(ModelIntegrityError, match=r"gallery sizes \(224,320\) are not the ones recorded"):
+        EmbeddingModel(tmp_path / "zoomed")
+    model = EmbeddingModel(tmp_path / "plain")
+    with pytest.raises(ValueError, match="S = 224, got"):
+        model.embed_arrays(np.zeros((1, 288, 288, 3), dtype=np.uint8))

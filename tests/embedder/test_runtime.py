@@ -32,6 +32,9 @@ class FakeSession:
     def get_providers(self) -> list[str]:
         return [name for name, _ in self.providers]
 
+    def get_modelmeta(self) -> Any:
+        return type("Meta", (), {"custom_metadata_map": {}})()
+
     def run(self, outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return [np.ones((len(feeds["image"]), 64), np.float32)]
 

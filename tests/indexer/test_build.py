@@ -14,8 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from embedder.embedding import combine_views
+from embedder.preprocess import preprocess
 from embedder.runtime import EmbeddingModel
 from indexer.build import BuildError, build_index, open_embedder
 from indexer.catalog import Recipe
@@ -26,6 +29,7 @@ from indexer.store.edge import EdgeStore
 from tests.indexer.conftest import write_kaggle_catalog
 from tests.support.imagegen import distorted, encode, synthetic_photo
 from tests.support.search import SyncSearch
+from tests.support.tinymodel import write_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -187,8 +191,8 @@ class DyingEmbedder:
         self.image_size = self.inner.image_size
         self.batches = batches
 
-    def embed_batches(self, batches):  # type: ignore[no-untyped-def]
-        for i, vectors in enumerate(self.inner.embed_batches(batches)):
+    def embed_gallery_batches(self, batches):  # type: ignore[no-untyped-def]
+        for i, vectors in enumerate(self.inner.embed_gallery_batches(batches)):
             if i == self.batches:
                 raise Killed
             yield vectors
@@ -288,3 +292,34 @@ def test_cli_swap_drop_and_a_missing_store(
     with EdgeStore(root) as store:
         assert store.resolve_alias("recipes") == first
         assert {c.name for c in store.list_collections()} == {first, "unfinished"}
+
+
+def test_catalogue_photos_are_stored_at_every_gallery_size_of_the_model(
+    catalog40: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "models" / "zoomed"
+    write_tiny_model(folder, gallery_sizes=(224, 288))
+    model = EmbeddingModel(folder)
+
+    def vectors(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        views = [model.embed_arrays(preprocess(data, size=size)[None]) for size in (224, 288)]
+        return views[0][0], combine_views(views)[0]
+
+    with EdgeStore(tmp_path / "q") as store:
+        built = _build(catalog40, folder, store, verify_sample=8)  # the sample re-embeds as stored
+        query, gallery = vectors((catalog40 / "images" / "dish-007.jpg").read_bytes())
+        (stored,) = store.search(built.collection, gallery, limit=1, model_version=model.version)
+        assert stored.payload["recipe_id"] == "r7" and stored.score == pytest.approx(1.0, abs=1e-4)
+        (found,) = store.search(built.collection, query, limit=1, model_version=model.version)
+        assert found.payload["recipe_id"] == "r7" and found.score < 0.99  # a query is embedded at 224 alone
+        # A single-recipe edit stores its photo the same way.
+        photo = tmp_path / "new" / "n1.jpg"
+        photo.parent.mkdir()
+        photo.write_bytes(encode(synthetic_photo(500, (160, 120))))
+        new = Recipe("n1", "New dish", ["2 leeks"], ["leeks"], "Stew.", [photo], "Soups", "test")
+        upsert_recipe(store, new, open_embedder(folder, None), catalog_root=photo.parent)
+        _, gallery = vectors(photo.read_bytes())
+        (stored,) = store.search(
+            store.resolve_alias("recipes") or "", gallery, limit=1, model_version=model.version
+        )
+        assert stored.payload["recipe_id"] == "n1" and stored.score == pytest.approx(1.0, abs=1e-4)

@@ -175,7 +175,7 @@ def test_input_size_comes_from_the_manifest_through_onnx_and_the_embedder(tmp_pa
     import keras
 
     from embedder.preprocess import preprocess
-    from training.export import export_model
+    from training.export import ExportError, export_model
     from training.models import build_raw_model
 
     keras.utils.set_random_seed(2)
@@ -188,5 +188,10 @@ def test_input_size_comes_from_the_manifest_through_onnx_and_the_embedder(tmp_pa
     photo = encode(synthetic_photo(77, size=(300, 200)), "JPEG", quality=90)
     want = model.predict(preprocess(photo, size=260)[None].astype(np.float32), verbose=0)
     np.testing.assert_allclose(embedder.embed_images([photo]), want, atol=1e-4)
-    with pytest.raises(ValueError, match=r"\(N, 260, 260, 3\)"):
+    with pytest.raises(ValueError, match=r"\(N, S, S, 3\) batch with S = 260, got"):
         embedder.embed_arrays(np.zeros((1, 224, 224, 3), np.uint8))
+    # Gallery sizes need a graph of free height and width: a fixed-size model is refused before converting.
+    with pytest.raises(ExportError, match="must take any height and width"):
+        export_model(
+            model, tmp_path, name="x", backbone="efficientnet_lite2", source={}, gallery_sizes=[260, 320]
+        )

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from embedder.manifest import MODEL_FILE, read_manifest, write_manifest
 from embedder.runtime import EmbeddingModel
+from tests.support.tinymodel import write_tiny_model
 from tests.training.triplet_catalog import CATEGORIES, write_catalog
 from training import model_cli as cli
 from training.quantize import Int8Settings, QuantizationRefusedError, quantize_model, sample_photos
@@ -187,3 +188,16 @@ def test_a_broken_catalogue_photo_is_left_out_of_calibration_and_agreement(
     agreement = read_manifest(folder).quantization["agreement"]
     assert agreement["queries"] == agreement["gallery"] == len(sample.evaluation) - 1
     assert "broken.jpg" in caplog.text
+
+
+def test_the_twin_of_a_model_with_gallery_sizes_keeps_them(catalog: Path, tmp_path: Path) -> None:
+    fp32_folder = tmp_path / "zoomed"
+    write_tiny_model(fp32_folder, gallery_sizes=(224, 288))
+    folder = quantize_model(fp32_folder, catalog=catalog, settings=Int8Settings(**SMALL))
+    manifest = read_manifest(folder)
+    assert manifest.numerics == "int8" and manifest.gallery_sizes == [224, 288]
+    int8 = EmbeddingModel(folder, providers=["CPUExecutionProvider"])  # its graph records the same sizes
+    assert int8.gallery_views == (224, 288)
+    x = np.random.default_rng(3).integers(0, 255, (2, 288, 288, 3), dtype=np.uint8)
+    ref = EmbeddingModel(fp32_folder).embed_arrays(x)
+    assert (np.sum(int8.embed_arrays(x) * ref, axis=1) > 0.95).all()

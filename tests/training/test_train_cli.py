@@ -114,6 +114,11 @@ def test_preset_trains_evaluates_and_exports(
     if preset == "ft":
         history = json.loads((run_dir / "history.json").read_text())
         assert len(history["phase1"]) == 1 and len(history["phase2"]) == 1
+    # ft embeds catalogue photos at 224 and 1.3 × 224 → 288 px (its graph takes both, checked at both).
+    sizes = [224, 288] if preset == "ft" else []
+    assert manifest.gallery_sizes == sizes and manifest.parity.get("sizes", []) == sizes
+    noted = "catalogue photos embedded at 224 + 288 px" in (run_dir / "evaluation.md").read_text()
+    assert noted == (preset == "ft")
 
     # The exported folder serves: a distorted copy of a catalogue photo finds that photo first.
     model = EmbeddingModel(model_dir)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crecipelens/v1/embedder.proto\x12\rrecipelens.v1\"I\n\x0c\x45mbedRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x1f\n\tEmbedding\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\"{\n\rEmbedResponse\x12,\n\nembeddings\x18\x01 \x03(\x0b\x32\x18.recipelens.v1.Embedding\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\x12\n\nrequest_id\x18\x04 \x01(\t\")\n\x10ModelInfoRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\"\x85\x01\n\x05Model\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\r\x12\x12\n\nimage_size\x18\x05 \x01(\r\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x10\n\x08provider\x18\x07 \x01(\t\"e\n\x11ModelInfoResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.recipelens.v1.Model\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x02 \x01(\t\x12\x11\n\tproviders\x18\x03 \x03(\t2\xec\x01\n\x08\x45mbedder\x12\x42\n\x05\x45mbed\x12\x1b.recipelens.v1.EmbedRequest\x1a\x1c.recipelens.v1.EmbedResponse\x12L\n\x0b\x45mbedStream\x12\x1b.recipelens.v1.EmbedRequest\x1a\x1c.recipelens.v1.EmbedResponse(\x01\x30\x01\x12N\n\tModelInfo\x12\x1f.recipelens.v1.ModelInfoRequest\x1a .recipelens.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crecipelens/v1/embedder.proto\x12\rrecipelens.v1\"Z\n\x0c\x45mbedRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07gallery\x18\x04 \x01(\x08\"\x1f\n\tEmbedding\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\"{\n\rEmbedResponse\x12,\n\nembeddings\x18\x01 \x03(\x0b\x32\x18.recipelens.v1.Embedding\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\x12\n\nrequest_id\x18\x04 \x01(\t\")\n\x10ModelInfoRequest\x12\x15\n\rmodel_version\x18\x01 \x01(\t\"\x9c\x01\n\x05Model\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\r\x12\x12\n\nimage_size\x18\x05 \x01(\r\x12\x12\n\ncreated_at\x18\x06 \x01(\t\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x15\n\rgallery_sizes\x18\x08 \x03(\r\"e\n\x11ModelInfoResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.recipelens.v1.Model\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x02 \x01(\t\x12\x11\n\tproviders\x18\x03 \x03(\t2\xec\x01\n\x08\x45mbedder\x12\x42\n\x05\x45mbed\x12\x1b.recipelens.v1.EmbedRequest\x1a\x1c.recipelens.v1.EmbedResponse\x12L\n\x0b\x45mbedStream\x12\x1b.recipelens.v1.EmbedRequest\x1a\x1c.recipelens.v1.EmbedResponse(\x01\x30\x01\x12N\n\tModelInfo\x12\x1f.recipelens.v1.ModelInfoRequest\x1a .recipelens.v1.ModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,17 +34,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDDING'].fields_by_name['values']._loaded_options = None
   _globals['_EMBEDDING'].fields_by_name['values']._serialized_options = b'\020\001'
   _globals['_EMBEDREQUEST']._serialized_start=47
-  _globals['_EMBEDREQUEST']._serialized_end=120
-  _globals['_EMBEDDING']._serialized_start=122
-  _globals['_EMBEDDING']._serialized_end=153
-  _globals['_EMBEDRESPONSE']._serialized_start=155
-  _globals['_EMBEDRESPONSE']._serialized_end=278
-  _globals['_MODELINFOREQUEST']._serialized_start=280
-  _globals['_MODELINFOREQUEST']._serialized_end=321
-  _globals['_MODEL']._serialized_start=324
-  _globals['_MODEL']._serialized_end=457
-  _globals['_MODELINFORESPONSE']._serialized_start=459
-  _globals['_MODELINFORESPONSE']._serialized_end=560
-  _globals['_EMBEDDER']._serialized_start=563
-  _globals['_EMBEDDER']._serialized_end=799
+  _globals['_EMBEDREQUEST']._serialized_end=137
+  _globals['_EMBEDDING']._serialized_start=139
+  _globals['_EMBEDDING']._serialized_end=170
+  _globals['_EMBEDRESPONSE']._serialized_start=172
+  _globals['_EMBEDRESPONSE']._serialized_end=295
+  _globals['_MODELINFOREQUEST']._serialized_start=297
+  _globals['_MODELINFOREQUEST']._serialized_end=338
+  _globals['_MODEL']._serialized_start=341
+  _globals['_MODEL']._serialized_end=497
+  _globals['_MODELINFORESPONSE']._serialized_start=499
+  _globals['_MODELINFORESPONSE']._serialized_end=600
+  _globals['_EMBEDDER']._serialized_start=603
+  _globals['_EMBEDDER']._serialized_end=839
 # @@protoc_insertion_point(module_scope)

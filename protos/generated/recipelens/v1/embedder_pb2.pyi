@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("images", "model_version", "request_id")
+    __slots__ = ("images", "model_version", "request_id", "gallery")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    GALLERY_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedScalarFieldContainer[bytes]
     model_version: str
     request_id: str
-    def __init__(self, images: _Optional[_Iterable[bytes]] = ..., model_version: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    gallery: bool
+    def __init__(self, images: _Optional[_Iterable[bytes]] = ..., model_version: _Optional[str] = ..., request_id: _Optional[str] = ..., gallery: _Optional[bool] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)
@@ -41,7 +43,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self, model_version: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("version", "name", "backbone", "dimension", "image_size", "created_at", "provider")
+    __slots__ = ("version", "name", "backbone", "dimension", "image_size", "created_at", "provider", "gallery_sizes")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +51,7 @@ class Model(_message.Message):
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    GALLERY_SIZES_FIELD_NUMBER: _ClassVar[int]
     version: str
     name: str
     backbone: str
@@ -56,7 +59,8 @@ class Model(_message.Message):
     image_size: int
     created_at: str
     provider: str
-    def __init__(self, version: _Optional[str] = ..., name: _Optional[str] = ..., backbone: _Optional[str] = ..., dimension: _Optional[int] = ..., image_size: _Optional[int] = ..., created_at: _Optional[str] = ..., provider: _Optional[str] = ...) -> None: ...
+    gallery_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, version: _Optional[str] = ..., name: _Optional[str] = ..., backbone: _Optional[str] = ..., dimension: _Optional[int] = ..., image_size: _Optional[int] = ..., created_at: _Optional[str] = ..., provider: _Optional[str] = ..., gallery_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelInfoResponse(_message.Message):
     __slots__ = ("models", "default_version", "providers")
