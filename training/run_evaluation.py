@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -21,6 +22,7 @@ from embedder.preprocess import preprocess_file
 from training.evaluate import PairedDelta, RetrievalScores, VerdictRates, score, verdict_figures
 from training.features import PretrainedFeatures, Reference, chunks, embed_batches, inference_fn, unit
 from training.fitting import float32_twin, gallery_sizes
+from training.models import build_raw_model
 from training.presets import TrainConfig
 from training.run_report import compare_with_raw, plot_embedding_map, targets_line, verdict_line, write_report
 from training.run_state import Run, Training
@@ -62,9 +64,9 @@ def _trained_embedder(run: Run, outcome: Training) -> Callable[[np.ndarray, np.n
     return lambda _, features, __: np.asarray(head_fn(tf.constant(features)))
 
 
-def _at_sizes(run: Run, sizes: list[int]) -> list[np.ndarray]:
-    """The trained model's unit vectors of every catalogue photo at each of ``sizes`` (its free-size twin)."""
-    twin_fn = inference_fn(float32_twin(run.nets.model, run.config, free_size=True))
+def _at_sizes(run: Run, model: keras.Model, sizes: list[int]) -> list[np.ndarray]:
+    """``model``'s (free-size) unit vectors of every catalogue photo at each of ``sizes``."""
+    twin_fn = inference_fn(model)
     out = []
     for size in sizes:
         images = np.stack([preprocess_file(path, size=size) for path in run.data.photos.files])
@@ -78,14 +80,36 @@ def _at_sizes(run: Run, sizes: list[int]) -> list[np.ndarray]:
     return out
 
 
+def gallery_row(name: str, sizes: list[int]) -> str:
+    """The report's row of ``name`` with a gallery of several sizes: ``raw, gallery 224 + 288``."""
+    return f"{name}, gallery {' + '.join(map(str, sizes))}"
+
+
 def _gallery_note(config: TrainConfig) -> list[str]:
     sizes = gallery_sizes(config)
     if not sizes:
         return []
     return [
         f"{config.preset}: catalogue photos embedded at {' + '.join(map(str, sizes))} px and combined "
-        f"(gallery_zoom {config.gallery_zoom}), queries at {sizes[0]} px; the other rows: one size"
+        f"(gallery_zoom {config.gallery_zoom}), queries at {sizes[0]} px; so are those of "
+        f"{gallery_row('raw', sizes)!r}, for comparison; the other rows: one size"
     ]
+
+
+def _add_gallery_sizes(run: Run, emb: Embeddings, clean: np.ndarray, sizes: list[int]) -> None:
+    """The trained model's gallery as the indexer will store it — each photo at every gallery size,
+    combined — and the raw backbone with the same gallery, for comparison (what the sizes give untrained)."""
+    config = run.config
+    twin = float32_twin(run.nets.model, config, free_size=True)
+    emb.clean[config.preset] = clean
+    emb.gallery[config.preset] = combine_views([unit(clean), *_at_sizes(run, twin, sizes[1:])])
+    row = gallery_row("raw", sizes)
+    raw_twin = build_raw_model(
+        config.backbone, config.backbone_weights, pooling=config.pooling, gem_p=config.gem_p, free_size=True
+    )
+    emb.clean[row] = emb.gallery["raw"]
+    emb.gallery[row] = combine_views([emb.gallery["raw"], *_at_sizes(run, raw_twin, sizes[1:])])
+    emb.queries[row] = emb.queries["raw"]
 
 
 def _embeddings(
@@ -107,9 +131,8 @@ def _embeddings(
         clean = embed(photos.images, raw.clean, "gallery")
         sizes = gallery_sizes(config)
         emb.gallery[config.preset] = clean
-        if sizes:  # as the indexer will store them: each photo at every gallery size, combined
-            emb.clean[config.preset] = clean
-            emb.gallery[config.preset] = combine_views([unit(clean), *_at_sizes(run, sizes[1:])])
+        if sizes:
+            _add_gallery_sizes(run, emb, clean, sizes)
         emb.queries[config.preset] = {
             level: embed(q, raw.query_features[level], f"{level} queries")
             for level, (q, _) in raw.query_sets.items()

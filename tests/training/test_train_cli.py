@@ -78,6 +78,8 @@ def test_preset_trains_evaluates_and_exports(
     assert len(split) == 24 and set(split.values()) == {"train", "validation", "test"}
     report = json.loads((run_dir / "evaluation.json").read_text())
     rows = {"raw"} if preset == "raw" else {"raw", preset, HEAD_INIT_ROW}
+    # ft's catalogue photos at 224 + 288 px: raw with the same gallery is scored beside it.
+    rows |= {"raw, gallery 224 + 288"} if preset == "ft" else set()
     # ft pools with GeM: raw Lite0 with average pooling is scored beside it, and every row against it too.
     references = {"raw"} | ({"raw efficientnet_lite0"} if preset == "ft" else set())
     scored = rows | references
