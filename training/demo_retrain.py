@@ -76,6 +76,26 @@ class SearchLoad:
         self._stop.set()
 
 
+def _served(address: str, folder: Path, timeout_s: float = 60.0) -> bool:
+    """Wait until the embedder at ``address`` serves the model folder's version (it polls its model
+    directory every ``RECIPELENS_EMBEDDER_RELOAD_INTERVAL_S``); False after ``timeout_s``."""
+    from embedder.client import EmbedderClient
+    from embedder.errors import EmbedderError
+    from embedder.manifest import read_manifest
+
+    version = read_manifest(folder).version
+    deadline = time.monotonic() + timeout_s
+    with EmbedderClient(address) as client:
+        while time.monotonic() < deadline:
+            try:
+                if any(m.version == version for m in client.model_info().models):
+                    return True
+            except EmbedderError:
+                pass
+            time.sleep(0.5)
+    return False
+
+
 def _ready(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:  # noqa: S310
@@ -128,6 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QuantizationError as exc:
         print(f"    int8 twin refused, indexing with fp32: {exc}")
 
+    if not _served(args.embedder, model_dir):
+        print(
+            f"demo-retrain: the embedder at {args.embedder} does not serve {model_dir} after 60 s",
+            file=sys.stderr,
+        )
+        return 1
     print("==> 2/3 re-indexing with the new model while a client keeps searching through the gateway")
     worker = threading.Thread(target=load.run, daemon=True)
     worker.start()
