@@ -182,3 +182,22 @@ def test_per_query_figures_agree_with_the_means() -> None:
     assert result.recall_at_1_ci is not None
     low, high = result.recall_at_1_ci
     assert low <= result.recall[1] <= high
+
+
+def test_category_precision_asks_with_query_vectors_where_the_gallery_differs() -> None:
+    """With gallery sizes a photo's gallery vector is not its query vector: the clean held-out photos ask
+    as queries (``clean``), against the gallery vectors."""
+    gallery = np.array([[1.0, 0.0, 0.1], [0.0, 1.0, 0.0], [0.9, 0.0, 0.3], [0.0, 0.0, 1.0]], np.float32)
+    clean = gallery.copy()
+    clean[0] = [0.1, 1.0, 0.0]  # photo 0 as a query is nearest photo 1 (its category), as a gallery photo 2
+    recipe, category, held_out = np.arange(4), np.array([0, 0, 1, 1]), np.array([0])
+    as_gallery = score(
+        queries=clean[:1], query_recipe=recipe[:1], gallery=gallery, gallery_recipe=recipe,
+        gallery_category=category, held_out=held_out,
+    )  # fmt: skip
+    as_queries = score(
+        queries=clean[:1], query_recipe=recipe[:1], gallery=gallery, gallery_recipe=recipe,
+        gallery_category=category, held_out=held_out, clean=clean,
+    )  # fmt: skip
+    assert as_gallery.category_precision == {1: 0.0, 5: 0.25}
+    assert as_queries.category_precision == {1: 1.0, 5: 0.25}
