@@ -28,6 +28,12 @@ GALLERY_SIZES_KEY = "recipelens.gallery_sizes"  # ONNX metadata_props key: "224,
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
 
 
+def gallery_metadata(sizes: list[int] | tuple[int, ...]) -> str:
+    """The ONNX metadata value (:data:`GALLERY_SIZES_KEY`) of a model's gallery sizes: ``"224,288"``;
+    ``""`` (none recorded) for a model embedded at its own size alone."""
+    return ",".join(map(str, sizes)) if len(sizes) > 1 else ""
+
+
 class ModelIntegrityError(RuntimeError):
     """A model folder is missing a file, has a bad manifest, or its ONNX hash does not match."""
 

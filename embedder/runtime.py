@@ -10,7 +10,14 @@ from typing import TypedDict
 import numpy as np
 import onnxruntime as ort
 
-from embedder.manifest import GALLERY_SIZES_KEY, MODEL_FILE, ModelIntegrityError, ModelManifest, read_manifest
+from embedder.manifest import (
+    GALLERY_SIZES_KEY,
+    MODEL_FILE,
+    ModelIntegrityError,
+    ModelManifest,
+    gallery_metadata,
+    read_manifest,
+)
 from embedder.preprocess import DEFAULT_MAX_PIXELS, preprocess
 from embedder.providers import CPU, DEFAULT_PROVIDERS, OPENVINO, TENSORRT
 
@@ -125,7 +132,7 @@ class EmbeddingModel:
     def _check_gallery_metadata(self) -> None:
         """The manifest's gallery sizes must be the graph's own (its metadata), which the version covers."""
         recorded = self.session.get_modelmeta().custom_metadata_map.get(GALLERY_SIZES_KEY, "")
-        expected = ",".join(map(str, self.manifest.gallery_sizes)) if len(self.gallery_views) > 1 else ""
+        expected = gallery_metadata(self.gallery_views)
         if recorded != expected:
             raise ModelIntegrityError(
                 f"{self.folder}: the manifest's gallery sizes ({expected or 'none'}) are not the ones "

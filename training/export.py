@@ -31,7 +31,14 @@ import tensorflow as tf
 import tf2onnx
 from PIL import Image
 
-from embedder.manifest import GALLERY_SIZES_KEY, MODEL_FILE, InputSpec, ModelManifest, write_manifest
+from embedder.manifest import (
+    GALLERY_SIZES_KEY,
+    MODEL_FILE,
+    InputSpec,
+    ModelManifest,
+    gallery_metadata,
+    write_manifest,
+)
 from embedder.preprocess import IMAGE_SIZE, preprocess, preprocess_file
 from training.models import INPUT_NAME, keras_path
 from training.onnx_fold import fold_input_scaling
@@ -225,7 +232,7 @@ def export_model(
     with staging_folder(out_dir, f"{name}-export") as staging:
         proto = convert_to_onnx(keras_model, image_size, free_size=free)
         if sizes:
-            onnx.helper.set_model_props(proto, {GALLERY_SIZES_KEY: ",".join(map(str, sizes))})
+            onnx.helper.set_model_props(proto, {GALLERY_SIZES_KEY: gallery_metadata(sizes)})
         onnx_path = staging / MODEL_FILE
         onnx_path.write_bytes(proto.SerializeToString())
         checks = {

@@ -64,20 +64,9 @@ def _trained_embedder(run: Run, outcome: Training) -> Callable[[np.ndarray, np.n
     return lambda _, features, __: np.asarray(head_fn(tf.constant(features)))
 
 
-def _at_sizes(run: Run, model: keras.Model, sizes: list[int]) -> list[np.ndarray]:
-    """``model``'s (free-size) unit vectors of every catalogue photo at each of ``sizes``."""
-    twin_fn = inference_fn(model)
-    out = []
-    for size in sizes:
-        images = np.stack([preprocess_file(path, size=size) for path in run.data.photos.files])
-        out.append(
-            unit(
-                embed_batches(
-                    twin_fn, chunks(images), len(images), f"embed gallery at {size} px", run.progress
-                )
-            )
-        )
-    return out
+def _embed_at_size(run: Run, model: keras.Model, images: np.ndarray, what: str) -> np.ndarray:
+    """``model``'s (free-size) unit vectors of ``images``, the catalogue photos at one gallery size."""
+    return unit(embed_batches(inference_fn(model), chunks(images), len(images), what, run.progress))
 
 
 def gallery_row(name: str, sizes: list[int]) -> str:
@@ -101,14 +90,19 @@ def _add_gallery_sizes(run: Run, emb: Embeddings, clean: np.ndarray, sizes: list
     combined — and the raw backbone with the same gallery, for comparison (what the sizes give untrained)."""
     config = run.config
     twin = float32_twin(run.nets.model, config, free_size=True)
-    emb.clean[config.preset] = clean
-    emb.gallery[config.preset] = combine_views([unit(clean), *_at_sizes(run, twin, sizes[1:])])
-    row = gallery_row("raw", sizes)
     raw_twin = build_raw_model(
         config.backbone, config.backbone_weights, pooling=config.pooling, gem_p=config.gem_p, free_size=True
     )
+    trained, untrained = [unit(clean)], [emb.gallery["raw"]]
+    for size in sizes[1:]:  # each size decoded once, for both models
+        images = np.stack([preprocess_file(path, size=size) for path in run.data.photos.files])
+        trained.append(_embed_at_size(run, twin, images, f"embed gallery at {size} px (trained)"))
+        untrained.append(_embed_at_size(run, raw_twin, images, f"embed gallery at {size} px (raw)"))
+    emb.clean[config.preset] = clean
+    emb.gallery[config.preset] = combine_views(trained)
+    row = gallery_row("raw", sizes)
     emb.clean[row] = emb.gallery["raw"]
-    emb.gallery[row] = combine_views([emb.gallery["raw"], *_at_sizes(run, raw_twin, sizes[1:])])
+    emb.gallery[row] = combine_views(untrained)
     emb.queries[row] = emb.queries["raw"]
 
 

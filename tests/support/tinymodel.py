@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from embedder.manifest import GALLERY_SIZES_KEY, MODEL_FILE, write_manifest
+from embedder.manifest import GALLERY_SIZES_KEY, MODEL_FILE, gallery_metadata, write_manifest
 
 
 def write_tiny_model(
@@ -71,7 +71,7 @@ def write_tiny_model(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if free:
-        onnx.helper.set_model_props(model, {GALLERY_SIZES_KEY: ",".join(map(str, gallery_sizes))})
+        onnx.helper.set_model_props(model, {GALLERY_SIZES_KEY: gallery_metadata(tuple(gallery_sizes))})
     onnx.checker.check_model(model)
     (folder / MODEL_FILE).write_bytes(model.SerializeToString())
     manifest = write_manifest(
