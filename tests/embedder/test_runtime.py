@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from embedder import runtime
-from embedder.manifest import read_manifest, write_manifest
+from embedder.manifest import MODEL_FILE, read_manifest, write_manifest
 from embedder.providers import CPU, CUDA, DEFAULT_PROVIDERS, OPENVINO, TENSORRT
 from embedder.runtime import EmbeddingModel, provider_options, select_providers
 from tests.support.tinymodel import write_tiny_model
@@ -27,7 +27,7 @@ class FakeSession:
         FakeSession.created.append(self)
 
     def get_inputs(self) -> list[Any]:
-        return [type("Input", (), {"name": "image"})()]
+        return [type("Input", (), {"name": "image", "type": "tensor(float)"})()]
 
     def get_providers(self) -> list[str]:
         return [name for name, _ in self.providers]
@@ -119,3 +119,30 @@ async def test_status_says_what_runs_for_readyz(tmp_path: Path) -> None:
     status = await embedder.status()
     assert f"{version} fp32 on CPUExecutionProvider" in status.description
     await embedder.aclose()
+
+
+def test_a_graph_that_takes_uint8_pixels_gets_them_as_they_are(tmp_path: Path) -> None:
+    """Exports take uint8 (the cast is inside the graph); older float32 graphs still get float32."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    write_tiny_model(tmp_path / "float")
+    model = onnx.load(str(tmp_path / "float" / MODEL_FILE))
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.UINT8
+    for node in model.graph.node:
+        node.input[:] = ["pixels" if name == "image" else name for name in node.input]
+    model.graph.node.insert(0, helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT))
+    (tmp_path / "uint8").mkdir()
+    (tmp_path / "uint8" / MODEL_FILE).write_bytes(model.SerializeToString())
+    write_manifest(tmp_path / "uint8", name="tiny-uint8", backbone="tiny-colour-layout", embedding_dim=64)
+    as_float, as_uint8 = EmbeddingModel(tmp_path / "float"), EmbeddingModel(tmp_path / "uint8")
+    assert as_float.input_dtype is np.float32 and as_uint8.input_dtype is np.uint8
+    pixels = np.random.default_rng(1).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    np.testing.assert_allclose(as_uint8.embed_arrays(pixels), as_float.embed_arrays(pixels), atol=1e-6)
+    # float pixels (0..255) are rounded and clipped for a uint8 graph, not wrapped around
+    noisy = pixels.astype(np.float32) + np.float32(0.3)
+    noisy[0, 0, 0] = [300.0, -5.0, 254.6]
+    expected = pixels.copy()
+    expected[0, 0, 0] = [255, 0, 255]
+    np.testing.assert_allclose(as_uint8.embed_arrays(noisy), as_float.embed_arrays(expected), atol=1e-6)
+    assert not np.allclose(as_uint8.embed_arrays(noisy[:1]), as_float.embed_arrays(pixels[:1]), atol=1e-6)

@@ -37,13 +37,17 @@ def test_exported_graph_has_one_image_input_and_a_dynamic_batch(raw_model_dir: P
     assert dims[0].dim_param == "batch"
     assert [d.dim_value for d in dims[1:]] == [224, 224, 3]
     assert [o.name for o in graph.output] == ["embedding"]
-    # the stem's Rescaling + Normalization (three passes over the input) folded into the first Conv
-    assert [node.op_type for node in graph.node[:3]] == ["Transpose", "Add", "Conv"]
+    # uint8 pixels, cast after the NHWC → NCHW transpose; the stem's Rescaling + Normalization (three
+    # passes over the input) folded into the first Conv
+    assert inputs[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [node.op_type for node in graph.node[:4]] == ["Transpose", "Cast", "Add", "Conv"]
     session = ort.InferenceSession(str(raw_model_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
     for n in (1, 5):
-        (out,) = session.run(None, {"image": _photos(n).astype(np.float32)})
+        (out,) = session.run(None, {"image": _photos(n)})
         assert out.shape == (n, 1280)
         np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(Exception, match="tensor\\(float\\)"):  # float pixels are not what it takes
+        session.run(None, {"image": _photos(1).astype(np.float32)})
 
 
 def test_onnx_matches_keras_and_the_manifest_verifies(raw_export: RawExport) -> None:

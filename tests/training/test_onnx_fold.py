@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from training.onnx_fold import fold_input_scaling
+from training.onnx_fold import fold_input_scaling, uint8_input
 
 RNG = np.random.default_rng(7)
 
@@ -115,3 +115,25 @@ def test_other_graphs_are_left_exactly_as_they_were(ops: Ops, share_weight: bool
     before = model.SerializeToString()
     assert not fold_input_scaling(model, "image")
     assert model.SerializeToString() == before
+
+
+@pytest.mark.parametrize("ops", [LITE0, []], ids=["at-the-input", "after-the-transpose"])
+def test_uint8_input_casts_inside_and_gives_the_same_outputs(ops: Ops) -> None:
+    model = _stem(ops)
+    batch = _batch()
+    before = _run(model, batch)
+    uint8_input(model, "image")
+    onnx.checker.check_model(model)
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
+    kinds = [node.op_type for node in model.graph.node]
+    # the cast follows the input's one reader when that is the NHWC → NCHW transpose
+    assert kinds.index("Cast") == (1 if not ops else 0)
+    got = _run(model, batch.astype(np.uint8))
+    np.testing.assert_array_equal(got[0], before[0])  # exact: every uint8 value is a float32
+
+
+def test_uint8_input_refuses_an_input_that_is_not_float() -> None:
+    model = _stem([])
+    uint8_input(model, "image")
+    with pytest.raises(ValueError, match="not float32"):
+        uint8_input(model, "image")

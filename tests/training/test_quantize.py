@@ -20,7 +20,13 @@ from tests.support.tinymodel import write_tiny_model
 from tests.training.triplet_catalog import CATEGORIES, write_catalog
 from training import model_cli as cli
 from training.quantize import Int8Settings, QuantizationRefusedError, quantize_model, sample_photos
-from training.quantize_graph import float_head_nodes, fold_conv_affine
+from training.quantize_graph import (
+    drop_qdq,
+    float_head_nodes,
+    fold_conv_affine,
+    fold_pad_into_conv,
+    stem_nodes,
+)
 
 SMALL = {"calibration_photos": 8, "evaluation_photos": 16}
 
@@ -93,6 +99,85 @@ def test_fold_moves_the_batchnorm_into_the_conv_and_keeps_the_outputs() -> None:
     np.testing.assert_allclose(_run(model, x), before, atol=1e-5)
 
 
+def _pad_conv(pads: list[int], value: float | None = 0.0, readers: int = 1) -> onnx.ModelProto:
+    """``image`` NHWC → Transpose → Pad → strided depthwise Conv (→ a second reader of the Pad)."""
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((3, 1, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array(pads, np.int64), "pads"),
+    ]
+    pad_inputs = ["nchw", "pads"]
+    if value is not None:
+        inits.append(numpy_helper.from_array(np.array(value, np.float32), "value"))
+        pad_inputs.append("value")
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Pad", pad_inputs, ["padded"]),
+        helper.make_node("Conv", ["padded", "w"], ["out"], strides=[2, 2], group=3),
+    ]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
+    if readers == 2:
+        nodes.append(helper.make_node("Relu", ["padded"], ["other"]))
+        outputs.append(helper.make_tensor_value_info("other", TensorProto.FLOAT, None))
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [2, 9, 9, 3])
+    graph = helper.make_graph(nodes, "pad", [image], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("pads", [[0, 0, 0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 0, 0, 2, 2]], ids=["end", "both"])
+def test_a_zero_pad_moves_into_the_conv_with_the_same_outputs(pads: list[int]) -> None:
+    model = _pad_conv(pads)
+    x = np.random.default_rng(4).uniform(0, 255, (2, 9, 9, 3)).astype(np.float32)
+    before = _run(model, x)
+    assert fold_pad_into_conv(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Transpose", "Conv"]
+    assert "pads" not in {init.name for init in model.graph.initializer}  # its amounts went with it
+    np.testing.assert_allclose(_run(model, x), before, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("pads", "value", "readers"),
+    [
+        ([0, 0, 0, 0, 0, 0, 1, 1], 1.0, 1),
+        ([0, 1, 0, 0, 0, 0, 1, 1], 0.0, 1),
+        ([0, 0, 0, 0, 0, 0, 1, 1], None, 2),
+    ],
+    ids=["non-zero-value", "channel-axis", "two-readers"],
+)
+def test_other_pads_stay_where_they_are(pads: list[int], value: float | None, readers: int) -> None:
+    model = _pad_conv(pads, value, readers)
+    before = model.SerializeToString()
+    assert fold_pad_into_conv(model) == 0
+    assert model.SerializeToString() == before
+
+
+def test_drop_qdq_leaves_a_tensor_in_float_and_its_readers_read_it() -> None:
+    q = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"])
+    dq = helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"])
+    relu = helper.make_node("Relu", ["xd"], ["y"])
+    graph = helper.make_graph(
+        [q, dq, relu],
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [
+            numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+            numpy_helper.from_array(np.array(0, np.uint8), "z"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = np.array([0.1, 0.3, 1.2, -1.0], np.float32)
+    assert not np.allclose(_run_x(model, x), np.maximum(x, 0))  # quantized: steps of 0.5
+    assert drop_qdq(model, ["x", "unknown"]) == ["x"]
+    assert [n.op_type for n in model.graph.node] == ["Relu"] and not model.graph.initializer
+    np.testing.assert_array_equal(_run_x(model, x), np.maximum(x, 0))
+
+
+def _run_x(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"x": x})[0])
+
+
 def test_the_float_head_is_the_leading_convs_with_their_activation_never_every_conv(tmp_path: Path) -> None:
     model = conv_graph()
     fold_conv_affine(model)
@@ -103,6 +188,8 @@ def test_the_float_head_is_the_leading_convs_with_their_activation_never_every_c
     assert float_head_nodes(path, 1) == ["Transpose_0", "Conv_1", "Clip_2"]
     assert float_head_nodes(path, 3) == float_head_nodes(path, 1)  # two Convs: the last stays quantized
     assert float_head_nodes(path, 0) == []
+    # the stem convolution itself can still run on int8: the nodes up to it, and what it writes
+    assert stem_nodes(path) == (["Transpose_0", "Conv_1"], [model.graph.node[1].output[0]])
 
 
 def test_sample_goes_round_the_categories_and_keeps_evaluation_apart(catalog: Path) -> None:
@@ -135,10 +222,16 @@ def test_int8_twin_is_its_own_version_with_numerics_and_agreement(fp32_model: Pa
     assert 0 <= agreement["top10_overlap_min"] <= agreement["top10_overlap_mean"] <= 1
     graph = onnx.load(str(folder / MODEL_FILE)).graph
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
-    assert q["float_head_convs"] == 3  # on two Convs: the first (and its Clip) in float, the second int8
+    # on two Convs: the first one's output (and its Clip) in float, the first Conv itself and the second int8
+    assert q["float_head_convs"] == 3 and q["int8_stem"] is True
     dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
     first, second = (n for n in graph.node if n.op_type == "Conv")
-    assert not set(first.input) & dequantized and set(second.input) & dequantized
+    assert set(first.input) == set(first.input) & dequantized  # int8 pixels and weights
+    assert first.output[0] not in quantized and q["float_tensors"] == [first.output[0]]
+    (clip,) = (n for n in graph.node if n.op_type == "Clip")
+    assert clip.input[0] == first.output[0]  # the activation reads the float output as it is
+    assert set(second.input) & dequantized
     int8, ref = EmbeddingModel(folder, providers=["CPUExecutionProvider"]), EmbeddingModel(fp32_model)
     assert int8.runs_on == "int8 on CPUExecutionProvider"
     x = np.random.default_rng(2).integers(0, 255, (4, 224, 224, 3), dtype=np.uint8)
