@@ -8,9 +8,9 @@
 2. **Quantize** — ``onnxruntime.quantization.quantize_static`` on the fp32 ``model.onnx`` in QDQ format:
    int8 weights per output channel, uint8 activations with ranges from the calibration photos
    (``minmax``, ``percentile`` or ``entropy``), after the graph's preparation
-   (:mod:`training.quantize_graph`): BatchNorm folded into the convolutions; the stem's output and
-   the first block (``float_head_convs``; the stem convolution itself still int8, ``int8_stem``) and
-   the final L2 normalisation (``float_tail``) stay in float.
+   (:mod:`training.quantize_graph`): BatchNorm and zero Pads folded into the convolutions; the stem's
+   output and the first block (``float_head_convs``; the stem convolution itself on int8,
+   ``quantized_stem``) and the final L2 normalisation (``float_tail``) stay in float.
 3. **Agreement** — the evaluation photos' clean views are the gallery, one strongly distorted view of
    each (:func:`training.evaluate.distort`) the queries. Both models embed both; recorded are the
    cosine between the twins' query vectors (min / mean) and the overlap of each query's top-10 gallery
@@ -84,7 +84,7 @@ class Int8Settings(BaseSettings):
         ge=0,
         description="leading convolutions whose outputs stay float (Lite's stem and first block)",
     )
-    int8_stem: bool = Field(
+    quantized_stem: bool = Field(
         default=True,
         description="the first of them, the stem convolution, runs on int8 and writes float (stem_nodes)",
     )
@@ -277,7 +277,7 @@ def quantize_onnx(
     except Exception as exc:
         raise QuantizationError(f"onnxruntime could not prepare {fp32_path} for quantization: {exc}") from exc
     excluded = float_head_nodes(prepared, settings.float_head_convs)
-    int8_head, stem_tensors = stem_nodes(prepared) if settings.int8_stem and excluded else ([], [])
+    int8_head, stem_tensors = stem_nodes(prepared) if settings.quantized_stem and excluded else ([], [])
     excluded = [name for name in excluded if name not in int8_head]
     excluded += float_tail_nodes(prepared) if settings.float_tail else []
     extra: dict[str, Any] = {"CalibMovingAverage": False}
@@ -316,7 +316,7 @@ def quantize_onnx(
         "folded_into_conv": folds,
         "pads_folded_into_conv": pad_folds,
         "float_head_convs": settings.float_head_convs,
-        "int8_stem": bool(stem_tensors),
+        "quantized_stem": bool(stem_tensors),
         "float_nodes": excluded,
         "float_tensors": float_tensors,
         "prepared": "onnxruntime.quantization.quant_pre_process (graph optimisations, shape inference)",

@@ -223,7 +223,7 @@ def test_int8_twin_is_its_own_version_with_numerics_and_agreement(fp32_model: Pa
     graph = onnx.load(str(folder / MODEL_FILE)).graph
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
     # on two Convs: the first one's output (and its Clip) in float, the first Conv itself and the second int8
-    assert q["float_head_convs"] == 3 and q["int8_stem"] is True
+    assert q["float_head_convs"] == 3 and q["quantized_stem"] is True
     dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
     first, second = (n for n in graph.node if n.op_type == "Conv")
