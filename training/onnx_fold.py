@@ -13,7 +13,8 @@ exactly, since ``y`` is zero exactly where ``x + b/a`` is. So the three passes b
 :func:`uint8_input` then makes the published graph take the pixels as they are decoded, uint8, and cast
 them inside: callers stop converting each batch to float32 (4× its bytes) before onnxruntime copies it
 again, and a runtime can fuse the cast into the first layer. Measured on the demo's Lite0 at batch 32,
-side by side: fp32 on onnxruntime's CPU provider +5 % images/s, the int8 twin on OpenVINO +7 %.
+side by side (150 interleaved rounds, twice): fp32 on onnxruntime's CPU provider unchanged, the int8
+twin on OpenVINO +3 % images/s.
 """
 
 from __future__ import annotations

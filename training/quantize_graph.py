@@ -23,6 +23,26 @@ from typing import Any
 import numpy as np
 
 
+def _index(graph: Any) -> tuple[dict[str, Any], dict[str, list[Any]], set[str]]:
+    """A graph's initializers by name, each tensor's reading nodes, and its output names."""
+    inits = {init.name: init for init in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    return inits, consumers, {o.name for o in graph.output}
+
+
+def _keep_nodes(graph: Any, kept: Sequence[Any]) -> None:
+    """Make ``kept`` the graph's nodes, in that order, and drop the initializers no node reads any more."""
+    nodes = list(kept)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input}
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)
+
+
 def fold_conv_affine(model: Any) -> int:
     """Fold per-channel ``Mul`` / ``Add`` constants that follow a Conv into its weights and bias, in place.
 
@@ -33,12 +53,7 @@ def fold_conv_affine(model: Any) -> int:
     from onnx import numpy_helper
 
     graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    graph_outputs = {o.name for o in graph.output}
+    inits, consumers, graph_outputs = _index(graph)
     folds = 0
     removed: set[int] = set()
     for conv in list(graph.node):
@@ -90,13 +105,7 @@ def fold_conv_affine(model: Any) -> int:
             del conv.input[1:]
             conv.input.extend([w_name, b_name])
     if removed:
-        kept = [node for node in graph.node if id(node) not in removed]
-        del graph.node[:]
-        graph.node.extend(kept)
-        used = {name for node in graph.node for name in node.input}
-        unused = [init for init in graph.initializer if init.name not in used]
-        for init in unused:
-            graph.initializer.remove(init)
+        _keep_nodes(graph, [node for node in graph.node if id(node) not in removed])
     return folds
 
 
@@ -120,12 +129,7 @@ def fold_pad_into_conv(model: Any) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    graph_outputs = {o.name for o in graph.output}
+    inits, consumers, graph_outputs = _index(graph)
     removed: set[str] = set()
     for pad in list(graph.node):
         if pad.op_type != "Pad" or len(pad.input) < 2 or pad.input[1] not in inits:
@@ -161,12 +165,7 @@ def fold_pad_into_conv(model: Any) -> int:
         conv.input[0] = pad.input[0]
         removed.add(pad.output[0])
     if removed:
-        kept_nodes = [node for node in graph.node if node.output[0] not in removed]
-        del graph.node[:]
-        graph.node.extend(kept_nodes)
-        used = {name for node in graph.node for name in node.input}
-        for init in [init for init in graph.initializer if init.name not in used]:
-            graph.initializer.remove(init)
+        _keep_nodes(graph, [node for node in graph.node if node.output[0] not in removed])
     return len(removed)
 
 
@@ -229,11 +228,7 @@ def drop_qdq(model: Any, tensors: Sequence[str]) -> list[str]:
         for index, name in enumerate(node.input):
             if name in replaced:
                 node.input[index] = replaced[name]
-    del graph.node[:]
-    graph.node.extend(kept)
-    used = {name for node in graph.node for name in node.input}
-    for init in [init for init in graph.initializer if init.name not in used]:
-        graph.initializer.remove(init)
+    _keep_nodes(graph, kept)
     return sorted(set(quantize.values()))
 
 
