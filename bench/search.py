@@ -46,13 +46,13 @@ from bench.grouping import POINTS, grouping_cost  # noqa: E402
 ALIAS = "recipes"
 
 
-def _index(model_dir: Path, store_path: Path, photos: list[bytes]) -> None:
+def _index(model_dir: Path, store_path: Path, photos: list[bytes], search_threads: int) -> None:
     from embedder.runtime import EmbeddingModel
     from indexer.store.base import RecipePoint, point_id
     from indexer.store.edge import EdgeStore
 
     model = EmbeddingModel(model_dir)
-    with EdgeStore(store_path) as store:
+    with EdgeStore(store_path, search_threads=search_threads) as store:
         store.create_collection("bench", dimension=model.dimension, model_version=model.version)
         vectors = model.embed_images(photos)
         points = [
@@ -160,6 +160,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="sequential/concurrent rounds (medians)")
     parser.add_argument("--embedder", action="store_true", help="use the embedder service, not in-process")
+    parser.add_argument(
+        "--search-threads",
+        type=int,
+        default=1,
+        help="Qdrant Edge threads per search in the bench collections (the store setting; 0: Edge's pool)",
+    )
     parser.add_argument("--grouping-points", type=int, default=POINTS, help="synthetic points (grouping row)")
     args = parser.parse_args()
 
@@ -182,7 +188,7 @@ def main() -> None:
     setups: list[Setup] = []
     for numerics, folder in folders.items():
         store = work / f"qdrant-{numerics}"
-        _index(folder, store, photos)
+        _index(folder, store, photos, args.search_threads)
         setup = Setup(numerics, folder, store, dict(os.environ))
         setup.store_ms = _store_times(folder, store, photos, args.repeats)
         model = EmbeddingModel(folder)
@@ -201,7 +207,7 @@ def main() -> None:
         )
         setups.append(setup)
     print(
-        f"{len(photos)} photos, {os.cpu_count()} CPUs; "
+        f"{len(photos)} photos, {os.cpu_count()} CPUs, Qdrant Edge search threads {args.search_threads}; "
         + "; ".join(f"{s.numerics}: {EmbeddingModel(s.model_dir).version} {s.runs_on}" for s in setups)
     )
 

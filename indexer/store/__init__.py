@@ -42,7 +42,7 @@ def open_store(
         )
     from indexer.store.edge import EdgeStore
 
-    return EdgeStore(settings.path, create=create)
+    return EdgeStore(settings.path, create=create, search_threads=settings.search_threads)
 
 
 __all__ = ["RecipeStore", "StoreSettings", "open_store"]

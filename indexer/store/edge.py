@@ -88,8 +88,20 @@ SEARCH_PARAMS = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore
 class EdgeStore(RecipeStore):
     """Collections as Qdrant Edge shards under ``root`` (see the module docstring for the design)."""
 
-    def __init__(self, root: str | Path, *, create: bool = True) -> None:
-        """Open the store at ``root``; ``create=False`` (readers) refuses a folder that is not one."""
+    def __init__(self, root: str | Path, *, create: bool = True, search_threads: int = 1) -> None:
+        """Open the store at ``root``; ``create=False`` (readers) refuses a folder that is not one.
+
+        ``search_threads``: the search thread pool of each collection created here (Qdrant Edge keeps it
+        with the shard: a clone inherits it, an existing collection keeps its own). 1 runs a search in
+        the caller's thread; Qdrant Edge's default (0 here: one thread per CPU) hands every search to a
+        pool whose threads spin before they sleep — measured on a one-segment collection of 64 points,
+        0.2 ms of CPU per query against 0.05 ms with one thread, and twice the latency (0.10 vs
+        0.05 ms). A gateway runs many searches at once, each in its own thread, so it gains nothing from
+        a pool; a collection of many segments on a many-core machine searched one at a time might.
+        """
+        if search_threads < 0:
+            raise ValueError("search_threads must be 0 (Qdrant Edge's default) or more")
+        self.search_threads = search_threads
         self.root = Path(root)
         self.collections_dir = self.root / "collections"
         super().__init__(f"in {self.collections_dir}")
@@ -205,6 +217,7 @@ class EdgeStore(RecipeStore):
             ),
             quantization_config=quant,
             wal_enabled=False,
+            max_search_threads=self.search_threads or None,
         )
         try:
             shard = qe.EdgeShard.create(str(folder / SHARD_DIR), config)

@@ -134,6 +134,12 @@ class StoreSettings(BaseModel):
     shard_number: int | None = Field(default=None, ge=1)
     replication_factor: int | None = Field(default=None, ge=1)
     timeout_s: int = Field(default=60, ge=1, description="server request timeout")
+    search_threads: int = Field(
+        default=1,
+        ge=0,
+        description="Qdrant Edge: threads one search uses in a collection this store creates (fixed when "
+        "it is created); 1 = the caller's thread, 0 = Qdrant Edge's default (one per CPU)",
+    )
 
     def shown(self) -> dict[str, Any]:
         """``store.<field>`` → value for a settings log line; the API key masked."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydantic
 import pytest
 
 from indexer.keywords import ingredient_keywords
@@ -162,6 +164,42 @@ def test_edge_persists_and_guards_versions(tmp_path: Path) -> None:
             store.upsert("c1", pts[:1], model_version="aaaa1111")
         with pytest.raises(StoreError, match="behind alias 'recipes'"):
             store.drop_collection("c1")
+
+
+def _edge_config(store: EdgeStore, name: str) -> dict[str, Any]:
+    return dict(json.loads((store.collections_dir / name / "shard" / "edge_config.json").read_text()))
+
+
+def test_edge_search_threads_are_fixed_with_the_shard_and_inherited_by_clones(tmp_path: Path) -> None:
+    """1 (the default) pins a search to the caller's thread; 0 leaves Qdrant Edge's pool; same answers."""
+    pts = _points(24)
+    hits: dict[int, list[list[str]]] = {}
+    for threads in (1, 0):
+        settings = StoreSettings(path=tmp_path / f"q{threads}", search_threads=threads)
+        with open_store(settings) as store:
+            assert isinstance(store, EdgeStore)
+            store.create_collection("c1", dimension=DIM, model_version="m1")
+            store.upsert("c1", pts, model_version="m1")
+            store.mark_complete("c1")
+            config = _edge_config(store, "c1")
+            assert config.get("max_search_threads") == (threads or None)
+            store.clone_collection("c1", "c2")
+            assert _edge_config(store, "c2").get("max_search_threads") == (threads or None)
+            hits[threads] = [
+                [h.id for h in store.search(name, p.vector, limit=5, model_version="m1")]
+                for name in ("c1", "c2")
+                for p in pts[:6]
+            ]
+        with EdgeStore(tmp_path / f"q{threads}", create=False, search_threads=3) as reopened:
+            # an existing collection keeps the pool it was created with
+            assert _edge_config(reopened, "c1").get("max_search_threads") == (threads or None)
+    assert hits[1] == hits[0]
+    assert all(row[0] == pts[i % 6].id for i, row in enumerate(hits[1]))
+    assert StoreSettings().search_threads == 1
+    with pytest.raises(ValueError, match="search_threads"):
+        EdgeStore(tmp_path / "bad", search_threads=-1)
+    with pytest.raises(pydantic.ValidationError, match="search_threads"):
+        StoreSettings(path=tmp_path / "bad", search_threads=-1)
 
 
 def test_edge_two_processes_share_a_root(tmp_path: Path) -> None:
