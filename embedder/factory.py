@@ -20,6 +20,8 @@ def open_embedder(
     timeout_s: float = 10.0,
     retries: int = 2,
     providers: Sequence[str] | None = None,
+    intra_op_threads: int = 0,
+    spinning: bool = False,
     max_batch_size: int = 32,
     max_delay_s: float = DEFAULT_MAX_QUEUE_DELAY_S,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -42,6 +44,8 @@ def open_embedder(
     repository = ModelRepository(
         model_dir,
         providers=DEFAULT_PROVIDERS if providers is None else providers,
+        intra_op_threads=intra_op_threads,
+        spinning=spinning,
         allow_empty=watch_model_dir,
     )
     return InProcessEmbedder(

@@ -58,8 +58,9 @@ def default_providers() -> list[str]:
 
 
 class EmbeddingSettings(BaseSettings):
-    """How an in-process embedder batches and decodes photos: the embedder service's knobs, and the
-    gateway's when it embeds in-process (no embedder address); each reads them under its own prefix."""
+    """How an in-process embedder runs its models and batches and decodes photos: the embedder service's
+    knobs, and the gateway's when it embeds in-process (no embedder address); each reads them under its
+    own prefix."""
 
     max_batch_size: int = Field(default=32, ge=1, description="images per onnxruntime run")
     max_queue_delay_ms: float = Field(
@@ -81,6 +82,19 @@ class EmbeddingSettings(BaseSettings):
         description="how long a decode waits for the budget before it is refused as busy "
         "(gRPC RESOURCE_EXHAUSTED, HTTP 503)",
     )
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=default_providers,
+        description="onnxruntime execution providers in order of preference; unavailable ones are skipped",
+    )
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="onnxruntime threads per session; 0 = its default"
+    )
+    spinning: bool = Field(
+        default=False,
+        description="onnxruntime threads go on spin-waiting between runs: for cores nothing else uses",
+    )
+
+    _split_providers = field_validator("providers", mode="before")(split_list)
 
 
 class EmbedderSettings(EmbeddingSettings):
@@ -93,17 +107,8 @@ class EmbedderSettings(EmbeddingSettings):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
     model_dir: Path = Field(Path("models"), description="a folder of model folders, or a single model folder")
-    providers: Annotated[list[str], NoDecode] = Field(
-        default_factory=default_providers,
-        description="onnxruntime execution providers in order of preference; unavailable ones are skipped",
-    )
     max_message_bytes: int = Field(16 * MiB, ge=1024, description="gRPC send and receive limit")
     max_images_per_request: int = Field(64, ge=1)
-    intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per session; 0 = its default")
-    spinning: bool = Field(
-        False,
-        description="onnxruntime threads go on spin-waiting between runs: for cores nothing else uses",
-    )
     decode_threads: int = Field(0, ge=0, description="image decoding threads; 0 = one per CPU, at most 8")
     reload_interval_s: float = Field(2.0, ge=0, description="model folder polling period; 0 disables")
     grace_period_s: float = Field(5.0, ge=0, description="how long in-flight calls may finish on stop")
@@ -115,8 +120,6 @@ class EmbedderSettings(EmbeddingSettings):
         None, ge=0, le=65535, description="Prometheus /metrics on this port (0 picks a free one); unset = off"
     )
     log_level: str = "INFO"
-
-    _split_providers = field_validator("providers", mode="before")(split_list)
 
     def summary(self) -> str:
         """One log line with every setting (none of them is secret)."""

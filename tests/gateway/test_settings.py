@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from pydantic import SecretStr
 
 from gateway.settings import GatewaySettings
@@ -29,3 +30,31 @@ def test_summary_masks_secrets() -> None:
     line = settings.summary()
     assert "api_keys=<2 key(s)>" in line and "api-secret" not in line and "qdrant-secret" not in line
     assert settings.max_queue_delay_ms == 0.0  # the one default: greedy batching
+
+
+def test_the_in_process_embedder_runs_as_the_gateway_settings_say(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PROVIDERS, INTRA_OP_THREADS and SPINNING reach the gateway's own onnxruntime sessions."""
+    from embedder.inprocess import InProcessEmbedder
+    from embedder.runtime import STOP_SPINNING
+    from gateway.server import build_embedder
+
+    monkeypatch.setenv("RECIPELENS_GATEWAY_PROVIDERS", "NoSuchExecutionProvider,CPUExecutionProvider")
+    monkeypatch.setenv("RECIPELENS_GATEWAY_INTRA_OP_THREADS", "1")
+    monkeypatch.setenv("RECIPELENS_GATEWAY_SPINNING", "true")
+    settings = GatewaySettings(model_dir=tiny_model_dir)
+    assert settings.providers == ["NoSuchExecutionProvider", "CPUExecutionProvider"]
+    embedder = build_embedder(settings)
+    assert isinstance(embedder, InProcessEmbedder) and embedder.repository is not None
+    (model,) = embedder.repository.models()
+    assert model.provider == "CPUExecutionProvider"
+    options = model.session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    with pytest.raises(RuntimeError, match="does not have"):  # spinning on: onnxruntime's default kept
+        options.get_session_config_entry(STOP_SPINNING)
+    quiet = build_embedder(GatewaySettings(model_dir=tiny_model_dir, spinning=False, intra_op_threads=0))
+    assert isinstance(quiet, InProcessEmbedder) and quiet.repository is not None
+    options = quiet.repository.models()[0].session.get_session_options()
+    assert options.get_session_config_entry(STOP_SPINNING) == "1"
+    assert options.intra_op_num_threads == 0
