@@ -5,12 +5,13 @@ The one place the choice is made (the interface module :mod:`embedder.embedding`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Unpack
 
 from embedder.batcher import DEFAULT_MAX_QUEUE_DELAY_S
 from embedder.embedding import Embedder
 from embedder.preprocess import DEFAULT_MAX_PIXELS
+from embedder.providers import RuntimeOptions
 
 
 def open_embedder(
@@ -19,35 +20,27 @@ def open_embedder(
     *,
     timeout_s: float = 10.0,
     retries: int = 2,
-    providers: Sequence[str] | None = None,
-    intra_op_threads: int = 0,
-    spinning: bool = False,
     max_batch_size: int = 32,
     max_delay_s: float = DEFAULT_MAX_QUEUE_DELAY_S,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     watch_model_dir: bool = False,
+    **runtime: Unpack[RuntimeOptions],
 ) -> Embedder:
     """The service at ``embedder_address``; unset, every model folder in ``model_dir`` loaded here.
 
     ``watch_model_dir`` (services without a reload loop: the gateway) tolerates a model directory that holds
     no model yet and rescans it when a version is missing. Folders that exist but all fail verification
-    raise :class:`embedder.manifest.ModelIntegrityError` naming them.
+    raise :class:`embedder.manifest.ModelIntegrityError` naming them. ``runtime``: how the in-process models
+    run (a service passes its settings' :meth:`~embedder.settings.EmbeddingSettings.runtime_options`).
     """
     if embedder_address:
         from embedder.remote import RemoteEmbedder  # no onnxruntime on this path
 
         return RemoteEmbedder(embedder_address, timeout_s=timeout_s, retries=retries)
     from embedder.inprocess import InProcessEmbedder
-    from embedder.providers import DEFAULT_PROVIDERS
     from embedder.repository import ModelRepository
 
-    repository = ModelRepository(
-        model_dir,
-        providers=DEFAULT_PROVIDERS if providers is None else providers,
-        intra_op_threads=intra_op_threads,
-        spinning=spinning,
-        allow_empty=watch_model_dir,
-    )
+    repository = ModelRepository(model_dir, allow_empty=watch_model_dir, **runtime)
     return InProcessEmbedder(
         repository,
         max_batch_size=max_batch_size,

@@ -15,7 +15,8 @@ from typing import Unpack
 import numpy as np
 
 from embedder.manifest import MANIFEST_FILE, MODEL_FILE, ModelIntegrityError, ModelManifest, read_manifest
-from embedder.runtime import EmbeddingModel, RuntimeOptions
+from embedder.providers import RuntimeOptions
+from embedder.runtime import EmbeddingModel
 
 log = logging.getLogger(__name__)
 

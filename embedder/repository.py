@@ -27,7 +27,8 @@ from embedder.model_folders import (
     folder_signature,
     load_model,
 )
-from embedder.runtime import EmbeddingModel, RuntimeOptions
+from embedder.providers import RuntimeOptions
+from embedder.runtime import EmbeddingModel
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypedDict
 
 import numpy as np
 import onnxruntime as ort
@@ -61,14 +60,6 @@ def provider_options(provider: str, *, numerics: str = "fp32", threads: int = 0)
             options["num_of_threads"] = str(threads)
         return options
     return {}
-
-
-class RuntimeOptions(TypedDict, total=False):
-    """:class:`EmbeddingModel`'s keywords for how onnxruntime runs it, as the loaders pass them on."""
-
-    providers: Sequence[str]
-    intra_op_threads: int
-    spinning: bool
 
 
 class EmbeddingModel:

@@ -120,13 +120,7 @@ class EmbedderServer:
             self.servicer.providers,
         )
         try:
-            repository = await asyncio.to_thread(
-                ModelRepository,
-                s.model_dir,
-                providers=s.providers,
-                intra_op_threads=s.intra_op_threads,
-                spinning=s.spinning,
-            )
+            repository = await asyncio.to_thread(ModelRepository, s.model_dir, **s.runtime_options())
         except ModelRepositoryError as exc:
             raise ServerStartError(str(exc)) from None
         self.repository = repository

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from embedder.batcher import DEFAULT_MAX_QUEUE_DELAY_S
 from embedder.memory import DEFAULT_BUDGET_BYTES, DEFAULT_WAIT_S
 from embedder.preprocess import DEFAULT_MAX_PIXELS
-from embedder.providers import DEFAULT_PROVIDERS
+from embedder.providers import DEFAULT_PROVIDERS, RuntimeOptions
 
 MiB = 1 << 20
 
@@ -95,6 +95,12 @@ class EmbeddingSettings(BaseSettings):
     )
 
     _split_providers = field_validator("providers", mode="before")(split_list)
+
+    def runtime_options(self) -> RuntimeOptions:
+        """How this service's own onnxruntime sessions run: its model repository's keywords."""
+        return RuntimeOptions(
+            providers=list(self.providers), intra_op_threads=self.intra_op_threads, spinning=self.spinning
+        )
 
 
 class EmbedderSettings(EmbeddingSettings):

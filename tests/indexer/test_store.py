@@ -26,7 +26,7 @@ from indexer.store.base import (
     StoreSettings,
     point_id,
 )
-from indexer.store.edge import EdgeStore
+from indexer.store.edge import SHARD_DIR, EdgeStore
 from indexer.store.server import ServerStore
 
 DIM = 16
@@ -167,7 +167,7 @@ def test_edge_persists_and_guards_versions(tmp_path: Path) -> None:
 
 
 def _edge_config(store: EdgeStore, name: str) -> dict[str, Any]:
-    return dict(json.loads((store.collections_dir / name / "shard" / "edge_config.json").read_text()))
+    return dict(json.loads((store.collections_dir / name / SHARD_DIR / "edge_config.json").read_text()))
 
 
 def test_edge_search_threads_are_fixed_with_the_shard_and_inherited_by_clones(tmp_path: Path) -> None:
