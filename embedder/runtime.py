@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from embedder.cpus import available_cpus
 from embedder.manifest import (
     GALLERY_SIZES_KEY,
     MODEL_FILE,
@@ -65,9 +66,11 @@ def provider_options(provider: str, *, numerics: str = "fp32", threads: int = 0)
 class EmbeddingModel:
     """An exported embedding model: ``(N, H, W, 3)`` uint8 RGB → ``(N, D)`` float32 unit vectors.
 
-    ``spinning`` lets onnxruntime's threads go on spin-waiting between runs (as onnxruntime does by
-    default): back-to-back runs start a little sooner on cores that nothing else needs, and everything
-    else on those cores loses the time. Off, they still spin within a run.
+    ``intra_op_threads`` 0 means one per CPU this process may use (:func:`embedder.cpus.available_cpus`:
+    its affinity and its container's CPU quota), never onnxruntime's own default; OpenVINO gets a thread
+    count only when one is given. ``spinning`` lets onnxruntime's threads go on spin-waiting between
+    runs (as onnxruntime does by default): back-to-back runs start a little sooner on cores that nothing
+    else needs, and everything else on those cores loses the time. Off, they still spin within a run.
     """
 
     def __init__(
@@ -90,8 +93,11 @@ class EmbeddingModel:
         self.gallery_views: tuple[int, ...] = self.manifest.gallery_views
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads > 0:
-            options.intra_op_num_threads = intra_op_threads
+        # Always a number: left at 0, onnxruntime counts physical cores (not a container's CPU quota) and
+        # pins its threads one per core, so a pinned thread waits whenever its core decodes or answers
+        # gRPC (the README's Configuration: bench/search.py's 16 clients, pinned against not).
+        self.intra_op_threads: int = intra_op_threads or available_cpus()
+        options.intra_op_num_threads = self.intra_op_threads
         if not spinning:
             # Threads spin within a run (between its kernels), then sleep: left spinning after the run,
             # they take the very cores that decode the next photos and answer gRPC (bench/embed.py here:
@@ -115,8 +121,13 @@ class EmbeddingModel:
         self.provider: str = self.session.get_providers()[0]
         # What runs, in words: ``int8 on OpenVINOExecutionProvider``.
         self.runs_on = f"{numerics} on {self.provider}"
+        threads = (
+            "OpenVINO's own thread count"
+            if self.provider == OPENVINO and not intra_op_threads
+            else f"{self.intra_op_threads} threads"
+        )
         log.info(
-            "loaded model %s (%s, %s-D, %s, queries at %d px, gallery at %s px) from %s on %s",
+            "loaded model %s (%s, %s-D, %s, queries at %d px, gallery at %s px) from %s on %s, %s",
             self.version,
             self.manifest.backbone,
             self.dimension,
@@ -125,6 +136,7 @@ class EmbeddingModel:
             "+".join(map(str, self.gallery_views)),
             self.folder,
             self.provider,
+            threads,
         )
 
     def _check_gallery_metadata(self) -> None:

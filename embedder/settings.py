@@ -87,7 +87,10 @@ class EmbeddingSettings(BaseSettings):
         description="onnxruntime execution providers in order of preference; unavailable ones are skipped",
     )
     intra_op_threads: int = Field(
-        default=0, ge=0, description="onnxruntime threads per session; 0 = its default"
+        default=0,
+        ge=0,
+        description="onnxruntime threads per session; 0 = one per CPU this process may use (affinity, "
+        "container quota); OpenVINO: its own default unless set",
     )
     spinning: bool = Field(
         default=False,

@@ -3,6 +3,8 @@ TensorRT / CUDA / OpenVINO choices (and their options by numerics) are checked o
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 from embedder import runtime
+from embedder.cpus import available_cpus
 from embedder.manifest import MODEL_FILE, read_manifest, write_manifest
 from embedder.providers import CPU, CUDA, DEFAULT_PROVIDERS, OPENVINO, TENSORRT
 from embedder.runtime import EmbeddingModel, provider_options, select_providers
@@ -107,6 +110,44 @@ def test_the_real_build_reports_what_runs(tmp_path: Path) -> None:
     assert model.provider in ort.get_available_providers()
     vectors = model.embed_arrays(np.random.default_rng(0).integers(0, 255, (3, 224, 224, 3), dtype=np.uint8))
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def _allowed_cpus_by_thread() -> dict[int, str]:
+    """Each thread of this process and the CPUs it may run on (``Cpus_allowed_list``)."""
+    allowed = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            status = Path(f"/proc/self/task/{tid}/status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for line in status.splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                allowed[int(tid)] = line.split()[1]
+    return allowed
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir() or len(os.sched_getaffinity(0)) < 2,
+    reason="reads Linux's /proc; pinning needs 2 CPUs or more",
+)
+def test_default_threads_are_one_per_cpu_and_none_is_pinned(tmp_path: Path) -> None:
+    """Left at 0, onnxruntime would pin its threads one per core (a pinned thread waits while its core
+    decodes); the model asks for one per available CPU instead, so they run wherever a CPU is free."""
+    write_tiny_model(tmp_path / "m")
+    before = _allowed_cpus_by_thread()
+    model = EmbeddingModel(tmp_path / "m", providers=[CPU])
+    model.embed_arrays(np.zeros((1, model.image_size, model.image_size, 3), np.uint8))
+    after = _allowed_cpus_by_thread()
+    started = {tid: cpus for tid, cpus in after.items() if tid not in before}
+    assert model.intra_op_threads == available_cpus()
+    assert started, "no onnxruntime thread started for a session of 2+ threads"
+    assert set(started.values()) == {after[threading.get_native_id()]}, started
+
+    before = after
+    one = EmbeddingModel(tmp_path / "m", providers=[CPU], intra_op_threads=1)
+    one.embed_arrays(np.zeros((1, one.image_size, one.image_size, 3), np.uint8))
+    assert one.intra_op_threads == 1
+    assert not set(_allowed_cpus_by_thread()) - set(before), "one thread is the caller's own"
 
 
 async def test_status_says_what_runs_for_readyz(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ def test_the_in_process_embedder_runs_as_the_gateway_settings_say(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """PROVIDERS, INTRA_OP_THREADS and SPINNING reach the gateway's own onnxruntime sessions."""
+    from embedder.cpus import available_cpus
     from embedder.inprocess import InProcessEmbedder
     from embedder.runtime import STOP_SPINNING
     from gateway.server import build_embedder
@@ -57,4 +58,4 @@ def test_the_in_process_embedder_runs_as_the_gateway_settings_say(
     assert isinstance(quiet, InProcessEmbedder) and quiet.repository is not None
     options = quiet.repository.models()[0].session.get_session_options()
     assert options.get_session_config_entry(STOP_SPINNING) == "1"
-    assert options.intra_op_num_threads == 0
+    assert options.intra_op_num_threads == available_cpus()  # 0: one per CPU, never onnxruntime's own

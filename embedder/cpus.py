@@ -1,0 +1,42 @@
+"""How many CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota.
+
+A container limited to 2 CPUs on a 32-core host sees 32 in ``os.cpu_count()``; onnxruntime left to its
+own default counts the host's physical cores too, and pins its threads to them. The runtime's thread
+count comes from here instead (:class:`embedder.runtime.EmbeddingModel`). Plain stdlib: no runtime.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU quota of the cgroup mounted at ``root``, in CPUs (``1.5``: 150 ms per 100 ms), or ``None``
+    when it sets none: cgroup v2's ``cpu.max``, else v1's ``cpu/cpu.cfs_quota_us`` over its period."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def available_cpus(root: Path = CGROUP_ROOT) -> int:
+    """CPUs this process may run on (its affinity), no more than its cgroup quota rounded up; at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(root)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)

@@ -1,0 +1,55 @@
+"""CPUs a process may use: affinity capped by the cgroup quota (v2 ``cpu.max``, v1 CFS files)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from embedder.cpus import available_cpus, cgroup_cpu_quota
+
+
+def affinity() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def v2(root: Path, text: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "cpu.max").write_text(text)
+    return root
+
+
+def v1(root: Path, quota_us: str, period_us: str = "100000") -> Path:
+    (root / "cpu").mkdir(parents=True, exist_ok=True)
+    (root / "cpu" / "cpu.cfs_quota_us").write_text(quota_us)
+    (root / "cpu" / "cpu.cfs_period_us").write_text(period_us)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("text", "quota"),
+    [("150000 100000\n", 1.5), ("200000 100000", 2.0), ("50000 100000", 0.5), ("max 100000\n", None)],
+)
+def test_cgroup_v2_quota_in_cpus(tmp_path: Path, text: str, quota: float | None) -> None:
+    assert cgroup_cpu_quota(v2(tmp_path, text)) == quota
+
+
+def test_cgroup_v1_quota_and_its_unlimited_minus_one(tmp_path: Path) -> None:
+    assert cgroup_cpu_quota(v1(tmp_path / "a", "250000")) == 2.5
+    assert cgroup_cpu_quota(v1(tmp_path / "b", "-1")) is None
+
+
+@pytest.mark.parametrize("text", ["", "garbage", "100000 0", "x y"])
+def test_an_unreadable_quota_is_no_quota(tmp_path: Path, text: str) -> None:
+    assert cgroup_cpu_quota(v2(tmp_path, text)) is None
+    assert cgroup_cpu_quota(tmp_path / "absent") is None
+
+
+def test_the_quota_caps_the_affinity_rounded_up_and_never_below_one(tmp_path: Path) -> None:
+    assert available_cpus(tmp_path / "absent") == affinity()
+    assert available_cpus(v2(tmp_path / "half", "50000 100000")) == 1
+    assert available_cpus(v2(tmp_path / "big", f"{(affinity() + 8) * 100000} 100000")) == affinity()
+    if affinity() >= 2:
+        assert available_cpus(v2(tmp_path / "one-and-a-bit", "110000 100000")) == 2
+        assert available_cpus(v2(tmp_path / "one", "100000 100000")) == 1
