@@ -2,7 +2,8 @@
 
 A container limited to 2 CPUs on a 32-core host sees 32 in ``os.cpu_count()``; onnxruntime left to its
 own default counts the host's physical cores too, and pins its threads to them. The runtime's thread
-count comes from here instead (:class:`embedder.runtime.EmbeddingModel`). Plain stdlib: no runtime.
+count (:class:`embedder.runtime.EmbeddingModel`) and the decoding pools (:func:`decode_threads`) come
+from here instead. Plain stdlib: no runtime.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+MAX_DECODE_THREADS = 8
 
 
 def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
@@ -40,3 +42,8 @@ def available_cpus(root: Path = CGROUP_ROOT) -> int:
     if quota is not None:
         cpus = min(cpus, math.ceil(quota))
     return max(1, cpus)
+
+
+def decode_threads(requested: int = 0) -> int:
+    """Threads of a photo-decoding pool: ``requested``, or (0) one per available CPU, at most 8."""
+    return requested or min(MAX_DECODE_THREADS, available_cpus())

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from recipelens.v1 import embedder_pb2_grpc
 
 from embedder.background import RunningService, serve_until_signalled
+from embedder.cpus import decode_threads
 from embedder.inprocess import InProcessEmbedder
 from embedder.logs import configure_logging
 from embedder.memory import configure_decoding, tune_allocator
@@ -47,7 +47,7 @@ class EmbedderServer:
 
     def __init__(self, settings: EmbedderSettings) -> None:
         self.settings = settings
-        threads = settings.decode_threads or min(8, os.cpu_count() or 1)
+        threads = decode_threads(settings.decode_threads)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
         self.metrics = EmbedderMetrics()
         self.metrics_endpoint: MetricsEndpoint | None = None

@@ -118,7 +118,9 @@ class EmbedderSettings(EmbeddingSettings):
     model_dir: Path = Field(Path("models"), description="a folder of model folders, or a single model folder")
     max_message_bytes: int = Field(16 * MiB, ge=1024, description="gRPC send and receive limit")
     max_images_per_request: int = Field(64, ge=1)
-    decode_threads: int = Field(0, ge=0, description="image decoding threads; 0 = one per CPU, at most 8")
+    decode_threads: int = Field(
+        0, ge=0, description="image decoding threads; 0 = one per CPU this process may use, at most 8"
+    )
     reload_interval_s: float = Field(2.0, ge=0, description="model folder polling period; 0 disables")
     grace_period_s: float = Field(5.0, ge=0, description="how long in-flight calls may finish on stop")
     max_connection_age_ms: int = Field(

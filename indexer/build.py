@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import random
 import time
 from collections import deque
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from embedder.cpus import decode_threads
 from embedder.embedding import SyncEmbedder
 from embedder.factory import open_embedder as open_any_embedder
 from embedder.manifest import ModelIntegrityError
@@ -331,7 +331,7 @@ def build_index(
     if len(set(ids)) != len(ids):
         raise BuildError(f"{catalog_path}: two photos of one recipe share a file name")
     bad: list[BadItem] = list(catalog.bad)
-    workers = opts.decode_threads or min(8, os.cpu_count() or 1)
+    workers = decode_threads(opts.decode_threads)
     todo = items
     if resumable is not None:
         stored = store.payload_hashes(name)

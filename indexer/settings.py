@@ -41,7 +41,7 @@ class IndexerSettings(BaseSettings):
         default=4, ge=1, le=64, description="embedder batches in flight (remote embedder)"
     )
     decode_threads: int = Field(
-        default=0, ge=0, description="photo decoding threads; 0 = one per CPU, at most 8"
+        default=0, ge=0, description="photo decoding threads; 0 = one per CPU this process may use, at most 8"
     )
     keep_previous: int = Field(default=1, ge=0, description="older complete collections kept for rollback")
     max_bad_fraction: float = Field(

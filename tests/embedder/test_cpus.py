@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from embedder.cpus import available_cpus, cgroup_cpu_quota
+from embedder import cpus
+from embedder.cpus import available_cpus, cgroup_cpu_quota, decode_threads
 
 
 def affinity() -> int:
@@ -53,3 +54,12 @@ def test_the_quota_caps_the_affinity_rounded_up_and_never_below_one(tmp_path: Pa
     if affinity() >= 2:
         assert available_cpus(v2(tmp_path / "one-and-a-bit", "110000 100000")) == 2
         assert available_cpus(v2(tmp_path / "one", "100000 100000")) == 1
+
+
+@pytest.mark.parametrize(("available", "threads"), [(1, 1), (2, 2), (8, 8), (64, 8)])
+def test_decoding_pools_take_one_thread_per_available_cpu_up_to_8(
+    monkeypatch: pytest.MonkeyPatch, available: int, threads: int
+) -> None:
+    monkeypatch.setattr(cpus, "available_cpus", lambda: available)
+    assert decode_threads() == threads
+    assert decode_threads(3) == 3  # a setting wins
