@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from embedder.cpus import batch_scheduling
 from embedder.embedding import Embedder
 from gateway.checks import bearer_token, key_matches, sniff_image
 from gateway.errors import ErrorKind, GatewayError, embedder_failure, store_failure
@@ -109,7 +110,11 @@ class SearchGateway:
         self.alias = self.settings.alias
         self.api_keys = list(self.settings.api_keys)
         self.metrics = metrics or GatewayMetrics()
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gateway")
+        self.executor = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="gateway",
+            initializer=batch_scheduling if self.settings.sched_batch else None,
+        )
         self._calibrations: dict[str, MatchCalibration | None] = {}
         self._searching = 0  # searches in flight (changed on the event loop only)
 

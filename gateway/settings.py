@@ -75,6 +75,11 @@ class GatewaySettings(EmbeddingSettings):
     )
     max_upload_bytes: int = Field(default=10 * MiB, ge=1024, description="largest accepted photo")
     default_top_k: int = Field(default=5, ge=1, le=100)
+    sched_batch: bool = Field(
+        default=True,
+        description="the search workers (header check, alias, decode, store) run under Linux SCHED_BATCH: "
+        "waking, they do not preempt the in-process model's threads mid-run",
+    )
 
     tls_cert: Path | None = Field(
         default=None, description="PEM certificate chain for gRPC and HTTPS (with tls_key)"

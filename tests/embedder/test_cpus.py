@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from embedder import cpus
-from embedder.cpus import available_cpus, cgroup_cpu_quota, decode_threads
+from embedder.cpus import available_cpus, batch_scheduling, cgroup_cpu_quota, decode_threads
 
 
 def affinity() -> int:
@@ -63,3 +64,37 @@ def test_decoding_pools_take_one_thread_per_available_cpu_up_to_8(
     monkeypatch.setattr(cpus, "available_cpus", lambda: available)
     assert decode_threads() == threads
     assert decode_threads(3) == 3  # a setting wins
+
+
+needs_sched_batch = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+
+
+@needs_sched_batch
+def test_batch_scheduling_changes_the_calling_thread_only() -> None:
+    seen: dict[str, object] = {}
+
+    def decoding_thread() -> None:
+        seen["applied"] = batch_scheduling()
+        seen["policy"] = os.sched_getscheduler(0)
+
+    thread = threading.Thread(target=decoding_thread)
+    thread.start()
+    thread.join(5)
+    assert seen == {"applied": True, "policy": os.SCHED_BATCH}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # this thread, and so the model's, unchanged
+
+
+def test_without_the_policy_nothing_changes_and_the_log_says_so_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delattr(os, "SCHED_BATCH", raising=False)  # a platform without it
+    monkeypatch.setattr(cpus, "_refused", [])
+    before = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
+    with caplog.at_level("WARNING", logger="embedder.cpus"):
+        assert batch_scheduling() is False
+        assert batch_scheduling() is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "search workers keep the default scheduling policy: this platform has no SCHED_BATCH"
+    ]
+    if before is not None:
+        assert os.sched_getscheduler(0) == before

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -154,6 +156,51 @@ async def test_a_lone_search_runs_the_model_in_its_worker_and_concurrent_ones_sh
     for a, b in zip(alone, together, strict=True):  # the same answers either way
         assert [h.recipe_id for h in a.hits] == [h.recipe_id for h in b.hits]
         np.testing.assert_allclose([h.score for h in a.hits], [h.score for h in b.hits], atol=1e-5)
+
+
+def _thread_ids() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
+def _batch_scheduled(tid: int) -> bool:
+    try:
+        return os.sched_getscheduler(tid) == os.SCHED_BATCH
+    except OSError:  # the thread ended meanwhile
+        return False
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+async def test_search_workers_yield_to_the_model_threads_on_wake(
+    world: World, query_photos: list[bytes]
+) -> None:
+    """The workers (header check, decode, store; the model too when a search is alone) run under
+    SCHED_BATCH; a batch of concurrent searches runs in the batcher's thread under the default policy."""
+    seen: dict[bool, list[tuple[str, int]]] = {}
+    for on in (True, False):
+        async with _opened(world, sched_batch=on) as gw:
+            # the threads there now (the runtime's among them: its sessions were made at load), but those
+            # of earlier gateways still winding down, which have the policy already
+            loaded = {t for t in _thread_ids() if not _batch_scheduled(t)}
+            assert isinstance(gw.embedder, InProcessEmbedder)
+            batcher = gw.embedder.resolve(world.version_a).batcher
+            model_run, runs = batcher.run_batch, []
+
+            def watched(items: list[np.ndarray], model_run: object = model_run, runs: list = runs) -> object:
+                runs.append((threading.current_thread().name, os.sched_getscheduler(0)))
+                time.sleep(0.05)  # while it runs, the other searches queue for one batch
+                return model_run(items)  # type: ignore[operator]
+
+            batcher.run_batch = watched
+            await gw.search(query_photos[0], top_k=3)
+            await asyncio.gather(*(gw.search(q, top_k=3) for q in query_photos))
+            seen[on] = runs
+            if on:  # the policy never reaches a thread that was there before the workers
+                assert not [t for t in loaded & _thread_ids() if _batch_scheduled(t)]
+    in_workers = {policy for name, policy in seen[True] if name.startswith("gateway")}
+    in_batcher = {policy for name, policy in seen[True] if not name.startswith("gateway")}
+    assert in_workers == {os.SCHED_BATCH}
+    assert in_batcher == {os.SCHED_OTHER}
+    assert {policy for _, policy in seen[False]} == {os.SCHED_OTHER}
 
 
 @pytest.fixture
