@@ -197,16 +197,21 @@ def test_phase2_on_the_cache_equals_phase2_without_it(
         trained = [w.numpy() for w in model.trainable_weights]
         # Training moved the unfrozen layers (else the comparison below would pass on a frozen model).
         assert sum(not np.allclose(a, b) for a, b in zip(before, trained, strict=True)) > len(trained) // 2
-        outcomes.append((history, trained, model(photos.images[:2].astype(np.float32)).numpy()))
-    (h_cache, w_cache, e_cache), (h_plain, w_plain, e_plain) = outcomes
+        outcomes.append((history, trained, model(photos.images[:2].astype(np.float32)).numpy(), before))
+    (h_cache, w_cache, e_cache, start), (h_plain, w_plain, e_plain, _) = outcomes
     assert len(h_cache) == len(h_plain) == 2
     for a, b in zip(h_cache, h_plain, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4, abs=1e-5)
     assert len(w_cache) == len(w_plain) > 4
-    for a, b in zip(w_cache, w_plain, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5)
-    np.testing.assert_allclose(e_cache, e_plain, atol=1e-5)
+    # Both runs took the same steps: each tensor's difference is a sliver of the way training moved it.
+    # (Not element by element: float sums ordered otherwise — AVX2 against AVX-512 — move a gradient near
+    # zero by a hair, and Adam's step, about the learning rate whatever the gradient's size, can flip
+    # there: on a Zen 1, 3 % of elements differed by up to half a step, each tensor by < 1 % of its move.)
+    for a, b, w0 in zip(w_cache, w_plain, start, strict=True):
+        moved = np.linalg.norm(b - w0)
+        assert np.linalg.norm(a - b) <= 0.02 * moved + 1e-7, (a.shape, np.linalg.norm(a - b), moved)
+    np.testing.assert_allclose(e_cache, e_plain, atol=1e-4)
 
 
 def test_phase2_with_frozen_depthwise_kernels_trains_only_the_rest(photos: PhotoSet, tmp_path: Path) -> None:
