@@ -161,6 +161,14 @@ def main() -> None:
     fp32_cpu = rate[f"{SHORT[CPU]}, fp32, decoded tensors"]
     decode_rate = rate["decoding alone (preprocess)"]
     if args.int8:
+        from embedder.cpus import SATURATING, int8_instructions
+
+        isa = int8_instructions()
+        # Multiply-adds per instruction, int8 against fp32's FMA: 4× with a dot-product instruction (VNNI,
+        # AMX's tiles do more); without one, vpmaddubsw + vpmaddwd do 2× — and saturate.
+        multiple = "2×" if isa.kind == SATURATING else "4×"
+        ceiling = f"{multiple} ({isa.name}: int8 vs fp32 MACs per instruction)"
+        print(f"| int8 instructions of this CPU | {isa.describe()} | | |")
         for provider in providers:
             int8 = rate[f"{SHORT[provider]}, int8, decoded tensors"]
             fp32_same = rate[f"{SHORT[provider]}, fp32, decoded tensors"]
@@ -168,17 +176,17 @@ def main() -> None:
             ratio_row(
                 f"int8 on {SHORT[provider]} / fp32 on onnxruntime CPU, decoded",
                 int8 / fp32_cpu,
-                "4× (VNNI int8 vs fp32 MACs)",
+                ceiling,
                 goal,
             )
-            ratio_row(f"int8 / fp32, both on {SHORT[provider]}, decoded", int8 / fp32_same, "4×", "")
+            ratio_row(f"int8 / fp32, both on {SHORT[provider]}, decoded", int8 / fp32_same, multiple, "")
         if OPENVINO in providers:  # CPU time is what other processes' load distorts least
             cpu_rate = {name: statistics.median(values) for name, values in cpu_rates.items()}
             ratio_row(
                 f"same, per CPU second: int8 on {SHORT[OPENVINO]} / fp32 on onnxruntime CPU, decoded",
                 cpu_rate[f"{SHORT[OPENVINO]}, int8, decoded tensors"]
                 / cpu_rate[f"{SHORT[CPU]}, fp32, decoded tensors"],
-                "4×",
+                multiple,
                 "",
             )
         int8_model = rate[f"{SHORT[default['int8'].provider]}, int8, decoded tensors"]

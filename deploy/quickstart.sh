@@ -27,13 +27,15 @@ else
 fi
 model=${model%/}
 # The calibrated int8 twin (a third of the CPU per photo) where it agrees with fp32 within the bounds of
-# RECIPELENS_INT8_*; refused, the demo goes on with fp32. Made every time rather than reusing a folder that
-# is there: a twin made by an older quantization recipe must not go live. The same recipe gives the same
-# bytes, hence the same folder, which is then kept as it is.
-int8=$(recipelens-model int8 "$model" --catalog "$DATA" | tail -n 1) || int8=""
-if [ -n "$int8" ]; then
-  model=${int8%/}
-  echo "using the int8 twin: $model"
+# RECIPELENS_INT8_* on every runtime installed and ran RECIPELENS_INT8_MIN_SPEEDUP × fp32 or faster here
+# (on a CPU without VNNI it is no faster): otherwise the demo goes on with fp32. Made every time rather
+# than reusing a folder that is there: a twin made by an older quantization recipe must not go live. The
+# same recipe gives the same bytes, hence the same folder, which is then kept as it is.
+if made=$(recipelens-model int8 "$model" --catalog "$DATA" --serve-choice); then
+  grep -E '^(int8|serve) ' <<<"$made" || true
+  chosen=$(tail -n 1 <<<"$made")
+  model=${chosen%/}
+  echo "serving $model"
 else
   echo "int8 twin refused (see above): using fp32 $model"
 fi

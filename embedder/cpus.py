@@ -4,7 +4,9 @@ A container limited to 2 CPUs on a 32-core host sees 32 in ``os.cpu_count()``; o
 own default counts the host's physical cores too, and pins its threads to them. The runtime's thread
 count (:class:`embedder.runtime.EmbeddingModel`) and the decoding pools (:func:`decode_threads`) come
 from here instead, and so does how the gateway's search workers are scheduled beside the model
-(:func:`batch_scheduling`). Plain stdlib: no runtime.
+(:func:`batch_scheduling`), and which int8 instructions the CPU has (:func:`int8_instructions`: whether
+an int8 model's numerics here are the ones its agreement to fp32 was measured with). Plain stdlib: no
+runtime.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+CPUINFO = Path("/proc/cpuinfo")
 MAX_DECODE_THREADS = 8
 _refused: list[str] = []  # why SCHED_BATCH could not be set, once (logged the first time)
 
@@ -78,3 +83,74 @@ def batch_scheduling() -> bool:
             log.warning("search workers keep the default scheduling policy: %s", exc)
         return False
     return True
+
+
+EXACT = "exact"
+SATURATING = "saturating"
+UNKNOWN = "unknown"
+# Linux's /proc/cpuinfo flags for int8 dot products summed straight into int32, best first.
+_EXACT_FLAGS = (
+    ("amx_int8", "AMX-INT8"),
+    ("avx512_vnni", "AVX512-VNNI"),
+    ("avx_vnni", "AVX-VNNI"),
+    ("asimddp", "Arm dot product"),  # aarch64's Features line
+)
+
+
+@dataclass(frozen=True)
+class Int8Instructions:
+    """What the CPU multiplies int8 tensors with, and so what an int8 model computes on it.
+
+    ``kind`` is :data:`EXACT` where an instruction sums int8 products into int32 without overflow (VNNI, AMX,
+    Arm's NEON), :data:`SATURATING` on x86 without them: there oneDNN (OpenVINO) and onnxruntime
+    multiply uint8 activations by int8 weights with ``vpmaddubsw``, whose pairwise sums saturate at
+    int16 — the same model file gives other vectors (on a Zen 1, cosine to fp32 down to 0.58 on OpenVINO
+    against 0.985 on a Zen 5) and runs no faster than fp32. :data:`UNKNOWN` where it cannot be told.
+    """
+
+    name: str
+    kind: str
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.kind} int8 products)"
+
+
+def parse_int8_instructions(cpuinfo: str) -> Int8Instructions:
+    """:class:`Int8Instructions` from the text of ``/proc/cpuinfo``."""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    for flag, name in _EXACT_FLAGS:
+        if flag in flags:
+            return Int8Instructions(name, EXACT)
+    if "avx512bw" in flags:
+        return Int8Instructions("AVX-512 without VNNI", SATURATING)
+    if "avx2" in flags:
+        return Int8Instructions("AVX2 without VNNI", SATURATING)
+    if "asimd" in flags:  # int8 × int8 widened to int16 never overflows; pairs add up in int32
+        return Int8Instructions("Arm NEON without dot product", EXACT)
+    return Int8Instructions("unknown", UNKNOWN)
+
+
+@lru_cache(maxsize=1)
+def int8_instructions() -> Int8Instructions:
+    """This machine's :class:`Int8Instructions` (:data:`UNKNOWN` where ``/proc/cpuinfo`` cannot be read)."""
+    try:
+        return parse_int8_instructions(CPUINFO.read_text(errors="replace"))
+    except OSError:
+        return Int8Instructions("unknown", UNKNOWN)
+
+
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model name, as ``/proc/cpuinfo`` gives it (``unknown`` where it does not)."""
+    try:
+        for line in CPUINFO.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return "unknown"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from embedder.cpus import available_cpus
+from embedder.cpus import EXACT, SATURATING, available_cpus, int8_instructions
 from embedder.manifest import (
     GALLERY_SIZES_KEY,
     MODEL_FILE,
@@ -25,6 +25,39 @@ log = logging.getLogger(__name__)
 
 # onnxruntime's session option: stop the intra-op threads' spinning once a run ends.
 STOP_SPINNING = "session.force_spinning_stop"
+
+
+class Int8CpuMismatchError(ModelIntegrityError):
+    """An int8 model on a CPU whose int8 products are not of the kind its agreement was measured with."""
+
+
+def check_int8_cpu(manifest: ModelManifest, folder: Path) -> str:
+    """Refuse an int8 model whose agreement to fp32 was measured on a CPU with the other kind of int8
+    products (:class:`embedder.cpus.Int8Instructions`): the same file computes other vectors there — on a
+    CPU without VNNI they saturate — so neither its recorded agreement nor an index it filled elsewhere
+    holds. Returns this CPU's int8 instructions in words (empty for fp32 models); a model whose manifest
+    does not say where it was measured (made before this was recorded) loads, and the log says so."""
+    if manifest.numerics != "int8":
+        return ""
+    here = int8_instructions()
+    measured = (manifest.quantization or {}).get("measured_on") or {}
+    kind = measured.get("int8_products")
+    if kind in (EXACT, SATURATING) and here.kind in (EXACT, SATURATING) and kind != here.kind:
+        fp32 = manifest.source.get("fp32_version", "its fp32 twin")
+        raise Int8CpuMismatchError(
+            f"{folder}: int8 model {manifest.version} was checked against fp32 on a CPU with {kind} int8 "
+            f"products ({measured.get('int8_instructions', '?')}, {measured.get('cpu', '?')}); this CPU's "
+            f"are {here.kind} ({here.name}), where the same file computes other vectors. Make the twin "
+            f"on a machine like this one (recipelens-model int8) or serve fp32 {fp32}"
+        )
+    if kind is None:
+        log.warning(
+            "%s: int8 model %s does not record the CPU its agreement was measured on; this one has %s",
+            folder,
+            manifest.version,
+            here.describe(),
+        )
+    return here.describe()
 
 
 def input_dtype(session: ort.InferenceSession) -> type[np.generic]:
@@ -91,6 +124,7 @@ class EmbeddingModel:
         self.image_size: int = self.manifest.input.image_size
         # Sizes catalogue photos are embedded at (``embed_arrays`` takes batches of any of them).
         self.gallery_views: tuple[int, ...] = self.manifest.gallery_views
+        self.int8_instructions = check_int8_cpu(self.manifest, self.folder)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Always a number: left at 0, onnxruntime counts physical cores (not a container's CPU quota) and
@@ -119,6 +153,15 @@ class EmbeddingModel:
         self.input_dtype = input_dtype(self.session)
         self._check_gallery_metadata()
         self.provider: str = self.session.get_providers()[0]
+        measured_on = (self.manifest.quantization or {}).get("agreement_by_runtime")
+        if isinstance(measured_on, dict) and self.provider not in measured_on:
+            log.warning(
+                "%s: int8 model %s runs on %s here, but its agreement to fp32 was measured on %s only",
+                self.folder,
+                self.version,
+                self.provider,
+                ", ".join(measured_on),
+            )
         # What runs, in words: ``int8 on OpenVINOExecutionProvider``.
         self.runs_on = f"{numerics} on {self.provider}"
         threads = (
@@ -131,7 +174,7 @@ class EmbeddingModel:
             self.version,
             self.manifest.backbone,
             self.dimension,
-            numerics,
+            f"{numerics} on {self.int8_instructions}" if self.int8_instructions else numerics,
             self.image_size,
             "+".join(map(str, self.gallery_views)),
             self.folder,

@@ -88,19 +88,26 @@ def cmd_raw(args: argparse.Namespace) -> Path:
     return _int8(folder, args.int8_catalog, args.out)
 
 
-def _int8(folder: Path, catalog: Path, out: Path | None) -> Path:
+def _int8(folder: Path, catalog: Path, out: Path | None, serve_choice: bool = False) -> Path:
     from indexer.catalog import CatalogError
-    from training.quantize import QuantizationError, quantize_model
+    from training.quantize import Int8Settings, QuantizationError, quantize_model, serving_choice
 
+    settings = Int8Settings()
     try:
-        return quantize_model(folder, catalog=catalog, out_dir=out)
+        twin = quantize_model(folder, catalog=catalog, out_dir=out, settings=settings)
     except (QuantizationError, CatalogError) as exc:
         raise UsageError(f"int8: {exc}") from None
+    if not serve_choice:
+        return twin
+    _print_summary(twin)
+    chosen, why = serving_choice(folder, twin, settings)
+    print(f"serve    {chosen.name}: {why}")
+    return chosen
 
 
 def cmd_int8(args: argparse.Namespace) -> Path:
     """Make the calibrated int8 twin of an exported fp32 model folder."""
-    return _int8(args.model, args.catalog, args.out)
+    return _int8(args.model, args.catalog, args.out, args.serve_choice)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     int8.add_argument("model", type=Path, help="the fp32 model folder")
     int8.add_argument("--catalog", type=Path, required=True, help="catalogue whose photos calibrate it")
     int8.add_argument("--out", type=Path, help="folder that receives the twin (default: beside the model)")
+    int8.add_argument(
+        "--serve-choice",
+        action="store_true",
+        help="end with the folder to serve here: the twin where it ran RECIPELENS_INT8_MIN_SPEEDUP × "
+        "fp32 or faster, else the fp32 model",
+    )
     int8.set_defaults(handler=cmd_int8)
     return parser
 
@@ -165,6 +178,18 @@ def _print_summary(folder: Path) -> None:
             f"{manifest.source.get('fp32_version')}: cosine min {a['cosine_min']:.3f} / mean "
             f"{a['cosine_mean']:.3f}, top-10 overlap {a['top10_overlap_mean']:.3f}"
         )
+        for runtime, other in (q.get("agreement_by_runtime") or {}).items():
+            print(
+                f"         on {runtime}: cosine min {other['cosine_min']:.3f} / mean "
+                f"{other['cosine_mean']:.3f}, top-10 overlap {other['top10_overlap_mean']:.3f}"
+            )
+        if "measured_on" in q:
+            on, speed = q["measured_on"], q.get("speedup") or {}
+            print(
+                f"         measured on {on['cpu']} ({on['int8_instructions']}, {on['int8_products']} int8 "
+                f"products): {speed.get('int8_over_fp32', float('nan')):.2f}× fp32's images/s on "
+                f"{speed.get('runtime', '?')}"
+            )
 
 
 if __name__ == "__main__":

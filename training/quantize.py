@@ -12,10 +12,13 @@
    output and the first block (``float_head_convs``; the stem convolution itself on int8,
    ``quantized_stem``) and the final L2 normalisation (``float_tail``) stay in float.
 3. **Agreement** — the evaluation photos' clean views are the gallery, one strongly distorted view of
-   each (:func:`training.evaluate.distort`) the queries. Both models embed both; recorded are the
+   each (:func:`training.evaluate.distort`) the queries. Both models embed both (the twin on every CPU
+   runtime the build offers, :func:`cpu_runtimes`: each computes int8 its own way); recorded are the
    cosine between the twins' query vectors (min / mean) and the overlap of each query's top-10 gallery
-   photos when each model searches its own gallery (mean / min). Below a bound of
-   :class:`Int8Settings` the model is refused (:class:`QuantizationRefusedError`) and no folder is left.
+   photos when each model searches its own gallery (mean / min), per runtime, with the CPU and its int8
+   instructions (:func:`embedder.cpus.int8_instructions`) and the twin's speed-up over fp32 on the
+   serving runtime. Below a bound of :class:`Int8Settings` on any runtime the model is refused
+   (:class:`QuantizationRefusedError`) and no folder is left.
 4. **Folder** — ``<out>/<name>-int8-<version>`` with its own version (the content hash, so its vectors
    never mix with the fp32 twin's) and a manifest whose ``numerics`` is ``int8`` and whose
    ``quantization`` records the method, the calibration sample and the agreement.
@@ -37,10 +40,12 @@ import onnxruntime as ort
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from embedder.cpus import SATURATING, cpu_name, int8_instructions
 from embedder.embedding import combine_views
 from embedder.manifest import GALLERY_SIZES_KEY, MODEL_FILE, ModelManifest, read_manifest, write_manifest
 from embedder.preprocess import ImageDecodeError, preprocess_file
-from embedder.runtime import input_dtype
+from embedder.providers import CPU, OPENVINO
+from embedder.runtime import input_dtype, provider_options, select_providers
 from training.publish import publish_folder, staging_folder
 from training.quantize_graph import (
     drop_qdq,
@@ -97,6 +102,11 @@ class Int8Settings(BaseSettings):
     min_mean_cosine: float = Field(default=0.98, ge=-1, le=1, description="refuse below this mean cosine")
     min_top10_overlap: float = Field(
         default=0.75, ge=0, le=1, description="refuse below this mean top-10 overlap"
+    )
+    min_speedup: float = Field(
+        default=1.2,
+        gt=0,
+        description="the demo serves the twin only where it ran at least this much faster than fp32 here",
     )
 
 
@@ -214,8 +224,16 @@ def _copy_gallery_sizes(fp32_path: Path, int8_path: Path) -> None:
     onnx.save(proto, str(int8_path))
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def cpu_runtimes() -> list[str]:
+    """The CPU runtimes this onnxruntime build offers, in the order serving prefers them: OpenVINO (where
+    installed), then onnxruntime's own CPU provider. An int8 twin must agree with fp32 on each."""
+    return select_providers([OPENVINO, CPU])
+
+
+def _session(path: Path, provider: str = CPU, numerics: str = "fp32") -> ort.InferenceSession:
+    return ort.InferenceSession(
+        str(path), providers=[(provider, provider_options(provider, numerics=numerics))]
+    )
 
 
 def _embed(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
@@ -223,6 +241,22 @@ def _embed(session: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
     out = [session.run(None, {name: images[i : i + 32].astype(dtype)})[0] for i in range(0, len(images), 32)]
     vectors = np.concatenate(out).astype(np.float32)
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def measure_speedup(fp32: ort.InferenceSession, int8: ort.InferenceSession, images: np.ndarray) -> float:
+    """int8 / fp32 images/s on batches of 32 of ``images``: median of 3 interleaved rounds, after a warm-up
+    (the ratio whatever else the machine does, as bench/embed.py measures it)."""
+    batch = images[:64]
+    _embed(fp32, batch[:32]), _embed(int8, batch[:32])
+    ratios = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        _embed(fp32, batch)
+        t1 = time.perf_counter()
+        _embed(int8, batch)
+        t2 = time.perf_counter()
+        ratios.append((t1 - t0) / max(t2 - t1, 1e-9))
+    return float(np.median(ratios))
 
 
 def measure_agreement(
@@ -362,19 +396,46 @@ def quantize_model(
     with staging_folder(out, f"{fp32.name}-int8") as staging:
         numerics = quantize_onnx(fp32_folder / MODEL_FILE, staging / MODEL_FILE, calibration, settings)
         _copy_gallery_sizes(fp32_folder / MODEL_FILE, staging / MODEL_FILE)
-        ref, cand = _session(fp32_folder / MODEL_FILE), _session(staging / MODEL_FILE)
-        agreement = measure_agreement(
-            _embed(ref, queries),
-            _embed(cand, queries),
-            combine_views([_embed(ref, views) for views in gallery_views]),
-            combine_views([_embed(cand, views) for views in gallery_views]),
-        )
-        failures = agreement.failures(settings)
-        if failures:
-            raise QuantizationRefusedError(
-                f"int8 twin of {fp32.version} refused: {'; '.join(failures)} ({agreement.summary()}); "
-                "try RECIPELENS_INT8_METHOD=percentile or more calibration photos"
+        # The reference: fp32 on onnxruntime's CPU provider. The twin: on every CPU runtime this build
+        # offers, since each computes int8 its own way (on a CPU without VNNI, OpenVINO's vectors of the
+        # demo's twin fell to cosine 0.58 while onnxruntime's CPU provider's kept 0.94).
+        ref = _session(fp32_folder / MODEL_FILE)
+        ref_queries = _embed(ref, queries)
+        ref_gallery = combine_views([_embed(ref, views) for views in gallery_views])
+        runtimes = cpu_runtimes()
+        by_runtime: dict[str, Agreement] = {}
+        for provider in runtimes:
+            cand = _session(staging / MODEL_FILE, provider, "int8")
+            by_runtime[provider] = measure_agreement(
+                ref_queries,
+                _embed(cand, queries),
+                ref_gallery,
+                combine_views([_embed(cand, views) for views in gallery_views]),
             )
+        instructions = int8_instructions()
+        failures = [
+            f"{provider}: {', '.join(missed)}"
+            for provider, agreement in by_runtime.items()
+            if (missed := agreement.failures(settings))
+        ]
+        if failures:
+            measured = "; ".join(f"{p}: {a.summary()}" for p, a in by_runtime.items())
+            advice = (
+                "this CPU's int8 products saturate (no VNNI): serve the fp32 model here"
+                if instructions.kind == SATURATING
+                else "try RECIPELENS_INT8_METHOD=percentile or more calibration photos"
+            )
+            raise QuantizationRefusedError(
+                f"int8 twin of {fp32.version} refused on this CPU ({instructions.describe()}): "
+                f"{'; '.join(failures)} ({measured}); {advice}"
+            )
+        serving = runtimes[0]
+        agreement = by_runtime[serving]
+        speedup = measure_speedup(
+            _session(fp32_folder / MODEL_FILE, serving),
+            _session(staging / MODEL_FILE, serving, "int8"),
+            queries,
+        )
         manifest = write_manifest(
             staging,
             name=f"{fp32.name}-int8",
@@ -395,8 +456,19 @@ def quantize_model(
                 },
                 "agreement": {
                     **agreement.__dict__,
+                    "runtime": serving,
                     "queries_kind": "one strong distortion per evaluation photo (training.evaluate.distort)",
                 },
+                "agreement_by_runtime": {p: a.__dict__ for p, a in by_runtime.items()},
+                # Where the agreement holds: int8 numerics depend on the CPU's int8 instructions, and a
+                # model loads only on a CPU whose int8 products are of the same kind (embedder.runtime).
+                "measured_on": {
+                    "cpu": cpu_name(),
+                    "int8_instructions": instructions.name,
+                    "int8_products": instructions.kind,
+                    "onnxruntime": ort.__version__,
+                },
+                "speedup": {"runtime": serving, "int8_over_fp32": round(speedup, 3), "batch": 32},
                 "bounds": {
                     "min_cosine": settings.min_cosine,
                     "min_mean_cosine": settings.min_mean_cosine,
@@ -408,11 +480,33 @@ def quantize_model(
         if not new:
             return final
         log.info(
-            "int8 twin %s of %s: %s; %.0f s → %s",
+            "int8 twin %s of %s: %s; %.2f× fp32's images/s on %s (%s); %.0f s → %s",
             manifest.version,
             fp32.version,
             agreement.summary(),
+            speedup,
+            serving,
+            instructions.describe(),
             time.perf_counter() - started,
             final,
         )
         return final
+
+
+def serving_choice(
+    fp32_folder: str | Path, int8_folder: str | Path, settings: Int8Settings
+) -> tuple[Path, str]:
+    """Which twin to serve on this machine, and why: the int8 one where it ran at least
+    ``settings.min_speedup`` × fp32's images/s when it was made (its manifest's ``speedup``), else fp32 —
+    on a CPU without VNNI int8 is no faster, and its numerics are the weaker ones."""
+    manifest = read_manifest(int8_folder)
+    speedup = (manifest.quantization.get("speedup") or {}).get("int8_over_fp32")
+    where = (manifest.quantization.get("measured_on") or {}).get("int8_instructions", "this CPU")
+    if speedup is None:
+        return Path(int8_folder), "the twin records no speed-up (made before it was measured)"
+    if speedup >= settings.min_speedup:
+        return Path(int8_folder), f"int8 ran {speedup:.2f}× fp32's images/s here ({where})"
+    return Path(fp32_folder), (
+        f"int8 ran only {speedup:.2f}× fp32's images/s here ({where}; RECIPELENS_INT8_MIN_SPEEDUP "
+        f"{settings.min_speedup:g}): serving fp32"
+    )

@@ -98,3 +98,39 @@ def test_without_the_policy_nothing_changes_and_the_log_says_so_once(
     ]
     if before is not None:
         assert os.sched_getscheduler(0) == before
+
+
+ZEN1 = "flags\t\t: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 bmi2 sha_ni\n"
+ZEN4 = "flags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_vnni avx512_bf16\n"
+SKYLAKE = "flags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512vl\n"
+ALDER_LAKE = "flags\t\t: fpu sse2 avx avx2 avx_vnni\n"
+SAPPHIRE_RAPIDS = "flags\t\t: avx2 avx512bw avx512_vnni amx_bf16 amx_tile amx_int8\n"
+GRAVITON = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes crc32 atomics asimddp\n"
+OLD_ARM = "Features\t: fp asimd evtstrm\n"
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "name", "kind"),
+    [
+        (ZEN1, "AVX2 without VNNI", cpus.SATURATING),
+        (SKYLAKE, "AVX-512 without VNNI", cpus.SATURATING),
+        (ZEN4, "AVX512-VNNI", cpus.EXACT),
+        (ALDER_LAKE, "AVX-VNNI", cpus.EXACT),
+        (SAPPHIRE_RAPIDS, "AMX-INT8", cpus.EXACT),
+        (GRAVITON, "Arm dot product", cpus.EXACT),
+        (OLD_ARM, "Arm NEON without dot product", cpus.EXACT),
+        ("processor\t: 0\n", "unknown", cpus.UNKNOWN),
+    ],
+)
+def test_int8_instructions_from_cpuinfo_flags(cpuinfo: str, name: str, kind: str) -> None:
+    found = cpus.parse_int8_instructions(cpuinfo)
+    assert (found.name, found.kind) == (name, kind)
+    assert kind in found.describe()
+
+
+def test_this_machines_int8_instructions_are_read_once() -> None:
+    found = cpus.int8_instructions()
+    assert found is cpus.int8_instructions()
+    if Path("/proc/cpuinfo").exists():
+        expected = cpus.parse_int8_instructions(Path("/proc/cpuinfo").read_text(errors="replace"))
+        assert found == expected and cpus.cpu_name() != ""

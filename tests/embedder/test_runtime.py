@@ -187,3 +187,63 @@ def test_a_graph_that_takes_uint8_pixels_gets_them_as_they_are(tmp_path: Path) -
     expected[0, 0, 0] = [255, 0, 255]
     np.testing.assert_allclose(as_uint8.embed_arrays(noisy), as_float.embed_arrays(expected), atol=1e-6)
     assert not np.allclose(as_uint8.embed_arrays(noisy[:1]), as_float.embed_arrays(pixels[:1]), atol=1e-6)
+
+
+def _measured_on(folder: Path, kind: str) -> Path:
+    fields = read_manifest(folder).model_dump(exclude={"version", "sha256", "format_version"})
+    fields.update(
+        numerics="int8",
+        source={"fp32_version": "0123456789abcdef"},
+        quantization={
+            "method": "minmax",
+            "measured_on": {"cpu": "some CPU", "int8_instructions": "some ISA", "int8_products": kind},
+            "agreement_by_runtime": {CPU: {}},
+        },
+    )
+    write_manifest(folder, **fields)
+    return folder
+
+
+def test_an_int8_model_loads_only_on_the_kind_of_cpu_its_agreement_was_measured_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from embedder import cpus
+
+    caplog.set_level("INFO", logger="embedder.runtime")
+    write_tiny_model(tmp_path / "m")
+    saturating = cpus.Int8Instructions("AVX2 without VNNI", cpus.SATURATING)
+    monkeypatch.setattr(runtime, "int8_instructions", lambda: saturating)
+    # measured where int8 products are exact (VNNI), loaded where they saturate: refused, saying why
+    with pytest.raises(
+        runtime.Int8CpuMismatchError, match=r"exact int8 products .*AVX2 without VNNI.*0123456"
+    ):
+        EmbeddingModel(_measured_on(tmp_path / "m", cpus.EXACT), providers=[CPU])
+    model = EmbeddingModel(_measured_on(tmp_path / "m", cpus.SATURATING), providers=[CPU])
+    assert model.int8_instructions == saturating.describe()
+    assert "int8 on AVX2 without VNNI" in caplog.text
+    # an fp32 model loads anywhere; a twin that does not say where it was measured loads, with a warning
+    write_tiny_model(tmp_path / "fp32")
+    assert EmbeddingModel(tmp_path / "fp32").int8_instructions == ""
+    EmbeddingModel(_int8_twin(tmp_path / "m"), providers=[CPU])
+    assert "does not record the CPU its agreement was measured on" in caplog.text
+    # a CPU whose kind cannot be told loads either
+    monkeypatch.setattr(runtime, "int8_instructions", lambda: cpus.Int8Instructions("unknown", cpus.UNKNOWN))
+    EmbeddingModel(_measured_on(tmp_path / "m", cpus.EXACT), providers=[CPU])
+
+
+@pytest.mark.parametrize("fake_ort", [[OPENVINO, CPU]], indirect=True)
+def test_an_int8_model_on_a_runtime_its_agreement_was_not_measured_on_is_logged(
+    fake_ort: list[FakeSession],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from embedder import cpus
+
+    write_tiny_model(tmp_path / "m")
+    monkeypatch.setattr(
+        runtime, "int8_instructions", lambda: cpus.Int8Instructions("AVX512-VNNI", cpus.EXACT)
+    )
+    model = EmbeddingModel(_measured_on(tmp_path / "m", cpus.EXACT))
+    assert model.provider == OPENVINO
+    assert f"runs on {OPENVINO} here, but its agreement to fp32 was measured on {CPU} only" in caplog.text

@@ -14,12 +14,20 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from embedder.cpus import cpu_name, int8_instructions
 from embedder.manifest import MODEL_FILE, read_manifest, write_manifest
 from embedder.runtime import EmbeddingModel
 from tests.support.tinymodel import write_tiny_model
 from tests.training.triplet_catalog import CATEGORIES, write_catalog
 from training import model_cli as cli
-from training.quantize import Int8Settings, QuantizationRefusedError, quantize_model, sample_photos
+from training.quantize import (
+    Int8Settings,
+    QuantizationRefusedError,
+    cpu_runtimes,
+    quantize_model,
+    sample_photos,
+    serving_choice,
+)
 from training.quantize_graph import (
     drop_qdq,
     float_head_nodes,
@@ -220,6 +228,14 @@ def test_int8_twin_is_its_own_version_with_numerics_and_agreement(fp32_model: Pa
     assert agreement["queries"] == 16 and agreement["gallery"] == 16
     assert 0.98 <= agreement["cosine_mean"] <= 1 and agreement["cosine_min"] <= agreement["cosine_mean"]
     assert 0 <= agreement["top10_overlap_min"] <= agreement["top10_overlap_mean"] <= 1
+    # measured on every CPU runtime this build offers, the serving one first, and where: this CPU
+    by_runtime = q["agreement_by_runtime"]
+    assert list(by_runtime) == cpu_runtimes() and agreement["runtime"] == cpu_runtimes()[0]
+    assert by_runtime[agreement["runtime"]]["cosine_min"] == agreement["cosine_min"]
+    here = int8_instructions()
+    assert q["measured_on"]["int8_products"] == here.kind and q["measured_on"]["cpu"] == cpu_name()
+    assert q["measured_on"]["int8_instructions"] == here.name
+    assert q["speedup"]["runtime"] == agreement["runtime"] and q["speedup"]["int8_over_fp32"] > 0
     graph = onnx.load(str(folder / MODEL_FILE)).graph
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
     # on two Convs: the first one's output (and its Clip) in float, the first Conv itself and the second int8
@@ -239,10 +255,20 @@ def test_int8_twin_is_its_own_version_with_numerics_and_agreement(fp32_model: Pa
     assert quantize_model(fp32_model, catalog=catalog, settings=Int8Settings(**SMALL)) == folder  # same bytes
 
 
+def test_the_twin_is_served_only_where_it_ran_faster_than_fp32(fp32_model: Path, catalog: Path) -> None:
+    folder = quantize_model(fp32_model, catalog=catalog, settings=Int8Settings(**SMALL))
+    speedup = read_manifest(folder).quantization["speedup"]["int8_over_fp32"]
+    chosen, why = serving_choice(fp32_model, folder, Int8Settings(min_speedup=speedup))
+    assert chosen == folder and f"{speedup:.2f}×" in why
+    chosen, why = serving_choice(fp32_model, folder, Int8Settings(min_speedup=speedup * 1.01 + 0.01))
+    assert chosen == fp32_model and "serving fp32" in why and "RECIPELENS_INT8_MIN_SPEEDUP" in why
+
+
 def test_a_twin_below_the_bound_is_refused_and_leaves_nothing(
     fp32_model: Path, catalog: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(QuantizationRefusedError, match=r"cosine min .* < 1"):
+    runtime = cpu_runtimes()[0]
+    with pytest.raises(QuantizationRefusedError, match=rf"on this CPU .*{runtime}: cosine min .* < 1"):
         quantize_model(
             fp32_model, catalog=catalog, out_dir=tmp_path, settings=Int8Settings(**SMALL, min_cosine=1)
         )
@@ -265,6 +291,26 @@ def test_cli_makes_the_twin_and_names_a_refusal(
     monkeypatch.setenv("RECIPELENS_INT8_MIN_COSINE", "1.0")
     assert cli.main(["int8", str(fp32_model), "--catalog", str(catalog), "--out", str(tmp_path / "b")]) == 2
     assert "refused" in capsys.readouterr().err
+    monkeypatch.delenv("RECIPELENS_INT8_MIN_TOP10_OVERLAP")
+    monkeypatch.delenv("RECIPELENS_INT8_MIN_COSINE")
+    # --serve-choice ends with the folder to serve: fp32 where the twin is not fast enough here
+    monkeypatch.setenv("RECIPELENS_INT8_MIN_SPEEDUP", "1000")
+    args = [
+        "int8",
+        str(fp32_model),
+        "--catalog",
+        str(catalog),
+        "--out",
+        str(tmp_path / "a"),
+        "--serve-choice",
+    ]
+    assert cli.main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert Path(lines[-1]) == fp32_model and any(line.startswith("serve    ") for line in lines)
+    assert any("measured on" in line and "fp32's images/s" in line for line in lines)
+    monkeypatch.setenv("RECIPELENS_INT8_MIN_SPEEDUP", "0.001")
+    assert cli.main(args) == 0
+    assert Path(capsys.readouterr().out.strip().splitlines()[-1]).parent == tmp_path / "a"
 
 
 def test_a_broken_catalogue_photo_is_left_out_of_calibration_and_agreement(
