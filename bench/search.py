@@ -208,8 +208,11 @@ def main() -> None:
             RECIPELENS_GATEWAY_LOG_LEVEL="WARNING",
         )
         setups.append(setup)
+    from embedder.cpus import int8_instructions
+
     print(
-        f"{len(photos)} photos, {os.cpu_count()} CPUs, Qdrant Edge search threads {args.search_threads}; "
+        f"{len(photos)} photos, {os.cpu_count()} CPUs ({int8_instructions().describe()}), Qdrant Edge "
+        f"search threads {args.search_threads}; "
         + "; ".join(f"{s.numerics}: {EmbeddingModel(s.model_dir).version} {s.runs_on}" for s in setups)
     )
 
