@@ -40,7 +40,8 @@ def check_int8_cpu(manifest: ModelManifest, folder: Path) -> str:
     if manifest.numerics != "int8":
         return ""
     here = int8_instructions()
-    measured = (manifest.quantization or {}).get("measured_on") or {}
+    measured = (manifest.quantization or {}).get("measured_on")
+    measured = measured if isinstance(measured, dict) else {}
     kind = measured.get("int8_products")
     if kind in (EXACT, SATURATING) and here.kind in (EXACT, SATURATING) and kind != here.kind:
         fp32 = manifest.source.get("fp32_version", "its fp32 twin")

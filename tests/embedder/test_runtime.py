@@ -226,6 +226,10 @@ def test_an_int8_model_loads_only_on_the_kind_of_cpu_its_agreement_was_measured_
     assert EmbeddingModel(tmp_path / "fp32").int8_instructions == ""
     EmbeddingModel(_int8_twin(tmp_path / "m"), providers=[CPU])
     assert "does not record the CPU its agreement was measured on" in caplog.text
+    fields = read_manifest(tmp_path / "m").model_dump(exclude={"version", "sha256", "format_version"})
+    fields.update(quantization={"method": "minmax", "measured_on": "a hand-edited string"})
+    write_manifest(tmp_path / "m", **fields)
+    EmbeddingModel(tmp_path / "m", providers=[CPU])  # read as "not recorded", not a crash
     # a CPU whose kind cannot be told loads either
     monkeypatch.setattr(runtime, "int8_instructions", lambda: cpus.Int8Instructions("unknown", cpus.UNKNOWN))
     EmbeddingModel(_measured_on(tmp_path / "m", cpus.EXACT), providers=[CPU])
