@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -115,12 +116,27 @@ class Int8Instructions:
         return f"{self.name} ({self.kind} int8 products)"
 
 
+def _cpuinfo_fields(cpuinfo: str) -> Iterator[tuple[str, str]]:
+    """``(key, value)`` of each ``key : value`` line of ``/proc/cpuinfo``'s text, stripped."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        yield key.strip(), value.strip()
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    """``/proc/cpuinfo``, read once (empty where it cannot be read)."""
+    try:
+        return CPUINFO.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def parse_int8_instructions(cpuinfo: str) -> Int8Instructions:
     """:class:`Int8Instructions` from the text of ``/proc/cpuinfo``."""
     flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
+    for key, value in _cpuinfo_fields(cpuinfo):
+        if key in ("flags", "Features"):
             flags.update(value.split())
     for flag, name in _EXACT_FLAGS:
         if flag in flags:
@@ -137,20 +153,12 @@ def parse_int8_instructions(cpuinfo: str) -> Int8Instructions:
 @lru_cache(maxsize=1)
 def int8_instructions() -> Int8Instructions:
     """This machine's :class:`Int8Instructions` (:data:`UNKNOWN` where ``/proc/cpuinfo`` cannot be read)."""
-    try:
-        return parse_int8_instructions(CPUINFO.read_text(errors="replace"))
-    except OSError:
-        return Int8Instructions("unknown", UNKNOWN)
+    return parse_int8_instructions(_cpuinfo())
 
 
-@lru_cache(maxsize=1)
 def cpu_name() -> str:
     """The CPU's model name, as ``/proc/cpuinfo`` gives it (``unknown`` where it does not)."""
-    try:
-        for line in CPUINFO.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                return value.strip()
-    except OSError:
-        pass
+    for key, value in _cpuinfo_fields(_cpuinfo()):
+        if key in ("model name", "Model", "Hardware") and value:
+            return value
     return "unknown"

@@ -154,14 +154,14 @@ class EmbeddingModel:
         self.input_dtype = input_dtype(self.session)
         self._check_gallery_metadata()
         self.provider: str = self.session.get_providers()[0]
-        measured_on = (self.manifest.quantization or {}).get("agreement_by_runtime")
-        if isinstance(measured_on, dict) and self.provider not in measured_on:
+        measured_runtimes = (self.manifest.quantization or {}).get("agreement_by_runtime")
+        if isinstance(measured_runtimes, dict) and self.provider not in measured_runtimes:
             log.warning(
                 "%s: int8 model %s runs on %s here, but its agreement to fp32 was measured on %s only",
                 self.folder,
                 self.version,
                 self.provider,
-                ", ".join(measured_on),
+                ", ".join(measured_runtimes),
             )
         # What runs, in words: ``int8 on OpenVINOExecutionProvider``.
         self.runs_on = f"{numerics} on {self.provider}"

@@ -99,8 +99,9 @@ def _int8(folder: Path, catalog: Path, out: Path | None, serve_choice: bool = Fa
         raise UsageError(f"int8: {exc}") from None
     if not serve_choice:
         return twin
-    _print_summary(twin)
     chosen, why = serving_choice(folder, twin, settings)
+    if chosen != twin:
+        _print_summary(twin)  # main prints the chosen folder's
     print(f"serve    {chosen.name}: {why}")
     return chosen
 

@@ -247,7 +247,8 @@ def measure_speedup(fp32: ort.InferenceSession, int8: ort.InferenceSession, imag
     """int8 / fp32 images/s on batches of 32 of ``images``: median of 3 interleaved rounds, after a warm-up
     (the ratio whatever else the machine does, as bench/embed.py measures it)."""
     batch = images[:64]
-    _embed(fp32, batch[:32]), _embed(int8, batch[:32])
+    _embed(fp32, batch[:32])
+    _embed(int8, batch[:32])
     ratios = []
     for _ in range(3):
         t0 = time.perf_counter()
@@ -403,15 +404,16 @@ def quantize_model(
         ref_queries = _embed(ref, queries)
         ref_gallery = combine_views([_embed(ref, views) for views in gallery_views])
         runtimes = cpu_runtimes()
-        by_runtime: dict[str, Agreement] = {}
-        for provider in runtimes:
-            cand = _session(staging / MODEL_FILE, provider, "int8")
-            by_runtime[provider] = measure_agreement(
+        twins = {provider: _session(staging / MODEL_FILE, provider, "int8") for provider in runtimes}
+        by_runtime = {
+            provider: measure_agreement(
                 ref_queries,
-                _embed(cand, queries),
+                _embed(twin, queries),
                 ref_gallery,
-                combine_views([_embed(cand, views) for views in gallery_views]),
+                combine_views([_embed(twin, views) for views in gallery_views]),
             )
+            for provider, twin in twins.items()
+        }
         instructions = int8_instructions()
         failures = [
             f"{provider}: {', '.join(missed)}"
@@ -431,11 +433,9 @@ def quantize_model(
             )
         serving = runtimes[0]
         agreement = by_runtime[serving]
-        speedup = measure_speedup(
-            _session(fp32_folder / MODEL_FILE, serving),
-            _session(staging / MODEL_FILE, serving, "int8"),
-            queries,
-        )
+        # The sessions above, timed on the serving runtime (the reference already is fp32 on the CPU one).
+        fp32_serving = ref if serving == CPU else _session(fp32_folder / MODEL_FILE, serving)
+        speedup = measure_speedup(fp32_serving, twins[serving], queries)
         manifest = write_manifest(
             staging,
             name=f"{fp32.name}-int8",
