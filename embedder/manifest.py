@@ -94,6 +94,18 @@ class ModelManifest(BaseModel):
             )
         return self
 
+    def quantization_record(self, key: str) -> dict[str, Any]:
+        """One of an int8 manifest's records (``measured_on``, ``speedup``, ``agreement_by_runtime``) as a
+        mapping: an absent one, or a hand-edited one that is not a mapping, reads as not recorded."""
+        value = self.quantization.get(key)
+        return value if isinstance(value, dict) else {}
+
+    def int8_speedup(self) -> float | None:
+        """int8 / fp32 images/s measured when the twin was made; ``None`` where it is not recorded as a
+        number."""
+        value = self.quantization_record("speedup").get("int8_over_fp32")
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
     @property
     def gallery_views(self) -> tuple[int, ...]:
         """The sizes a catalogue photo is embedded at (``(image_size,)`` for most models)."""

@@ -40,8 +40,7 @@ def check_int8_cpu(manifest: ModelManifest, folder: Path) -> str:
     if manifest.numerics != "int8":
         return ""
     here = int8_instructions()
-    measured = (manifest.quantization or {}).get("measured_on")
-    measured = measured if isinstance(measured, dict) else {}
+    measured = manifest.quantization_record("measured_on")
     kind = measured.get("int8_products")
     if kind in (EXACT, SATURATING) and here.kind in (EXACT, SATURATING) and kind != here.kind:
         fp32 = manifest.source.get("fp32_version", "its fp32 twin")
@@ -154,8 +153,8 @@ class EmbeddingModel:
         self.input_dtype = input_dtype(self.session)
         self._check_gallery_metadata()
         self.provider: str = self.session.get_providers()[0]
-        measured_runtimes = (self.manifest.quantization or {}).get("agreement_by_runtime")
-        if isinstance(measured_runtimes, dict) and self.provider not in measured_runtimes:
+        measured_runtimes = self.manifest.quantization_record("agreement_by_runtime")
+        if measured_runtimes and self.provider not in measured_runtimes:
             log.warning(
                 "%s: int8 model %s runs on %s here, but its agreement to fp32 was measured on %s only",
                 self.folder,

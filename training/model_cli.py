@@ -17,10 +17,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embedder.logs import configure_logging
 from embedder.preprocess import ImageDecodeError
 from indexer.catalog import IMAGE_SUFFIXES
+
+if TYPE_CHECKING:
+    from embedder.manifest import ModelManifest
 
 SHORT_NAMES = {
     "efficientnet_lite0": "lite0",
@@ -159,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_summary(folder: Path) -> None:
-    from embedder.manifest import read_manifest
+    from embedder.manifest import MANIFEST_FILE, read_manifest
 
     manifest = read_manifest(folder)
     print(f"model    {manifest.name}")
@@ -173,24 +177,35 @@ def _print_summary(folder: Path) -> None:
             f"over {len(manifest.parity['images'])} photos (tolerance {manifest.parity['tolerance']:g})"
         )
     if manifest.quantization:
-        q, a = manifest.quantization, manifest.quantization["agreement"]
+        try:
+            _print_int8_summary(manifest)
+        except (KeyError, TypeError, ValueError) as exc:  # a hand-edited record: say so, don't crash
+            print(
+                f"int8     {folder / MANIFEST_FILE}: its quantization record is not as the export "
+                f"writes it ({exc!r})"
+            )
+
+
+def _print_int8_summary(manifest: ModelManifest) -> None:
+    q, a = manifest.quantization, manifest.quantization["agreement"]
+    print(
+        f"int8     {q['method']} on {q['calibration']['photos']} photos; agreement to fp32 "
+        f"{manifest.source.get('fp32_version')}: cosine min {a['cosine_min']:.3f} / mean "
+        f"{a['cosine_mean']:.3f}, top-10 overlap {a['top10_overlap_mean']:.3f}"
+    )
+    for runtime, other in manifest.quantization_record("agreement_by_runtime").items():
         print(
-            f"int8     {q['method']} on {q['calibration']['photos']} photos; agreement to fp32 "
-            f"{manifest.source.get('fp32_version')}: cosine min {a['cosine_min']:.3f} / mean "
-            f"{a['cosine_mean']:.3f}, top-10 overlap {a['top10_overlap_mean']:.3f}"
+            f"         on {runtime}: cosine min {other['cosine_min']:.3f} / mean "
+            f"{other['cosine_mean']:.3f}, top-10 overlap {other['top10_overlap_mean']:.3f}"
         )
-        for runtime, other in (q.get("agreement_by_runtime") or {}).items():
-            print(
-                f"         on {runtime}: cosine min {other['cosine_min']:.3f} / mean "
-                f"{other['cosine_mean']:.3f}, top-10 overlap {other['top10_overlap_mean']:.3f}"
-            )
-        if "measured_on" in q:
-            on, speed = q["measured_on"], q.get("speedup") or {}
-            print(
-                f"         measured on {on['cpu']} ({on['int8_instructions']}, {on['int8_products']} int8 "
-                f"products): {speed.get('int8_over_fp32', float('nan')):.2f}× fp32's images/s on "
-                f"{speed.get('runtime', '?')}"
-            )
+    on, speedup = manifest.quantization_record("measured_on"), manifest.int8_speedup()
+    if on:
+        speed = f"{speedup:.2f}× fp32's images/s" if speedup is not None else "speed-up not recorded"
+        runtime = manifest.quantization_record("speedup").get("runtime", "?")
+        print(
+            f"         measured on {on.get('cpu', '?')} ({on.get('int8_instructions', '?')}, "
+            f"{on.get('int8_products', '?')} int8 products): {speed} on {runtime}"
+        )
 
 
 if __name__ == "__main__":

@@ -500,10 +500,10 @@ def serving_choice(
     ``settings.min_speedup`` × fp32's images/s when it was made (its manifest's ``speedup``), else fp32 —
     on a CPU without VNNI int8 is no faster, and its numerics are the weaker ones."""
     manifest = read_manifest(int8_folder)
-    speedup = (manifest.quantization.get("speedup") or {}).get("int8_over_fp32")
-    where = (manifest.quantization.get("measured_on") or {}).get("int8_instructions", "this CPU")
+    speedup = manifest.int8_speedup()
+    where = manifest.quantization_record("measured_on").get("int8_instructions", "this CPU")
     if speedup is None:
-        return Path(int8_folder), "the twin records no speed-up (made before it was measured)"
+        return Path(int8_folder), "the twin records no speed-up (made before it was measured, or edited)"
     if speedup >= settings.min_speedup:
         return Path(int8_folder), f"int8 ran {speedup:.2f}× fp32's images/s here ({where})"
     return Path(fp32_folder), (

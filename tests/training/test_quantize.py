@@ -264,6 +264,28 @@ def test_the_twin_is_served_only_where_it_ran_faster_than_fp32(fp32_model: Path,
     assert chosen == fp32_model and "serving fp32" in why and "RECIPELENS_INT8_MIN_SPEEDUP" in why
 
 
+def test_a_hand_edited_twin_manifest_reads_as_not_recorded(
+    fp32_model: Path, catalog: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = quantize_model(fp32_model, catalog=catalog, out_dir=tmp_path, settings=Int8Settings(**SMALL))
+    fields = read_manifest(folder).model_dump(exclude={"version", "sha256", "format_version"})
+    q = fields["quantization"]
+    q.update(measured_on="a hand-edited string", speedup={"int8_over_fp32": "fast"}, agreement_by_runtime=[])
+    write_manifest(folder, **fields)
+    chosen, why = serving_choice(fp32_model, folder, Int8Settings())
+    assert chosen == folder and "records no speed-up" in why
+    cli._print_summary(folder)
+    out = capsys.readouterr().out
+    assert "numerics int8" in out and "measured on" not in out
+    # a record the summary cannot read at all is named, not a crash
+    del fields["quantization"]["agreement"]
+    write_manifest(folder, **fields)
+    cli._print_summary(folder)
+    assert "its quantization record is not as the export writes it (KeyError('agreement'))" in (
+        capsys.readouterr().out
+    )
+
+
 def test_a_twin_below_the_bound_is_refused_and_leaves_nothing(
     fp32_model: Path, catalog: Path, tmp_path: Path
 ) -> None:
