@@ -12,7 +12,10 @@ own, measured in interleaved rounds:
 2. 16 concurrent clients vs sequential requests, beside the ceiling that the machine's CPU per search
    implies (goal ≥ 0.9 of it): ``cores × sequential latency / CPU per search`` is the most concurrency
    can gain at that cost per search — batching helps only as far as it makes a search cheaper;
-3. int8 / fp32 searches/s under 16 clients (goal ≥ 1.6×);
+3. int8 / fp32 searches/s under 16 clients (goal ≥ 1.6×), against the faster fp32: on a build with
+   OpenVINO, fp32 runs behind two gateways, one on each CPU runtime (OpenVINO EP, the build's default, and
+   onnxruntime's own CPU provider, the ``cpu`` extra's), since which of them runs fp32 faster depends on
+   the CPU — the goal is judged against the faster one, the other printed beside it;
 4. cold start of a fresh gateway process to gRPC health SERVING (≤ 5 s).
 
     python bench/search.py --model models/lite0-raw-<v> --int8 models/lite0-raw-int8-<v> \
@@ -128,10 +131,11 @@ def _wait_serving(address: str, start: float) -> float:
 class Setup:
     """One model behind its own gateway process, and what was measured on it."""
 
-    numerics: str
+    numerics: str  # the column's name: "fp32", "int8", or "fp32 on CPU EP" beside fp32 on OpenVINO
     model_dir: Path
     store: Path
     env: dict[str, str]
+    providers: list[str] | None = None  # None: the build's default order
     address: str = ""
     process: subprocess.Popen[bytes] | None = None
     bare: Callable[[bytes], object] | None = None
@@ -186,15 +190,26 @@ def main() -> None:
         model_dir = work / "models" / "tiny"
         write_tiny_model(model_dir)
     photos = load_photos(args.photos, args.n)
-    folders = {"fp32": model_dir, **({"int8": args.int8} if args.int8 else {})}
+    from embedder.providers import CPU, OPENVINO
+    from embedder.runtime import select_providers
+
+    # fp32 on each CPU runtime the build offers where int8 is measured: which is faster depends on the CPU.
+    runtimes = select_providers([OPENVINO, CPU])
+    folders: list[tuple[str, Path, list[str] | None]] = [("fp32", model_dir, None)]
+    if args.int8 and len(runtimes) > 1:
+        folders = [("fp32 on OpenVINO EP", model_dir, None), ("fp32 on CPU EP", model_dir, [CPU])]
+    if args.int8:
+        folders.append(("int8", args.int8, None))
     setups: list[Setup] = []
-    for numerics, folder in folders.items():
-        store = work / f"qdrant-{numerics}"
+    for n, (numerics, folder, providers) in enumerate(folders):
+        store = work / f"qdrant-{n}"
         _index(folder, store, photos, args.search_threads)
-        setup = Setup(numerics, folder, store, dict(os.environ))
+        setup = Setup(numerics, folder, store, dict(os.environ), providers)
         setup.store_ms = _store_times(folder, store, photos, args.repeats)
-        model = EmbeddingModel(folder)
+        model = EmbeddingModel(folder, **({"providers": providers} if providers else {}))
         setup.runs_on = model.runs_on
+        if providers:
+            setup.env["RECIPELENS_GATEWAY_PROVIDERS"] = ",".join(providers)
 
         def bare(data: bytes, model: Any = model) -> None:
             model.embed_arrays(preprocess(data, size=model.image_size)[None])
@@ -222,7 +237,10 @@ def main() -> None:
         from embedder.settings import EmbedderSettings
 
         for s in setups:
-            running = start_server(EmbedderSettings(model_dir=s.model_dir, port=0, reload_interval_s=0))
+            extra = {"providers": s.providers} if s.providers else {}
+            running = start_server(
+                EmbedderSettings(model_dir=s.model_dir, port=0, reload_interval_s=0, **extra)
+            )
             embedders.append(running)
             s.env["RECIPELENS_GATEWAY_EMBEDDER_ADDRESS"] = running.address
     # Each gateway runs in its own process, as deployed (a client in the same process would share its GIL).
@@ -389,14 +407,19 @@ def main() -> None:
         "CPU busy while sequential",
         [f"{med(s.cpu_seq) * med(s.sequential) / 10 / cores:.0f} % of {cores} cores" for s in setups],
     )
-    if len(setups) == 2:
-        fp32, int8 = setups
-        ratio = med(int8.concurrent) / med(fp32.concurrent)
-        ceiling = med(fp32.cpu_conc) / med(int8.cpu_conc)
-        print(
-            f"| int8 / fp32 searches/s, {args.clients} clients | {ratio:.2f}× | | "
-            f"{ceiling:.2f}× (fp32 / int8 CPU per search) | ≥ 1.6× |"
-        )
+    if args.int8:
+        int8, fp32s = setups[-1], setups[:-1]
+        faster = max(fp32s, key=lambda s: med(s.concurrent))
+        for fp32 in fp32s:
+            ratio = med(int8.concurrent) / med(fp32.concurrent)
+            ceiling = med(fp32.cpu_conc) / med(int8.cpu_conc)
+            judged = fp32 is faster
+            label = "the faster fp32" if len(fp32s) > 1 and judged else fp32.numerics
+            print(
+                f"| int8 / {label} searches/s, {args.clients} clients ({fp32.runs_on}) | "
+                + " | ".join(f"{ratio:.2f}×" if x is int8 else "" for x in setups)
+                + f" | {ceiling:.2f}× (fp32 / int8 CPU per search) | {'≥ 1.6×' if judged else ''} |"
+            )
     if not args.embedder:
         cold_row = [f"{cold:.2f} s" if x is setups[0] else "" for x in setups]
         row("cold start to SERVING (median of 3)", cold_row, "", "≤ 5 s")
