@@ -25,7 +25,7 @@ from embedder.errors import EmbedderError
 from embedder.memory import DecodeBudgetBusy
 from embedder.metrics import EmbedderMetrics
 from embedder.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError, preprocess
-from embedder.repository import ModelRepository, UnknownModelError
+from embedder.repository import ModelRepository, ModelRepositoryError, UnknownModelError
 from embedder.runtime import EmbeddingModel
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,19 @@ class InProcessEmbedder(Embedder):
             served[model.version] = ServedModel(model, batcher)
         gone = [s for version, s in self._served.items() if served.get(version) is not s]
         self._served = served
-        self._default = next(iter(served), None)
+        default = self._repository_default()  # read after models(): a refresh in between is caught here
+        self._default = default if default in served else next(iter(served), None)
         self._synced = True
         if self.metrics is not None:
             self.metrics.set_models(s.model for s in served.values())
         return gone
+
+    def _repository_default(self) -> str | None:
+        """The repository's default version (its setting, else the newest); ``None`` when it has none."""
+        try:
+            return self.repository.default_version if self.repository is not None else None
+        except ModelRepositoryError:
+            return None
 
     async def sync(self) -> None:
         """Serve exactly the repository's models: a batcher for each new one, close those of removed ones."""

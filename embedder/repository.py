@@ -2,7 +2,9 @@
 
 ``model_dir`` is either one model folder (``model.onnx`` + ``manifest.json``) or a folder of them. Each
 folder's ONNX hash is checked against its manifest before it is loaded; a folder that fails is refused
-with a logged error naming the folder and both hashes. The default version is the newest ``created_at``.
+with a logged error naming the folder and both hashes. The default version (what a request that names none
+gets) is ``default_model`` where it names a loaded model — a version or a folder name — else the newest
+``created_at``.
 :meth:`ModelRepository.refresh` picks up folders added beside the old ones (so a re-index can start with a
 new model while the old one keeps serving) and drops folders that were removed.
 """
@@ -74,9 +76,11 @@ class ModelRepository:
         *,
         warmup: bool = True,
         allow_empty: bool = False,
+        default_model: str = "",
         **runtime: Unpack[RuntimeOptions],
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.default_model = default_model.strip()  # a version or a folder name; "" = the newest
         self.runtime = runtime  # how each model runs (EmbeddingModel's keywords)
         self.warmup = warmup
         self.allow_empty = allow_empty
@@ -109,7 +113,7 @@ class ModelRepository:
             return list(self._models.values())
 
     def get(self, version: str | None = None) -> EmbeddingModel:
-        """The model of that version; ``None`` or ``""`` means the default (newest) one."""
+        """The model of that version; ``None`` or ``""`` means the default one."""
         with self._lock:
             key = version or self._default
             if key is None or key not in self._models:
@@ -229,12 +233,26 @@ class ModelRepository:
                 m.provider,
                 m.folder,
             )
-        default = ordered[0].version if ordered else None
+        named = self._named_default(ordered)
+        default = (named or ordered[0]).version if ordered else None
         with self._lock:
             previous = self._default
             self._by_folder = by_folder
             self._models = models
             self._default = default
-        if default != previous and previous is not None:
-            log.info("default model is now %s (was %s)", default, previous)
+        if default != previous:
+            if self.default_model and ordered and named is None:
+                log.warning(
+                    "default model %r is not loaded (versions: %s); the default is the newest, %s",
+                    self.default_model,
+                    ", ".join(m.version for m in ordered),
+                    default,
+                )
+            if previous is not None:
+                log.info("default model is now %s (was %s)", default, previous)
         return report
+
+    def _named_default(self, ordered: list[EmbeddingModel]) -> EmbeddingModel | None:
+        """The loaded model ``default_model`` names, by version or folder name; ``None``: none does."""
+        wanted = self.default_model
+        return next((m for m in ordered if wanted and wanted in (m.version, m.folder.name)), None)

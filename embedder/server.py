@@ -120,7 +120,9 @@ class EmbedderServer:
             self.servicer.providers,
         )
         try:
-            repository = await asyncio.to_thread(ModelRepository, s.model_dir, **s.runtime_options())
+            repository = await asyncio.to_thread(
+                ModelRepository, s.model_dir, default_model=s.default_model, **s.runtime_options()
+            )
         except ModelRepositoryError as exc:
             raise ServerStartError(str(exc)) from None
         self.repository = repository

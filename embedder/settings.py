@@ -116,6 +116,11 @@ class EmbedderSettings(EmbeddingSettings):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
     model_dir: Path = Field(Path("models"), description="a folder of model folders, or a single model folder")
+    default_model: str = Field(
+        "",
+        description="the model a request that names no version gets: a version or a model folder's name; "
+        "empty (or not loaded) = the newest created_at",
+    )
     max_message_bytes: int = Field(16 * MiB, ge=1024, description="gRPC send and receive limit")
     max_images_per_request: int = Field(64, ge=1)
     decode_threads: int = Field(

@@ -32,6 +32,31 @@ def test_loads_every_folder_and_defaults_to_the_newest(two_models: tuple[Path, s
     assert info.value.available == [new, old]
 
 
+def test_the_default_model_is_the_one_the_setting_names_while_it_is_loaded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = make_model(tmp_path / "m-seed0", seed=0, created_at=OLD)
+    new = make_model(tmp_path / "m-seed1", seed=1, created_at=NEW)
+    assert ModelRepository(tmp_path, providers=CPU, default_model=old).default_version == old
+    repo = ModelRepository(tmp_path, providers=CPU, default_model="m-seed0")  # or by folder name
+    assert repo.default_version == old and repo.get(None).version == old and repo.versions() == [new, old]
+    # named but gone: the newest, said once; back again: the named one
+    shutil.rmtree(tmp_path / "m-seed0")
+    with caplog.at_level(logging.INFO, logger="embedder.repository"):
+        repo.refresh()
+        repo.refresh()
+    assert repo.default_version == new
+    assert caplog.text.count("default model 'm-seed0' is not loaded") == 1
+    assert f"default model is now {new} (was {old})" in caplog.text
+    assert make_model(tmp_path / "m-seed0", seed=0, created_at=OLD) == old
+    repo.refresh()
+    assert repo.default_version == old
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="embedder.repository"):
+        assert ModelRepository(tmp_path, providers=CPU, default_model="feedface").default_version == new
+    assert "default model 'feedface' is not loaded" in caplog.text
+
+
 def test_onnxruntime_threads_spin_between_runs_only_when_asked(two_models: tuple[Path, str, str]) -> None:
     root, old, new = two_models
     quiet = ModelRepository(root, providers=CPU)  # the default: idle threads leave the cores to others

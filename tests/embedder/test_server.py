@@ -176,6 +176,16 @@ def test_model_info_lists_models_default_and_provider(
     assert [m.version for m in only.models] == [old]
 
 
+def test_the_default_model_setting_decides_what_a_request_without_version_gets(
+    two_models: tuple[Path, str, str], photo_bytes: list[bytes]
+) -> None:
+    root, old, _ = two_models
+    settings = settings_for(root, default_model=old)
+    with start_server(settings) as running, EmbedderClient(running.address) as client:
+        assert client.model_info().default_version == old
+        assert client.embed(photo_bytes[:1]).model_version == old
+
+
 def _png_too_many_pixels() -> bytes:
     return encode(Image.new("1", (1100, 1000)), "PNG")  # 1.1 MP > the server's 1 MP limit
 
