@@ -156,6 +156,26 @@ def int8_instructions() -> Int8Instructions:
     return parse_int8_instructions(_cpuinfo())
 
 
+# Flags for bf16 arithmetic in hardware, best first: where one is present OpenVINO runs an int8 model's float
+# parts (the layers left out of quantization, the pooling and the head) in bf16 (embedder.runtime).
+_BF16_FLAGS = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"))
+
+
+def parse_native_bf16(cpuinfo: str) -> str:
+    """The CPU's bf16 instructions by name (``AVX512-BF16``), from ``/proc/cpuinfo``'s text; ``""``: none."""
+    flags: set[str] = set()
+    for key, value in _cpuinfo_fields(cpuinfo):
+        if key == "flags":
+            flags.update(value.split())
+    return next((name for flag, name in _BF16_FLAGS if flag in flags), "")
+
+
+@lru_cache(maxsize=1)
+def native_bf16() -> str:
+    """This machine's bf16 instructions (:func:`parse_native_bf16`); ``""`` where it has none."""
+    return parse_native_bf16(_cpuinfo())
+
+
 def cpu_name() -> str:
     """The CPU's model name, as ``/proc/cpuinfo`` gives it (``unknown`` where it does not)."""
     for key, value in _cpuinfo_fields(_cpuinfo()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from embedder.cpus import EXACT, SATURATING, available_cpus, int8_instructions
+from embedder.cpus import EXACT, SATURATING, available_cpus, int8_instructions, native_bf16
 from embedder.manifest import (
     GALLERY_SIZES_KEY,
     MODEL_FILE,
@@ -75,12 +76,16 @@ def select_providers(preferred: Sequence[str], available: Sequence[str] | None =
     return chosen
 
 
-def provider_options(provider: str, *, numerics: str = "fp32", threads: int = 0) -> dict[str, str]:
+def provider_options(
+    provider: str, *, numerics: str = "fp32", threads: int = 0, float_parts: str = "fp32"
+) -> dict[str, str]:
     """Options for one execution provider, by the model's numerics (``fp32`` or ``int8``).
 
     TensorRT builds fp16 engines from fp32 models and int8 engines from QDQ models (their scales are in
-    the graph), cached next to nothing else; OpenVINO runs on the CPU device in the model's own precision
-    (an int8 QDQ graph becomes int8 kernels there) with ``threads`` streams' worth of threads.
+    the graph), cached next to nothing else; OpenVINO runs on the CPU device with ``threads`` streams'
+    worth of threads: an fp32 model in fp32, an int8 QDQ graph as int8 kernels with its float parts (the
+    layers left out of quantization, pooling, the head) in ``float_parts`` — ``fp32``, or ``bf16`` where
+    the twin's export measured them faster so on a CPU with bf16 arithmetic (:func:`int8_float_parts`).
     """
     if provider == TENSORRT:
         return {
@@ -90,10 +95,26 @@ def provider_options(provider: str, *, numerics: str = "fp32", threads: int = 0)
         }
     if provider == OPENVINO:
         options = {"device_type": "CPU", "precision": "ACCURACY" if numerics == "int8" else "FP32"}
+        if numerics == "int8" and float_parts == "bf16":
+            del options["precision"]  # its ACCURACY would pin the float parts to fp32
+            options["load_config"] = json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}})
         if threads > 0:
             options["num_of_threads"] = str(threads)
         return options
     return {}
+
+
+def int8_float_parts(manifest: ModelManifest) -> str:
+    """What OpenVINO runs an int8 model's float parts in here: ``bf16`` where its export was asked to try
+    them so and measured them faster (``measured_on.int8_float_parts``, ``RECIPELENS_INT8_BF16_FLOAT_PARTS``)
+    and this CPU has bf16 arithmetic (AVX512-BF16, AMX-BF16: elsewhere bf16 is emulated, and slower), else
+    ``fp32``. On a Zen 4 with the demo's twin: 394 / 475 against 343 / 362 img/s at batch 8 / 32,
+    strong-query R@1 int8 − fp32 +0.6 against +0.8 points, but the verdict's non-food rate −2.5 against
+    −1.0 points of fp32's (goal: within 2) — hence opt-in (README, "int8 twins")."""
+    if manifest.numerics != "int8":
+        return "fp32"
+    recorded = manifest.quantization_record("measured_on").get("int8_float_parts")
+    return "bf16" if recorded == "bf16" and native_bf16() else "fp32"
 
 
 class EmbeddingModel:
@@ -139,10 +160,14 @@ class EmbeddingModel:
             options.add_session_config_entry(STOP_SPINNING, "1")
         chosen = select_providers(providers)
         numerics = self.numerics
+        float_parts = int8_float_parts(self.manifest)
         self.session = ort.InferenceSession(
             str(self.folder / MODEL_FILE),
             sess_options=options,
-            providers=[(p, provider_options(p, numerics=numerics, threads=intra_op_threads)) for p in chosen],
+            providers=[
+                (p, provider_options(p, numerics=numerics, threads=intra_op_threads, float_parts=float_parts))
+                for p in chosen
+            ],
         )
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
@@ -162,8 +187,18 @@ class EmbeddingModel:
                 self.provider,
                 ", ".join(measured_runtimes),
             )
-        # What runs, in words: ``int8 on OpenVINOExecutionProvider``.
-        self.runs_on = f"{numerics} on {self.provider}"
+        # What runs, in words: ``int8 on OpenVINOExecutionProvider`` (+ where its float parts run in bf16).
+        self.float_parts = float_parts if self.provider == OPENVINO else "fp32"
+        bf16 = " (float parts in bf16)" if self.float_parts == "bf16" else ""
+        self.runs_on = f"{numerics} on {self.provider}{bf16}"
+        measured = self.manifest.quantization_record("measured_on").get("int8_float_parts")
+        if measured == "bf16" and self.provider == OPENVINO and self.float_parts != "bf16":
+            log.warning(
+                "%s: int8 model %s was measured with its float parts in bf16, which this CPU lacks: they "
+                "run in fp32 here (vectors differ a little from the exporting machine's)",
+                self.folder,
+                self.version,
+            )
         threads = (
             "OpenVINO's own thread count"
             if self.provider == OPENVINO and not intra_op_threads

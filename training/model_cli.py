@@ -206,6 +206,11 @@ def _print_int8_summary(manifest: ModelManifest) -> None:
             f"         measured on {on.get('cpu', '?')} ({on.get('int8_instructions', '?')}, "
             f"{on.get('int8_products', '?')} int8 products): {speed} on {runtime}"
         )
+        if "bf16_float_parts_speedup" in on:
+            print(
+                f"         float parts on OpenVINO in {on.get('int8_float_parts', '?')} "
+                f"(bf16 ran {on['bf16_float_parts_speedup']}× their fp32 images/s)"
+            )
 
 
 if __name__ == "__main__":

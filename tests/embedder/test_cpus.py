@@ -134,3 +134,25 @@ def test_this_machines_int8_instructions_are_read_once() -> None:
     if Path("/proc/cpuinfo").exists():
         expected = cpus.parse_int8_instructions(Path("/proc/cpuinfo").read_text(errors="replace"))
         assert found == expected and cpus.cpu_name() != ""
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "name"),
+    [
+        (ZEN4, "AVX512-BF16"),
+        (SAPPHIRE_RAPIDS, "AMX-BF16"),
+        (ZEN1, ""),
+        (SKYLAKE, ""),
+        (ALDER_LAKE, ""),
+        (GRAVITON, ""),
+        ("processor\t: 0\n", ""),
+    ],
+)
+def test_bf16_arithmetic_from_cpuinfo_flags(cpuinfo: str, name: str) -> None:
+    assert cpus.parse_native_bf16(cpuinfo) == name
+
+
+def test_this_machines_bf16_is_read_from_its_cpuinfo() -> None:
+    if Path("/proc/cpuinfo").exists():
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+        assert cpus.native_bf16() == cpus.parse_native_bf16(text)

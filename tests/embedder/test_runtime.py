@@ -3,6 +3,7 @@ TensorRT / CUDA / OpenVINO choices (and their options by numerics) are checked o
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -91,6 +92,62 @@ def test_openvino_build_runs_openvino_on_the_cpu_device(fake_ort: list[FakeSessi
     assert model.provider == OPENVINO
     options = dict(fake_ort[-1].providers)[OPENVINO]
     assert options["device_type"] == "CPU" and options["num_of_threads"] == "2"
+
+
+def _measured_float_parts(folder: Path, float_parts: str) -> Path:
+    from embedder import cpus
+
+    fields = read_manifest(folder).model_dump(exclude={"version", "sha256", "format_version"})
+    measured = {
+        "int8_products": cpus.EXACT,
+        "int8_instructions": "AVX512-VNNI",
+        "int8_float_parts": float_parts,
+    }
+    fields.update(numerics="int8", quantization={"method": "minmax", "measured_on": measured})
+    write_manifest(folder, **fields)
+    return folder
+
+
+@pytest.mark.parametrize("fake_ort", [[OPENVINO, CPU]], indirect=True)
+def test_openvino_runs_an_int8_models_float_parts_in_bf16_where_measured_so_and_the_cpu_has_it(
+    fake_ort: list[FakeSession],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from embedder import cpus
+
+    monkeypatch.setattr(
+        runtime, "int8_instructions", lambda: cpus.Int8Instructions("AVX512-VNNI", cpus.EXACT)
+    )
+    write_tiny_model(tmp_path / "fp32")
+    write_tiny_model(tmp_path / "bf16", seed=1)
+    write_tiny_model(tmp_path / "f32", seed=2)
+    _measured_float_parts(tmp_path / "bf16", "bf16")
+    _measured_float_parts(tmp_path / "f32", "fp32")
+
+    def options() -> dict[str, str]:
+        return dict(fake_ort[-1].providers)[OPENVINO]
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda: "AVX512-BF16")
+    int8 = EmbeddingModel(tmp_path / "bf16")
+    assert int8.float_parts == "bf16" and int8.runs_on == f"int8 on {OPENVINO} (float parts in bf16)"
+    assert "precision" not in options()  # ACCURACY would pin the float parts to fp32
+    assert json.loads(options()["load_config"]) == {"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}}
+    # measured faster in fp32 at export (or made before this was measured): fp32, whatever the CPU
+    int8 = EmbeddingModel(tmp_path / "f32")
+    assert int8.float_parts == "fp32" and int8.runs_on == f"int8 on {OPENVINO}"
+    assert options()["precision"] == "ACCURACY" and "load_config" not in options()
+    fp32 = EmbeddingModel(tmp_path / "fp32")  # fp32 stays fp32 everywhere
+    assert fp32.runs_on == f"fp32 on {OPENVINO}" and options()["precision"] == "FP32"
+    assert "load_config" not in options() and "float parts" not in caplog.text
+    # onnxruntime's CPU provider takes no precision hint
+    assert EmbeddingModel(tmp_path / "bf16", providers=[CPU]).runs_on == f"int8 on {CPU}"
+    # measured in bf16, but this CPU has no bf16 arithmetic: fp32, and the log says the vectors differ
+    monkeypatch.setattr(runtime, "native_bf16", lambda: "")
+    int8 = EmbeddingModel(tmp_path / "bf16")
+    assert int8.float_parts == "fp32" and options()["precision"] == "ACCURACY"
+    assert "measured with its float parts in bf16, which this CPU lacks" in caplog.text
 
 
 def test_provider_list_order_and_cpu_always_last() -> None:

@@ -14,8 +14,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from embedder.cpus import cpu_name, int8_instructions
+from embedder.cpus import cpu_name, int8_instructions, native_bf16
 from embedder.manifest import MODEL_FILE, read_manifest, write_manifest
+from embedder.providers import OPENVINO
 from embedder.runtime import EmbeddingModel
 from tests.support.tinymodel import write_tiny_model
 from tests.training.triplet_catalog import CATEGORIES, write_catalog
@@ -236,6 +237,9 @@ def test_int8_twin_is_its_own_version_with_numerics_and_agreement(fp32_model: Pa
     assert q["measured_on"]["int8_products"] == here.kind and q["measured_on"]["cpu"] == cpu_name()
     assert q["measured_on"]["int8_instructions"] == here.name
     assert q["speedup"]["runtime"] == agreement["runtime"] and q["speedup"]["int8_over_fp32"] > 0
+    # OpenVINO's float parts: fp32 unless asked for (the next test)
+    assert q["measured_on"]["int8_float_parts"] == "fp32"
+    assert "bf16_float_parts_speedup" not in q["measured_on"]
     graph = onnx.load(str(folder / MODEL_FILE)).graph
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
     # on two Convs: the first one's output (and its Clip) in float, the first Conv itself and the second int8
@@ -253,6 +257,19 @@ def test_int8_twin_is_its_own_version_with_numerics_and_agreement(fp32_model: Pa
     x = np.random.default_rng(2).integers(0, 255, (4, 224, 224, 3), dtype=np.uint8)
     assert (np.sum(int8.embed_arrays(x) * ref.embed_arrays(x), axis=1) > 0.95).all()
     assert quantize_model(fp32_model, catalog=catalog, settings=Int8Settings(**SMALL)) == folder  # same bytes
+
+
+def test_bf16_float_parts_are_kept_only_where_asked_for_and_measured_faster_here(
+    fp32_model: Path, catalog: Path, tmp_path: Path
+) -> None:
+    settings = Int8Settings(**SMALL, bf16_float_parts=True)
+    folder = quantize_model(fp32_model, catalog=catalog, out_dir=tmp_path, settings=settings)
+    measured = read_manifest(folder).quantization["measured_on"]
+    float_parts, gain = measured["int8_float_parts"], measured.get("bf16_float_parts_speedup")
+    if OPENVINO in cpu_runtimes() and native_bf16():  # the openvino build on an AVX512-BF16 / AMX CPU
+        assert gain is not None and float_parts == ("bf16" if gain >= settings.min_bf16_gain else "fp32")
+    else:  # nothing to measure: fp32, and no gain recorded
+        assert gain is None and float_parts == "fp32"
 
 
 def test_the_twin_is_served_only_where_it_ran_faster_than_fp32(fp32_model: Path, catalog: Path) -> None:
