@@ -430,7 +430,7 @@ def quantize_model(
         runtimes = cpu_runtimes()
         twins = {provider: _session(staging / MODEL_FILE, provider, "int8") for provider in runtimes}
         float_parts, bf16_gain = "fp32", None
-        if OPENVINO in twins:  # its float parts in bf16 where that is faster here (embedder.runtime)
+        if OPENVINO in twins:  # its float parts in bf16, where asked for and faster here (embedder.runtime)
             twins[OPENVINO], float_parts, bf16_gain = choose_float_parts(
                 twins[OPENVINO], staging / MODEL_FILE, queries, settings
             )
