@@ -190,13 +190,12 @@ def main() -> None:
         model_dir = work / "models" / "tiny"
         write_tiny_model(model_dir)
     photos = load_photos(args.photos, args.n)
-    from embedder.providers import CPU, OPENVINO
-    from embedder.runtime import select_providers
+    from embedder.providers import CPU
+    from embedder.runtime import cpu_runtimes
 
     # fp32 on each CPU runtime the build offers where int8 is measured: which is faster depends on the CPU.
-    runtimes = select_providers([OPENVINO, CPU])
     folders: list[tuple[str, Path, list[str] | None]] = [("fp32", model_dir, None)]
-    if args.int8 and len(runtimes) > 1:
+    if args.int8 and len(cpu_runtimes()) > 1:
         folders = [("fp32 on OpenVINO EP", model_dir, None), ("fp32 on CPU EP", model_dir, [CPU])]
     if args.int8:
         folders.append(("int8", args.int8, None))

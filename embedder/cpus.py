@@ -132,12 +132,18 @@ def _cpuinfo() -> str:
         return ""
 
 
-def parse_int8_instructions(cpuinfo: str) -> Int8Instructions:
-    """:class:`Int8Instructions` from the text of ``/proc/cpuinfo``."""
+def _cpu_flags(cpuinfo: str) -> set[str]:
+    """The feature flags in ``/proc/cpuinfo``'s text: x86's ``flags`` lines and aarch64's ``Features``."""
     flags: set[str] = set()
     for key, value in _cpuinfo_fields(cpuinfo):
         if key in ("flags", "Features"):
             flags.update(value.split())
+    return flags
+
+
+def parse_int8_instructions(cpuinfo: str) -> Int8Instructions:
+    """:class:`Int8Instructions` from the text of ``/proc/cpuinfo``."""
+    flags = _cpu_flags(cpuinfo)
     for flag, name in _EXACT_FLAGS:
         if flag in flags:
             return Int8Instructions(name, EXACT)
@@ -163,10 +169,7 @@ _BF16_FLAGS = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"))
 
 def parse_native_bf16(cpuinfo: str) -> str:
     """The CPU's bf16 instructions by name (``AVX512-BF16``), from ``/proc/cpuinfo``'s text; ``""``: none."""
-    flags: set[str] = set()
-    for key, value in _cpuinfo_fields(cpuinfo):
-        if key == "flags":
-            flags.update(value.split())
+    flags = _cpu_flags(cpuinfo)
     return next((name for flag, name in _BF16_FLAGS if flag in flags), "")
 
 

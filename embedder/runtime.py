@@ -76,6 +76,13 @@ def select_providers(preferred: Sequence[str], available: Sequence[str] | None =
     return chosen
 
 
+def cpu_runtimes() -> list[str]:
+    """The CPU runtimes this onnxruntime build offers, in the order serving prefers them: OpenVINO (where
+    installed), then onnxruntime's own CPU provider. An int8 twin must agree with fp32 on each, and the
+    benches run fp32 on each."""
+    return select_providers([OPENVINO, CPU])
+
+
 def provider_options(
     provider: str, *, numerics: str = "fp32", threads: int = 0, float_parts: str = "fp32"
 ) -> dict[str, str]:

@@ -45,7 +45,7 @@ from embedder.embedding import combine_views
 from embedder.manifest import GALLERY_SIZES_KEY, MODEL_FILE, ModelManifest, read_manifest, write_manifest
 from embedder.preprocess import ImageDecodeError, preprocess_file
 from embedder.providers import CPU, OPENVINO
-from embedder.runtime import input_dtype, provider_options, select_providers
+from embedder.runtime import cpu_runtimes, input_dtype, provider_options
 from training.publish import publish_folder, staging_folder
 from training.quantize_graph import (
     drop_qdq,
@@ -230,12 +230,6 @@ def _copy_gallery_sizes(fp32_path: Path, int8_path: Path) -> None:
         {**{p.key: p.value for p in proto.metadata_props}, GALLERY_SIZES_KEY: recorded[GALLERY_SIZES_KEY]},
     )
     onnx.save(proto, str(int8_path))
-
-
-def cpu_runtimes() -> list[str]:
-    """The CPU runtimes this onnxruntime build offers, in the order serving prefers them: OpenVINO (where
-    installed), then onnxruntime's own CPU provider. An int8 twin must agree with fp32 on each."""
-    return select_providers([OPENVINO, CPU])
 
 
 def _session(
