@@ -20,7 +20,7 @@ from embedder.manifest import (
     read_manifest,
 )
 from embedder.preprocess import DEFAULT_MAX_PIXELS, preprocess
-from embedder.providers import CPU, DEFAULT_PROVIDERS, OPENVINO, TENSORRT
+from embedder.providers import CPU, DEFAULT_PROVIDERS, OPENVINO, TENSORRT, default_order_for
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,9 @@ def int8_float_parts(manifest: ModelManifest) -> str:
 class EmbeddingModel:
     """An exported embedding model: ``(N, H, W, 3)`` uint8 RGB → ``(N, D)`` float32 unit vectors.
 
+    ``providers`` in order of preference (those the build lacks skipped, CPU always last); the default
+    order runs fp32 models without OpenVINO (:data:`embedder.providers.FP32_DEFAULT_PROVIDERS`), int8 twins
+    with it first.
     ``intra_op_threads`` 0 means one per CPU this process may use (:func:`embedder.cpus.available_cpus`:
     its affinity and its container's CPU quota), never onnxruntime's own default; OpenVINO gets a thread
     count only when one is given. ``spinning`` lets onnxruntime's threads go on spin-waiting between
@@ -165,8 +168,16 @@ class EmbeddingModel:
             # they take the very cores that decode the next photos and answer gRPC (bench/embed.py here:
             # batch-1 p50 through the embedder 12.5 → 9.5 ms).
             options.add_session_config_entry(STOP_SPINNING, "1")
-        chosen = select_providers(providers)
         numerics = self.numerics
+        chosen = select_providers(default_order_for(numerics, providers))
+        if OPENVINO in select_providers(providers) and OPENVINO not in chosen:
+            log.info(
+                "%s: fp32 model %s on onnxruntime's CPU provider, as the default provider order runs fp32 "
+                "(the cpu extra's runtime, never the slower one; OpenVINO runs int8 twins); name "
+                "OpenVINOExecutionProvider in the providers setting to run fp32 there",
+                self.folder,
+                self.version,
+            )
         float_parts = int8_float_parts(self.manifest)
         self.session = ort.InferenceSession(
             str(self.folder / MODEL_FILE),

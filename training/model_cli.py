@@ -201,10 +201,12 @@ def _print_int8_summary(manifest: ModelManifest) -> None:
     on, speedup = manifest.quantization_record("measured_on"), manifest.int8_speedup()
     if on:
         speed = f"{speedup:.2f}× fp32's images/s" if speedup is not None else "speed-up not recorded"
-        runtime = manifest.quantization_record("speedup").get("runtime", "?")
+        record = manifest.quantization_record("speedup")
+        runtime, fp32_runtime = record.get("runtime", "?"), record.get("fp32_runtime")
+        against = f" (fp32 on {fp32_runtime})" if fp32_runtime and fp32_runtime != runtime else ""
         print(
             f"         measured on {on.get('cpu', '?')} ({on.get('int8_instructions', '?')}, "
-            f"{on.get('int8_products', '?')} int8 products): {speed} on {runtime}"
+            f"{on.get('int8_products', '?')} int8 products): {speed} on {runtime}{against}"
         )
         if "bf16_float_parts_speedup" in on:
             print(

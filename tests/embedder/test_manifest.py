@@ -10,7 +10,7 @@ import pytest
 
 from embedder.manifest import MANIFEST_FILE, MODEL_FILE, ModelIntegrityError, read_manifest, write_manifest
 from embedder.preprocess import preprocess
-from embedder.providers import DEFAULT_PROVIDERS
+from embedder.providers import FP32_DEFAULT_PROVIDERS
 from embedder.runtime import EmbeddingModel, select_providers
 from tests.support.tinymodel import write_tiny_model
 
@@ -57,7 +57,7 @@ def test_embedding_model_gives_unit_vectors_of_the_manifest_dimension(
     tiny_model_dir: Path, photo_bytes: list[bytes]
 ) -> None:
     model = EmbeddingModel(tiny_model_dir)
-    assert model.provider == select_providers(DEFAULT_PROVIDERS)[0]  # the build's best (CPU or OpenVINO)
+    assert model.provider == select_providers(FP32_DEFAULT_PROVIDERS)[0]  # the build's best for fp32
     vectors = model.embed_images(photo_bytes[:5])
     assert vectors.shape == (5, json.loads((tiny_model_dir / MANIFEST_FILE).read_text())["embedding_dim"])
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

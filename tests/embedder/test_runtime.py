@@ -15,7 +15,15 @@ import pytest
 from embedder import runtime
 from embedder.cpus import available_cpus
 from embedder.manifest import MODEL_FILE, read_manifest, write_manifest
-from embedder.providers import CPU, CUDA, DEFAULT_PROVIDERS, OPENVINO, TENSORRT
+from embedder.providers import (
+    CPU,
+    CUDA,
+    DEFAULT_PROVIDERS,
+    FP32_DEFAULT_PROVIDERS,
+    OPENVINO,
+    TENSORRT,
+    default_order_for,
+)
 from embedder.runtime import EmbeddingModel, provider_options, select_providers
 from tests.support.tinymodel import write_tiny_model
 
@@ -88,10 +96,33 @@ def test_cuda_only_build_skips_tensorrt(fake_ort: list[FakeSession], tmp_path: P
 @pytest.mark.parametrize("fake_ort", [[OPENVINO, CPU]], indirect=True)
 def test_openvino_build_runs_openvino_on_the_cpu_device(fake_ort: list[FakeSession], tmp_path: Path) -> None:
     write_tiny_model(tmp_path / "m")
-    model = EmbeddingModel(tmp_path / "m", intra_op_threads=2)
+    model = EmbeddingModel(_int8_twin(tmp_path / "m"), intra_op_threads=2)
     assert model.provider == OPENVINO
     options = dict(fake_ort[-1].providers)[OPENVINO]
     assert options["device_type"] == "CPU" and options["num_of_threads"] == "2"
+
+
+@pytest.mark.parametrize("fake_ort", [[OPENVINO, CPU]], indirect=True)
+def test_openvino_build_runs_fp32_on_the_cpu_provider_unless_openvino_is_named(
+    fake_ort: list[FakeSession], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default order leaves OpenVINO to int8 twins: fp32 runs where the cpu extra runs it (the faster
+    fp32 runtime on Zen 4 and the Intel Xeon, about equal on Zen 5); a named order is kept."""
+    caplog.set_level("INFO", logger="embedder.runtime")
+    write_tiny_model(tmp_path / "fp32")
+    fp32 = EmbeddingModel(tmp_path / "fp32")
+    assert fp32.provider == CPU and fp32.runs_on == f"fp32 on {CPU}"
+    assert [name for name, _ in fake_ort[-1].providers] == [CPU]
+    assert "as the default provider order runs fp32" in caplog.text
+    caplog.clear()
+    for named in ([OPENVINO], [OPENVINO, CPU]):
+        assert EmbeddingModel(tmp_path / "fp32", providers=named).provider == OPENVINO
+        assert [name for name, _ in fake_ort[-1].providers] == [OPENVINO, CPU]
+    assert EmbeddingModel(tmp_path / "fp32", providers=[CPU]).provider == CPU
+    assert "default provider order" not in caplog.text
+    write_tiny_model(tmp_path / "int8", seed=1)
+    assert EmbeddingModel(_int8_twin(tmp_path / "int8")).runs_on == f"int8 on {OPENVINO}"
+    assert [name for name, _ in fake_ort[-1].providers] == [OPENVINO, CPU]
 
 
 def _measured_float_parts(folder: Path, float_parts: str) -> Path:
@@ -138,7 +169,7 @@ def test_openvino_runs_an_int8_models_float_parts_in_bf16_where_measured_so_and_
     int8 = EmbeddingModel(tmp_path / "f32")
     assert int8.float_parts == "fp32" and int8.runs_on == f"int8 on {OPENVINO}"
     assert options()["precision"] == "ACCURACY" and "load_config" not in options()
-    fp32 = EmbeddingModel(tmp_path / "fp32")  # fp32 stays fp32 everywhere
+    fp32 = EmbeddingModel(tmp_path / "fp32", providers=[OPENVINO, CPU])  # fp32 stays fp32 everywhere
     assert fp32.runs_on == f"fp32 on {OPENVINO}" and options()["precision"] == "FP32"
     assert "load_config" not in options() and "float parts" not in caplog.text
     # onnxruntime's CPU provider takes no precision hint
@@ -152,6 +183,9 @@ def test_openvino_runs_an_int8_models_float_parts_in_bf16_where_measured_so_and_
 
 def test_provider_list_order_and_cpu_always_last() -> None:
     assert DEFAULT_PROVIDERS == (TENSORRT, CUDA, OPENVINO, CPU)
+    assert default_order_for("fp32", DEFAULT_PROVIDERS) == FP32_DEFAULT_PROVIDERS == (TENSORRT, CUDA, CPU)
+    assert default_order_for("int8", DEFAULT_PROVIDERS) == DEFAULT_PROVIDERS
+    assert default_order_for("fp32", [OPENVINO, CPU]) == (OPENVINO, CPU)
     assert select_providers(DEFAULT_PROVIDERS, available=[CPU, OPENVINO]) == [OPENVINO, CPU]
     assert select_providers([OPENVINO], available=[CPU]) == [CPU]
     assert provider_options(CPU) == {}

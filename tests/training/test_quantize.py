@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from embedder.cpus import cpu_name, int8_instructions, native_bf16
 from embedder.manifest import MODEL_FILE, read_manifest, write_manifest
-from embedder.providers import OPENVINO
+from embedder.providers import CPU, OPENVINO
 from embedder.runtime import EmbeddingModel
 from tests.support.tinymodel import write_tiny_model
 from tests.training.triplet_catalog import CATEGORIES, write_catalog
@@ -237,6 +237,7 @@ def test_int8_twin_is_its_own_version_with_numerics_and_agreement(fp32_model: Pa
     assert q["measured_on"]["int8_products"] == here.kind and q["measured_on"]["cpu"] == cpu_name()
     assert q["measured_on"]["int8_instructions"] == here.name
     assert q["speedup"]["runtime"] == agreement["runtime"] and q["speedup"]["int8_over_fp32"] > 0
+    assert q["speedup"]["fp32_runtime"] == CPU  # where the default order runs fp32 (FP32_DEFAULT_PROVIDERS)
     # OpenVINO's float parts: fp32 unless asked for (the next test)
     assert q["measured_on"]["int8_float_parts"] == "fp32"
     assert "bf16_float_parts_speedup" not in q["measured_on"]
@@ -346,7 +347,10 @@ def test_cli_makes_the_twin_and_names_a_refusal(
     assert cli.main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert Path(lines[-1]) == fp32_model and any(line.startswith("serve    ") for line in lines)
-    assert any("measured on" in line and "fp32's images/s" in line for line in lines)
+    (measured,) = [line for line in lines if "measured on" in line and "fp32's images/s" in line]
+    serving = cpu_runtimes()[0]
+    against = f" (fp32 on {CPU})" if serving != CPU else ""  # the twin on OpenVINO, fp32 on the CPU provider
+    assert measured.endswith(f"fp32's images/s on {serving}{against}"), measured
     monkeypatch.setenv("RECIPELENS_INT8_MIN_SPEEDUP", "0.001")
     assert cli.main(args) == 0
     assert Path(capsys.readouterr().out.strip().splitlines()[-1]).parent == tmp_path / "a"
