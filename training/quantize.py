@@ -523,12 +523,13 @@ def quantize_model(
         if not new:
             return final
         log.info(
-            "int8 twin %s of %s: %s; %.2f× fp32's images/s on %s (%s); %.0f s → %s",
+            "int8 twin %s of %s: %s; %.2f× fp32's images/s, on %s against fp32 on %s (%s); %.0f s → %s",
             manifest.version,
             fp32.version,
             agreement.summary(),
             speedup,
             serving,
+            CPU,
             instructions.describe(),
             time.perf_counter() - started,
             final,
