@@ -30,7 +30,9 @@ from embedder.inprocess import InProcessEmbedder
 from embedder.logs import configure_logging
 from embedder.memory import configure_decoding, tune_allocator
 from embedder.metrics import EmbedderMetrics, MetricsEndpoint
+from embedder.providers import default_order_for
 from embedder.repository import ModelRepository, ModelRepositoryError, RefreshReport
+from embedder.runtime import select_providers
 from embedder.servicer import EmbedderServicer
 from embedder.settings import EmbedderSettings, settings_or_exit
 from protos.services import EMBEDDER_SERVICE
@@ -113,11 +115,13 @@ class EmbedderServer:
     async def load_models(self) -> None:
         """Load and warm up every model under ``model_dir``, then report SERVING."""
         s = self.settings
+        fp32 = select_providers(default_order_for("fp32", s.providers))
         log.info(
-            "providers: configured %s, installed %s → using %s",
+            "providers: configured %s, installed %s → using %s%s",
             list(s.providers),
             ort.get_available_providers(),
             self.servicer.providers,
+            f" (fp32 models: {fp32}, the default order for fp32)" if fp32 != self.servicer.providers else "",
         )
         try:
             repository = await asyncio.to_thread(
