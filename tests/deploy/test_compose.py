@@ -282,7 +282,8 @@ def test_env_example_names_every_setting_and_every_compose_variable() -> None:
 
 def test_compose_environment_parses_into_the_embedder_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     services = load_compose()["services"]
-    for name, providers in (("embedder", ["CPUExecutionProvider"]), ("embedder-gpu", None)):
+    # the CPU embedder names no providers: the default order picks per model and image variant
+    for name, providers in (("embedder", list(DEFAULT_PROVIDERS)), ("embedder-gpu", None)):
         for key, value in service_environment(services[name]).items():
             monkeypatch.setenv(key, value)
         settings = EmbedderSettings()
