@@ -84,7 +84,8 @@ class EmbeddingSettings(BaseSettings):
     )
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=default_providers,
-        description="onnxruntime execution providers in order of preference; unavailable ones are skipped",
+        description="onnxruntime execution providers in order of preference; unavailable ones are skipped; "
+        "the default order runs fp32 models without OpenVINO (embedder.providers.FP32_DEFAULT_PROVIDERS)",
     )
     intra_op_threads: int = Field(
         default=0,
