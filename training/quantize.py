@@ -470,6 +470,7 @@ def quantize_model(
         # The twin on its serving runtime against fp32 on its own — onnxruntime's CPU provider, where the
         # default order runs fp32 models on every CPU build (embedder.providers.FP32_DEFAULT_PROVIDERS):
         # the reference session above.
+        fp32_runtime = ref.get_providers()[0]
         speedup = measure_speedup(ref, twins[serving], queries)
         manifest = write_manifest(
             staging,
@@ -508,7 +509,7 @@ def quantize_model(
                 },
                 "speedup": {
                     "runtime": serving,
-                    "fp32_runtime": CPU,
+                    "fp32_runtime": fp32_runtime,
                     "int8_over_fp32": round(speedup, 3),
                     "batch": 32,
                 },
@@ -529,7 +530,7 @@ def quantize_model(
             agreement.summary(),
             speedup,
             serving,
-            CPU,
+            fp32_runtime,
             instructions.describe(),
             time.perf_counter() - started,
             final,
